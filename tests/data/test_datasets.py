@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import sklearn.datasets
+import torch
+from torch.utils.data import TensorDataset
+
+import trainlab as tl
+from trainlab.errors import DataError
+
+
+def test_digits_shapes_types_and_split(digits):
+    train, test = digits
+    assert isinstance(train, TensorDataset) and isinstance(test, TensorDataset)
+    assert len(train) + len(test) == 1797
+    assert train.tensors[0].shape[1:] == (64,) and train.tensors[0].dtype == torch.float32
+    assert train.tensors[1].dtype == torch.int64
+    assert tl.data.num_classes(train, test) == 10
+    assert len(test) == pytest.approx(0.2 * 1797, abs=10)
+
+
+def test_digits_split_is_stratified(digits):
+    train, test = digits
+    _, y = sklearn.datasets.load_digits(return_X_y=True)
+    for c in range(10):
+        assert int((test.tensors[1] == c).sum()) == int(np.floor((y == c).sum() * 0.2 + 0.5))
+
+
+def test_digits_standardised_with_training_statistics_only(digits):
+    train, test = digits
+    x, _ = sklearn.datasets.load_digits(return_X_y=True)
+    raw_train, raw_test = tl.data.load_digits(standardize=False)
+    mean = raw_train.tensors[0].double().mean(0)
+    std = raw_train.tensors[0].double().std(0, unbiased=False)
+    std[std == 0] = 1
+    torch.testing.assert_close(test.tensors[0].double(), (raw_test.tensors[0].double() - mean) / std,
+                               rtol=1e-6, atol=1e-6)
+    # raw values are the sklearn pixels, unchanged
+    assert set(np.unique(raw_train.tensors[0].numpy())) <= set(np.unique(x))
+    # the test split's own statistics were not used: its mean is not zero
+    assert test.tensors[0].double().mean(0).abs().max() > 1e-3
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    a, _ = tl.data.load_digits(seed=3)
+    b, _ = tl.data.load_digits(seed=3)
+    c, _ = tl.data.load_digits(seed=4)
+    assert torch.equal(a.tensors[0], b.tensors[0])
+    assert not torch.equal(a.tensors[1], c.tensors[1])
+
+
+@pytest.mark.parametrize("name, loader", [("wine", sklearn.datasets.load_wine),
+                                          ("breast_cancer", sklearn.datasets.load_breast_cancer),
+                                          ("iris", sklearn.datasets.load_iris),
+                                          ("digits", sklearn.datasets.load_digits)])
+def test_bundled_by_name(name, loader):
+    x, y = loader(return_X_y=True)
+    train, test = tl.data.load(name)
+    assert len(train) + len(test) == len(y)
+    assert train.tensors[0].shape[1] == x.shape[1]
+    assert tl.data.num_classes(train, test) == len(np.unique(y))
+
+
+def test_unknown_name_lists_what_is_allowed():
+    with pytest.raises(DataError, match="unknown data set 'mnist'.*digits, wine, breast_cancer, iris"):
+        tl.data.load("mnist")
+
+
+def test_test_fraction_zero_gives_empty_test_split():
+    train, test = tl.data.load("iris", test_fraction=0.0)
+    assert len(train) == 150 and len(test) == 0

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainlab.data import standardize, stratified_split
+from trainlab.errors import ConfigError
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels=st.lists(st.integers(0, 5), min_size=1, max_size=200),
+       fraction=st.floats(0, 0.95), seed=st.integers(0, 2**31))
+def test_split_partitions_and_keeps_every_class_share(labels, fraction, seed):
+    y = np.array(labels)
+    train, test = stratified_split(y, fraction, seed)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(y)))  # a partition
+    for c in np.unique(y):
+        n_c = np.sum(y == c)
+        assert np.sum(y[test] == c) == np.floor(n_c * fraction + 0.5)  # the class's own share, rounded
+    again = stratified_split(y, fraction, seed)
+    assert all(np.array_equal(a, b) for a, b in zip((train, test), again))  # same seed, same split
+
+
+def test_split_depends_on_seed():
+    y = np.repeat(np.arange(3), 50)
+    assert not np.array_equal(stratified_split(y, 0.2, 0)[1], stratified_split(y, 0.2, 1)[1])
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5, "0.2", True])
+def test_split_refuses_fraction_outside_unit_interval(fraction):
+    with pytest.raises(ConfigError, match="test_fraction"):
+        stratified_split(np.zeros(10), fraction, 0)
+
+
+def test_standardize_uses_training_statistics_only():
+    rng = np.random.default_rng(0)
+    train = rng.normal(3.0, 2.0, size=(100, 4))
+    test = rng.normal(-5.0, 9.0, size=(30, 4))
+    train_s, test_s = standardize(train, test)
+    np.testing.assert_allclose(train_s.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(train_s.std(0), 1, atol=1e-12)
+    np.testing.assert_allclose(test_s, (test - train.mean(0)) / train.std(0))
+
+
+def test_standardize_constant_feature_is_centred_not_divided_by_zero():
+    train = np.array([[1.0, 7.0], [3.0, 7.0]])
+    (train_s,) = standardize(train)
+    assert np.all(np.isfinite(train_s))
+    np.testing.assert_array_equal(train_s[:, 1], 0.0)
