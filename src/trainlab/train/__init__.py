@@ -1,0 +1,7 @@
+"""Training: the mini-batch :class:`Trainer`, its callbacks, and runs from a config."""
+
+from trainlab.train.callbacks import Callback
+from trainlab.train.config import RunConfig
+from trainlab.train.trainer import Trainer
+
+__all__ = ["Callback", "RunConfig", "Trainer"]

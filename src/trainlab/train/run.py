@@ -1,0 +1,123 @@
+"""From a :class:`~trainlab.train.config.RunConfig` to a trained run directory.
+
+``train(config, out)`` loads the data, builds the model, optimizer and loss the config
+names, writes ``out/config.toml`` (the configuration as resolved) and runs the
+:class:`~trainlab.train.Trainer`. Resuming reads ``out/config.toml`` back and allows only
+the keys in :data:`RESUMABLE` to change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import trainlab.nn as tnn
+from trainlab import data
+from trainlab.errors import ConfigError
+from trainlab.train import config as config_mod
+from trainlab.train.config import RunConfig
+from trainlab.train.trainer import Trainer, check_fresh
+
+#: Keys that may differ between a run and its resumption.
+RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.device")
+
+# torch.optim stands in until trainlab.optim lands; the names match config.OPTIMIZERS.
+OPTIMIZERS: dict[str, Callable[[Any, config_mod.OptimizerConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, o: torch.optim.SGD(p, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay),
+    "adagrad": lambda p, o: torch.optim.Adagrad(p, lr=o.lr, weight_decay=o.weight_decay),
+    "rmsprop": lambda p, o: torch.optim.RMSprop(p, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay),
+    "adam": lambda p, o: torch.optim.Adam(p, lr=o.lr, weight_decay=o.weight_decay),
+}
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": tnn.cross_entropy,
+    "mse": tnn.mse_onehot,
+}
+
+
+@dataclass
+class Parts:
+    """Everything a run needs, built from its configuration."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    train_data: TensorDataset
+    test_data: TensorDataset
+
+
+def build(config: RunConfig) -> Parts:
+    train_data, test_data = data.load(config.data.name, test_fraction=config.data.test_fraction, seed=config.seed)
+    model = build_model(config.model, train_data.tensors[0].shape[1:], data.num_classes(train_data, test_data),
+                        seed=config.seed)
+    optimizer = OPTIMIZERS[config.optimizer.name](model.parameters(), config.optimizer)
+    scheduler = None  # "constant": the only schedule until trainlab.optim.schedules lands
+    return Parts(model, optimizer, scheduler, LOSSES[config.train.loss], train_data, test_data)
+
+
+def build_model(cfg: config_mod.ModelConfig, input_shape: torch.Size, num_classes: int, seed: int) -> nn.Module:
+    if cfg.name == "mlp":
+        return tnn.mlp(math.prod(input_shape), cfg.hidden, num_classes, activation=cfg.activation,
+                       batch_norm=cfg.batch_norm, seed=seed)
+    channels, side = _image_shape(input_shape)
+    return tnn.small_cnn(channels, side, num_classes, activation=cfg.activation, batch_norm=cfg.batch_norm,
+                         seed=seed)
+
+
+def _image_shape(shape: torch.Size) -> tuple[int, int]:
+    """``(channels, side)`` of square images given as ``(C, H, W)`` or flattened ``(H·W,)``."""
+    if len(shape) == 3 and shape[1] == shape[2]:
+        return shape[0], shape[1]
+    if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        return 1, math.isqrt(shape[0])
+    raise ConfigError(f"model.name = 'small_cnn' needs square images, (C, H, H) or H·H features;"
+                      f" the data's inputs have shape {tuple(shape)}")
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
+          callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+    """Train as ``config`` says into run directory ``out`` and return the summary."""
+    out = Path(out)
+    if resume:
+        config = _resumable(config, out)
+    else:
+        check_fresh(out)
+    parts = build(config)
+    trainer = Trainer(parts.model, parts.optimizer, parts.loss_fn, parts.train_data,
+                      batch_size=config.train.batch_size, epochs=config.train.epochs, scheduler=parts.scheduler,
+                      eval_data=parts.test_data, callbacks=callbacks, seed=config.seed,
+                      device=config.train.device, out=out, checkpoint_every=config.train.checkpoint_every,
+                      resume=resume, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(config.to_toml())
+    return trainer.fit()
+
+
+def saved_config(out: str | Path) -> RunConfig:
+    """The resolved configuration a run directory was trained with."""
+    path = Path(out) / "config.toml"
+    if not path.exists():
+        raise ConfigError(f"cannot resume: {str(out)!r} holds no config.toml (is it a trainlab run directory?)")
+    return config_mod.load(path)
+
+
+def _resumable(config: RunConfig, out: Path) -> RunConfig:
+    before, now = _flat(saved_config(out).to_dict()), _flat(config.to_dict())
+    for key in before:
+        if key not in RESUMABLE and before[key] != now[key]:
+            raise ConfigError(f"cannot resume {str(out)!r} with {key} = {now[key]!r}: the run was trained with"
+                              f" {before[key]!r}, and only {', '.join(RESUMABLE)} may change on resume")
+    return config
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat

@@ -1,0 +1,435 @@
+"""Mini-batch training with metrics, atomic checkpoints and exact resume.
+
+One epoch draws a permutation of the training set from a seeded ``torch.Generator`` and
+walks it in batches of ``batch_size`` (the last may be shorter); ``batch_size="full"``
+gives full-batch gradient descent. Each step is
+
+    loss = loss_fn(model(x), y);  zero_grad;  loss.backward();  optimizer.step();  scheduler.step()
+
+so a scheduler advances once per **update**, not per epoch. The epoch's ``train_loss`` and
+``train_accuracy`` are sample-weighted means of the per-batch values seen while training
+(no extra pass); ``eval_*`` come from a pass over ``eval_data`` in ``eval()`` mode.
+
+A run directory ``out`` receives
+
+* ``metrics.jsonl`` — one JSON object per epoch: ``epoch, step, train_loss, train_accuracy,
+  eval_loss, eval_accuracy, seconds`` (wall time of the epoch, evaluation included),
+  ``seconds_per_update``, ``lr`` and ``grad_norm`` (mean over the epoch's steps);
+* ``steps.jsonl`` — one object per update: ``step, epoch, loss, grad_norm, lr``;
+* ``checkpoint.pt`` — ``model, optimizer, scheduler, epoch, step, rng`` (and the position
+  inside an epoch when written on Ctrl-C), replaced atomically;
+* ``summary.json`` — the last epoch's figures plus totals and ``status``.
+
+Resuming restores every random state, so an interrupted-and-resumed run ends with the
+same parameters, bit for bit on CPU, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset, default_collate
+from tqdm.auto import tqdm
+
+from trainlab.errors import ConfigError, DataError, DivergenceError
+from trainlab.train import checkpoint
+from trainlab.train.callbacks import HOOKS
+
+#: A loss larger than this multiple of the run's first loss counts as divergence.
+DIVERGENCE_FACTOR = 1e3
+EVAL_BATCH_SIZE = 1024
+
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` on ``train_data`` (a map-style dataset of
+    ``(input, target)`` pairs; a ``TensorDataset`` takes the fast path of indexing its
+    tensors directly).
+
+    ``device="auto"`` picks CUDA, then MPS, then CPU; the model and, for a
+    ``TensorDataset``, the whole data set are moved there once. ``callbacks`` are
+    :class:`~trainlab.train.Callback` objects. ``seed`` fixes the batch order and every
+    other random draw during training (dropout uses the global generator, which ``fit``
+    seeds inside :func:`torch.random.fork_rng` and restores afterwards).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], train_data: Dataset,
+                 batch_size: int | str, epochs: int, scheduler: Any = None, eval_data: Dataset | None = None,
+                 callbacks: Iterable[Any] = (), seed: int = 0, device: str | torch.device = "auto",
+                 out: str | Path | None = None, *, checkpoint_every: int = 1, resume: bool = False,
+                 progress: bool = True):
+        _check_positive_int("epochs", epochs)
+        _check_positive_int("checkpoint_every", checkpoint_every)
+        if len(train_data) == 0:
+            raise DataError("train_data holds no samples")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.optimizer, self.scheduler, self.loss_fn = optimizer, scheduler, loss_fn
+        self.train_data = _on_device(train_data, self.device)
+        self.eval_data = _on_device(eval_data, self.device) if eval_data is not None and len(eval_data) else None
+        self.batch_size = _batch_size(batch_size, len(train_data))
+        self.epochs, self.seed, self.checkpoint_every = epochs, seed, checkpoint_every
+        self.callbacks = list(callbacks)
+        self._hooks = {name: [getattr(cb, name) for cb in self.callbacks if hasattr(cb, name)] for name in HOOKS}
+        self.out = Path(out) if out is not None else None
+        self.resume, self.progress = resume, progress
+        self.epoch = 0  # epochs completed
+        self.step = 0  # updates completed
+        self.history: list[dict[str, Any]] = []  # the metrics.jsonl records of this run
+        self.stop_training = False
+        self._generator = torch.Generator().manual_seed(seed)
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._first_loss: float | None = None
+        self._interrupted = False
+        self._unwritten_steps: list[dict[str, Any]] = []  # step records since the last write
+
+    # ------------------------------------------------------------------ public
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_data) / self.batch_size)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out / "checkpoint.pt" if self.out is not None else None
+
+    def fit(self, resume: bool | None = None) -> dict[str, Any]:
+        """Train up to ``epochs`` and return the summary (also written to ``summary.json``).
+
+        ``resume=True`` (default: the constructor's ``resume``) continues from
+        ``out/checkpoint.pt``. Raises :class:`~trainlab.errors.DivergenceError` when the
+        loss becomes non-finite or exceeds ``1e3 ×`` the first loss, and re-raises
+        ``KeyboardInterrupt`` after saving a checkpoint at the last completed step.
+        """
+        resume = self.resume if resume is None else resume
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            position = self._restore() if resume else self._start()
+            self._call("on_fit_start")
+            with self._deferred_interrupt(), self._progress_bar() as bar:
+                try:
+                    while self.epoch < self.epochs and not self.stop_training:
+                        self._run_epoch(bar, *position)
+                        position = (None, 0, None)
+                except DivergenceError:
+                    self._finish("diverged")
+                    raise
+                except KeyboardInterrupt:
+                    self._finish("interrupted")
+                    raise
+        summary = self._finish("completed")
+        self._call("on_fit_end", summary)
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset) -> dict[str, float | None]:
+        """``{"loss", "accuracy"}`` of the model on ``data`` in ``eval()`` mode
+        (sample-weighted means; accuracy is ``None`` unless targets are class indices)."""
+        data = _on_device(data, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            loss_sum, correct, n = 0.0, 0, len(data)
+            for start in range(0, n, EVAL_BATCH_SIZE):
+                x, y = _gather(data, torch.arange(start, min(start + EVAL_BATCH_SIZE, n)), self.device)
+                out = self.model(x)
+                loss_sum += self.loss_fn(out, y).item() * len(y)
+                correct = _add_correct(correct, out, y)
+        finally:
+            self.model.train(was_training)
+        return {"loss": loss_sum / n, "accuracy": None if correct is None else int(correct) / n}
+
+    # ------------------------------------------------------------------ epochs and steps
+    def _run_epoch(self, bar: tqdm, shuffle_state: torch.Tensor | None, first_batch: int,
+                   partial: dict[str, Any] | None) -> None:
+        """One epoch, from batch ``first_batch`` when resuming inside it."""
+        started = time.perf_counter()
+        if shuffle_state is None:
+            shuffle_state = self._generator.get_state()
+        else:
+            self._generator.set_state(shuffle_state)
+        order = torch.randperm(len(self.train_data), generator=self._generator).to(self.device)
+        tally = partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "grad_norm_sum": 0.0}
+        epoch = self.epoch + 1
+        self._call("on_epoch_start", epoch)
+        self.model.train()
+        bar.set_description(f"epoch {epoch}/{self.epochs}")
+        for b in range(first_batch, self.steps_per_epoch):
+            x, y = _gather(self.train_data, order[b * self.batch_size:(b + 1) * self.batch_size], self.device)
+            record = self._train_step(x, y, epoch, tally)
+            self._unwritten_steps.append(record)
+            self._call("on_step_end", record)
+            bar.update()
+            if self._interrupted:
+                tally["seconds"] += time.perf_counter() - started
+                self._save(rng_shuffle=shuffle_state, batch=b + 1, partial=tally)
+                raise KeyboardInterrupt
+        train_seconds = tally["seconds"] + time.perf_counter() - started
+        metrics = self.evaluate(self.eval_data) if self.eval_data is not None else {"loss": None, "accuracy": None}
+        n_steps = self.steps_per_epoch
+        record = {
+            "epoch": epoch, "step": self.step,
+            "train_loss": tally["loss_sum"] / tally["seen"],
+            "train_accuracy": None if tally["correct"] is None else int(tally["correct"]) / tally["seen"],
+            "eval_loss": metrics["loss"], "eval_accuracy": metrics["accuracy"],
+            "seconds": tally["seconds"] + time.perf_counter() - started,
+            "seconds_per_update": train_seconds / n_steps,
+            "lr": _lr(self.optimizer), "grad_norm": tally["grad_norm_sum"] / n_steps,
+        }
+        self.epoch = epoch
+        self.history.append(record)
+        self._flush_steps()
+        self._write_lines("metrics.jsonl", [record])
+        self._call("on_epoch_end", record)
+        if epoch % self.checkpoint_every == 0 or epoch == self.epochs or self.stop_training:
+            self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None)
+        bar.set_postfix(_postfix(record), refresh=False)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, tally: dict[str, Any]) -> dict[str, Any]:
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        value = loss.item()
+        self._check_divergence(value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = _grad_norm(self._params)
+        lr = _lr(self.optimizer)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        tally["loss_sum"] += value * len(y)
+        tally["seen"] += len(y)
+        tally["grad_norm_sum"] += grad_norm
+        tally["correct"] = _add_correct(tally["correct"], out, y)
+        return {"step": self.step, "epoch": epoch, "loss": value, "grad_norm": grad_norm, "lr": lr}
+
+    def _check_divergence(self, loss: float) -> None:
+        if self._first_loss is None:
+            self._first_loss = loss
+        exploded = self._first_loss > 0 and loss > DIVERGENCE_FACTOR * self._first_loss
+        if math.isfinite(loss) and not exploded:
+            return
+        what = f"loss became {loss}" if not math.isfinite(loss) else (
+            f"loss {loss:.4g} exceeded {DIVERGENCE_FACTOR:g} × the first loss {self._first_loss:.4g}")
+        kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
+        where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
+        raise DivergenceError(
+            f"training diverged at step {self.step + 1} (epoch {self.epoch + 1}): {what}; "
+            f"try a lower learning rate (now {_lr(self.optimizer):g}) or a warm-up schedule; {where}",
+            step=self.step + 1, loss=loss, checkpoint=str(kept) if kept else None)
+
+    # ------------------------------------------------------------------ run directory
+    def _start(self) -> tuple[None, int, None]:
+        if self.out is not None:
+            check_fresh(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            for name in ("metrics.jsonl", "steps.jsonl", "summary.json"):
+                (self.out / name).unlink(missing_ok=True)
+        return None, 0, None
+
+    def _restore(self) -> tuple[torch.Tensor | None, int, dict[str, Any] | None]:
+        path = self.checkpoint_path
+        if path is None:
+            raise ConfigError("resume=True needs an output directory (out=...) holding checkpoint.pt")
+        if not path.exists():
+            raise ConfigError(f"cannot resume: no checkpoint.pt in {str(self.out)!r}")
+        state = checkpoint.load(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            if cb_state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(cb_state)
+        self.epoch, self.step, self._first_loss = state["epoch"], state["step"], state["first_loss"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self._generator.set_state(rng["shuffle"].cpu())
+        # Records written after the checkpoint belong to work that is about to be redone.
+        self.history = [r for r in self._read_lines("metrics.jsonl") if r["epoch"] <= self.epoch]
+        self._rewrite_lines("metrics.jsonl", self.history)
+        self._rewrite_lines("steps.jsonl", [r for r in self._read_lines("steps.jsonl") if r["step"] <= self.step])
+        if state["batch"] == 0:
+            return None, 0, None
+        return rng["shuffle"].cpu(), state["batch"], state["partial"]
+
+    def _save(self, rng_shuffle: torch.Tensor, batch: int, partial: dict[str, Any] | None) -> None:
+        if self.out is None:
+            return
+        checkpoint.save({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
+            "epoch": self.epoch, "step": self.step, "batch": batch, "partial": partial,
+            "first_loss": self._first_loss,
+            "rng": {"shuffle": rng_shuffle, "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+        }, self.checkpoint_path)
+
+    def _finish(self, status: str) -> dict[str, Any]:
+        self._flush_steps()  # an interrupted or diverged epoch's steps are the ones worth reading
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "status": status, **last,
+            "epochs": self.epoch, "steps": self.step,
+            "total_seconds": sum(r["seconds"] for r in self.history),
+            "best_eval_accuracy": max((r["eval_accuracy"] for r in self.history
+                                       if r["eval_accuracy"] is not None), default=None),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device), "seed": self.seed, "batch_size": self.batch_size,
+        }
+        summary.pop("epoch", None)
+        summary.pop("step", None)
+        if self.out is not None:
+            checkpoint.write_json(summary, self.out / "summary.json")
+        return summary
+
+    def _flush_steps(self) -> None:
+        self._write_lines("steps.jsonl", self._unwritten_steps)
+        self._unwritten_steps = []
+
+    def _write_lines(self, name: str, records: list[dict[str, Any]]) -> None:
+        if self.out is not None and records:
+            with open(self.out / name, "a") as f:
+                f.writelines(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
+
+    def _read_lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.out / name
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a crash; the checkpoint decides
+                break
+        return records
+
+    def _rewrite_lines(self, name: str, records: list[dict[str, Any]]) -> None:
+        checkpoint.write_text("".join(json.dumps(r) + "\n" for r in records), self.out / name)
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, hook: str, *args: Any) -> None:
+        for fn in self._hooks[hook]:
+            fn(self, *args)
+
+    @contextlib.contextmanager
+    def _deferred_interrupt(self) -> Iterator[None]:
+        """Ctrl-C sets a flag that the loop honours after the current step, so the
+        checkpoint it writes is a consistent state; a second Ctrl-C stops at once."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _progress_bar(self) -> tqdm:
+        return tqdm(total=self.epochs * self.steps_per_epoch, initial=self.step, unit="step",
+                    disable=not self.progress, dynamic_ncols=True, leave=True)
+
+
+def check_fresh(out: str | Path) -> None:
+    """Refuse to start a new run over one that has a checkpoint: no lost work."""
+    if (Path(out) / "checkpoint.pt").exists():
+        raise ConfigError(f"output directory {str(out)!r} already holds a run (checkpoint.pt);"
+                          " resume it (resume=True, --resume) or choose another directory")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA if available, else MPS, else CPU; otherwise the named device,
+    refused with a :class:`ConfigError` when it does not exist here."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ConfigError(f"device {str(device)!r} is not available on this machine; use auto or cpu")
+    return device
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= 1")
+
+
+def _batch_size(batch_size: int | str, n: int) -> int:
+    """Samples per update: ``"full"`` (or any size ≥ ``n``) means the whole training set."""
+    if batch_size == "full":
+        return n
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is not allowed; use an integer >= 1 or \"full\"")
+    return min(batch_size, n)
+
+
+def _on_device(data: Dataset, device: torch.device) -> Dataset:
+    if isinstance(data, TensorDataset) and any(t.device != device for t in data.tensors):
+        return TensorDataset(*(t.to(device) for t in data.tensors))
+    return data
+
+
+def _gather(data: Dataset, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``data[i] for i in index`` as one batch ``(x, y)`` on ``device``."""
+    if isinstance(data, TensorDataset):
+        batch = tuple(t[index] for t in data.tensors)
+    else:
+        batch = tuple(t.to(device) for t in default_collate([data[i] for i in index.tolist()]))
+    if len(batch) != 2:
+        raise DataError(f"a training sample has {len(batch)} parts; expected (input, target)")
+    return batch
+
+
+def _add_correct(correct: torch.Tensor | int | None, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """Running count of ``argmax(out) == y``; ``None`` once targets are not class indices."""
+    if correct is None or out.ndim != 2 or y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        return None
+    return correct + (out.argmax(1) == y).sum()
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """``‖g‖₂`` over all parameters' gradients, as one vector."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if any(g.dtype != grads[0].dtype or g.device != grads[0].device or g.is_sparse for g in grads):
+        return torch.nn.utils.get_total_norm(grads).item()
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()  # one kernel for all
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+    shown = {"loss": record["train_loss"], "acc": record["train_accuracy"],
+             "eval_acc": record["eval_accuracy"]}
+    return {k: f"{v:.4f}" for k, v in shown.items() if v is not None}
