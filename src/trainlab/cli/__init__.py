@@ -1,0 +1,43 @@
+"""``trainlab`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
+
+Errors that are the user's to fix (:class:`~trainlab.errors.ConfigError`,
+:class:`~trainlab.errors.DataError`) print one line and exit 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from trainlab import __version__
+from trainlab.cli import train
+from trainlab.errors import ConfigError, DataError, DivergenceError
+
+SUBCOMMANDS = (train,)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trainlab",
+        description="Why won't my network train? Diagnose critical points and apply the standard remedies.")
+    p.add_argument("--version", action="version", version=f"trainlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, DataError) as e:
+        print(f"trainlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except DivergenceError as e:
+        print(f"trainlab {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"trainlab {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,63 @@
+"""``trainlab train``: train a model from a TOML run configuration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from trainlab.train import config as config_mod
+from trainlab.train import run as run_mod
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model from a TOML run configuration",
+        description="Train a model as a TOML configuration says (every key optional; see "
+                    "trainlab.train.config for the keys and defaults) and write the run directory: "
+                    "config.toml, metrics.jsonl, steps.jsonl, summary.json and checkpoint.pt.")
+    p.add_argument("--config", metavar="FILE", help="TOML run configuration (default: all defaults; "
+                   "with --resume: the run directory's config.toml)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one key, e.g. --set train.epochs=5 --set model.hidden=[64,64] (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/YYYYmmdd-HHMMSS)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint up to train.epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and args.out is None:
+        raise config_mod.ConfigError("--resume needs --out DIR, the run directory to continue")
+    out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
+    if args.config is None and args.resume:
+        config = config_mod.load(out / "config.toml" if (out / "config.toml").exists() else None, args.overrides)
+    else:
+        config = config_mod.load(args.config, args.overrides)
+    try:
+        summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted; the checkpoint in {out} keeps the last completed step."
+              f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
+        raise
+    print(report(config, summary, out))
+    return 0
+
+
+def report(config: config_mod.RunConfig, summary: dict, out: Path) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return "\n".join([
+        f"trained {config.model.name} {config.model.hidden if config.model.name == 'mlp' else ''}"
+        f" on {config.data.name} with {config.optimizer.name} (lr {config.optimizer.lr:g}):"
+        f" {summary['epochs']} epochs, {summary['steps']} updates, {summary['total_seconds']:.1f} s",
+        f"  train  loss {num(summary.get('train_loss'))}  accuracy {pct(summary.get('train_accuracy'))}",
+        f"  test   loss {num(summary.get('eval_loss'))}  accuracy {pct(summary.get('eval_accuracy'))}",
+        f"run directory: {out}",
+    ])
