@@ -29,7 +29,9 @@ def _value(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # a JSON string literal is a valid TOML basic string
+        # A JSON string literal is a TOML basic string, once non-ASCII stays literal
+        # (TOML has no surrogate-pair escapes) and DEL, a TOML control character, is escaped.
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} value {v!r} as TOML")
