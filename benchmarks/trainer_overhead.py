@@ -103,8 +103,9 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     device = resolve_device(args.device)
+    n_train = len(tl.data.load_digits()[0])
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.rounds} rounds x {args.epochs} epochs, digits (1,437 training samples)\n")
+          f"{args.rounds} rounds x {args.epochs} epochs, digits ({n_train:,} training samples)\n")
     print("| case | loop | ms per epoch (median) | ratio to hand-written | ratio to hand-written, same records |")
     print("|---|---|---|---|---|")
     compare("MLP 64-32-10, batch 32", [32], 32, args, device)
