@@ -38,7 +38,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     (["optimizer.name=adamw"], "optimizer.name = 'adamw' is not allowed; use one of: sgd, adagrad, rmsprop, adam"),
     (["model.name=resnet"], "model.name = 'resnet' is not allowed; use one of: mlp, small_cnn"),
     (["model.activation=gelu"], "model.activation = 'gelu' is not allowed"),
-    (["schedule.name=cosine"], "schedule.name = 'cosine' is not allowed; use one of: constant"),
+    (["schedule.name=cosine"], "schedule.name = 'cosine' is not allowed; use one of: constant, step_decay,"),
     (["train.loss=hinge"], "train.loss = 'hinge' is not allowed; use one of: cross_entropy, mse"),
     (["optimizer.lr=0"], r"optimizer.lr = 0.0 is not allowed; expected a number > 0"),
     (["optimizer.lr=-0.1"], r"optimizer.lr = -0.1 is not allowed"),
@@ -52,7 +52,13 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     (["model.hidden=[32, 0]"], r"model.hidden = \[32, 0\] is not allowed"),
     (["model.hidden=32"], r"model.hidden = 32 is not allowed; expected a list of integers"),
     (["data.test_fraction=1"], r"data.test_fraction = 1.0 is not allowed; expected a number in \[0, 1\)"),
-    (["optimizer.momentum=0.9"], "optimizer.momentum = 0.9 is not allowed with optimizer.name = 'adam'"),
+    (["optimizer.momentum=0.9"], "optimizer.momentum = 0.9 does not apply to optimizer.name = 'adam', which takes:"
+                                 " lr, weight_decay, betas, decoupled"),
+    (["optimizer.name=sgd", "optimizer.betas=[0.8, 0.9]"], r"optimizer.betas = \[0.8, 0.9\] does not apply"),
+    (["schedule.gamma=0.5", "schedule.name=warmup_cosine"], "schedule.gamma = 0.5 does not apply to schedule.name"
+                                                            " = 'warmup_cosine', which takes: warmup_steps, total_steps,"
+                                                            " min_lr"),
+    (["optimizer.betas=[0.9]"], r"optimizer.betas = \[0.9\]"),
     (["optimizer.momentum=1"], r"optimizer.momentum = 1.0 is not allowed; expected a number in \[0, 1\)"),
     (["seed=-1"], "seed = -1 is not allowed"),
     (["train=3"], "train must be a table"),

@@ -1,6 +1,8 @@
-import pytest
-import torch
+import inspect
 
+import pytest
+
+import trainlab as tl
 from trainlab.errors import ConfigError
 from trainlab.train import config, run
 
@@ -8,14 +10,41 @@ from trainlab.train import config, run
 def test_every_config_name_has_a_builder():
     assert set(run.OPTIMIZERS) == set(config.OPTIMIZERS)
     assert set(run.LOSSES) == set(config.LOSSES)
+    for name, keys in config.OPTIMIZER_KEYS.items():
+        assert set(keys) < set(inspect.signature(run.OPTIMIZERS[name]).parameters)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adagrad", torch.optim.Adagrad),
-                                       ("rmsprop", torch.optim.RMSprop), ("adam", torch.optim.Adam)])
+@pytest.mark.parametrize("name, cls", [("sgd", tl.optim.SGD), ("adagrad", tl.optim.Adagrad),
+                                       ("rmsprop", tl.optim.RMSProp), ("adam", tl.optim.Adam)])
 def test_build_optimizer_from_config(name, cls):
     parts = run.build(config.load(None, [f"optimizer.name={name}", "optimizer.lr=0.02", "data.name=iris"]))
     assert isinstance(parts.optimizer, cls) and parts.optimizer.param_groups[0]["lr"] == 0.02
     assert parts.model[-1].out_features == 3 and parts.model[1].in_features == 4
+
+
+def test_optimizer_keys_reach_the_optimizer():
+    opt = run.build(config.load(None, ["optimizer.name=adam", "optimizer.betas=[0.8, 0.99]", "optimizer.decoupled=true",
+                                       "optimizer.weight_decay=0.01"])).optimizer
+    assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["decoupled"]
+    opt = run.build(config.load(None, ["optimizer.name=rmsprop", "optimizer.init=zero", "optimizer.alpha=0.99"])).optimizer
+    assert opt.param_groups[0]["init"] == "zero" and opt.param_groups[0]["alpha"] == 0.99
+    with pytest.raises(ConfigError, match="RMSProp: init='ones' is not allowed"):
+        run.build(config.load(None, ["optimizer.name=rmsprop", "optimizer.init=ones"]))
+
+
+def test_warmup_cosine_spans_the_whole_run_by_default(tmp_path):
+    c = config.load(None, ["data.name=iris", "schedule.name=warmup_cosine", "schedule.warmup_steps=4",
+                           "schedule.min_lr=0.0001", "train.epochs=3", "train.batch_size=40"])
+    run.train(c, tmp_path / "run", progress=False)
+    lrs = [r["lr"] for r in map(__import__("json").loads, (tmp_path / "run" / "steps.jsonl").read_text().splitlines())]
+    assert len(lrs) == 3 * 3  # 120 training samples in batches of 40
+    expected = tl.optim.schedules.trace("warmup_cosine", 9, lr=0.001, warmup_steps=4, total_steps=9, min_lr=0.0001)
+    assert lrs == pytest.approx(expected)
+
+
+def test_step_decay_needs_its_step_size():
+    with pytest.raises(ConfigError, match="step_decay: step_size=0 is not allowed"):
+        run.build(config.load(None, ["schedule.name=step_decay"]))
 
 
 def test_build_small_cnn_for_digits():

@@ -11,12 +11,25 @@ hidden = [32]
 activation = "relu"      # relu | tanh | sigmoid | identity
 batch_norm = false
 [optimizer]
-name = "adam"            # sgd | adagrad | rmsprop | adam
+name = "adam"            # sgd | adagrad | rmsprop | adam  (trainlab.optim)
 lr = 0.001
-momentum = 0.0           # sgd and rmsprop only
 weight_decay = 0.0
+momentum = 0.0           # sgd only, as nesterov
+nesterov = false
+alpha = 0.9              # rmsprop only, as init
+init = "first_grad"      # or "zero"
+betas = [0.9, 0.999]     # adam only, as decoupled (true: AdamW)
+decoupled = false
 [schedule]
-name = "constant"
+name = "constant"        # constant | step_decay | exponential_decay | linear_warmup
+                         # | warmup_cosine | warmup_inverse_sqrt  (trainlab.optim.schedules)
+warmup_steps = 0         # the keys each schedule takes; steps count updates
+total_steps = 0          # 0: the run's number of updates
+min_lr = 0.0
+step_size = 0
+gamma = 0.1
+decay_steps = 1
+d_model = 0              # 0: normalised to peak at optimizer.lr
 [train]
 batch_size = 32          # or "full"
 epochs = 30
@@ -25,7 +38,8 @@ checkpoint_every = 1     # epochs
 device = "auto"          # auto | cpu | cuda | cuda:N | mps
 ```
 
-Command-line overrides ``section.key=value`` are parsed as TOML values (``train.epochs=5``,
+A key that does not apply to the optimizer or schedule named (``optimizer.betas`` with
+``sgd``) must keep its default. Command-line overrides ``section.key=value`` are parsed as TOML values (``train.epochs=5``,
 ``model.hidden=[64,64]``), falling back to a plain string (``data.name=wine``). Every
 problem is a :class:`~trainlab.errors.ConfigError` naming the key, the value and what is
 allowed.
@@ -44,10 +58,18 @@ from typing import Any, Iterable
 from trainlab import _toml
 from trainlab.errors import ConfigError
 from trainlab.nn.models import ACTIVATIONS
+from trainlab.optim import schedules
 
 MODELS = ("mlp", "small_cnn")
-OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
-SCHEDULES = ("constant",)
+#: Each optimizer's keys besides name and lr.
+OPTIMIZER_KEYS = {
+    "sgd": ("weight_decay", "momentum", "nesterov"),
+    "adagrad": ("weight_decay",),
+    "rmsprop": ("weight_decay", "alpha", "init"),
+    "adam": ("weight_decay", "betas", "decoupled"),
+}
+OPTIMIZERS = tuple(OPTIMIZER_KEYS)
+SCHEDULES = tuple(schedules.SCHEDULES)
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -69,13 +91,25 @@ class ModelConfig:
 class OptimizerConfig:
     name: str = "adam"
     lr: float = 0.001
-    momentum: float = 0.0
     weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    alpha: float = 0.9
+    init: str = "first_grad"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    decoupled: bool = False
 
 
 @dataclass
 class ScheduleConfig:
     name: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 0
+    min_lr: float = 0.0
+    step_size: int = 0
+    gamma: float = 0.1
+    decay_steps: int = 1
+    d_model: int = 0
 
 
 @dataclass
@@ -167,10 +201,19 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, prefix=f"{name}.")
         elif _accepts(hint, value):
-            values[key] = float(value) if hint is float else value
+            values[key] = _float(hint, value)
         else:
             raise ConfigError(f"{name} = {value!r} is not allowed; expected {_describe(hint)}")
     return cls(**values)
+
+
+def _float(hint: Any, value: Any) -> Any:
+    """Integers given where numbers are expected become floats (TOML ``1`` for ``1.0``)."""
+    if hint is float:
+        return float(value)
+    if typing.get_origin(hint) is list and typing.get_args(hint)[0] is float:
+        return [float(v) for v in value]
+    return value
 
 
 def _accepts(hint: Any, value: Any) -> bool:
@@ -206,17 +249,27 @@ def validate(config: RunConfig) -> None:
     opt = config.optimizer
     _check("optimizer.lr", opt.lr, math.isfinite(opt.lr) and opt.lr > 0, "a number > 0")
     _check("optimizer.momentum", opt.momentum, 0 <= opt.momentum < 1, "a number in [0, 1)")
-    if opt.momentum and opt.name not in ("sgd", "rmsprop"):
-        raise ConfigError(f"optimizer.momentum = {opt.momentum!r} is not allowed with optimizer.name = "
-                          f"{opt.name!r}; only sgd and rmsprop take momentum")
     _check("optimizer.weight_decay", opt.weight_decay, math.isfinite(opt.weight_decay) and opt.weight_decay >= 0,
            "a number >= 0")
+    _check("optimizer.betas", opt.betas, len(opt.betas) == 2, "a pair [beta1, beta2]")
+    _only_where_it_applies("optimizer", opt, ("name", "lr", *OPTIMIZER_KEYS[opt.name]))
+    _only_where_it_applies("schedule", config.schedule, ("name", *schedules.parameters(config.schedule.name)))
     train = config.train
     _check("train.batch_size", train.batch_size,
            train.batch_size == "full" if isinstance(train.batch_size, str) else train.batch_size >= 1,
            'an integer >= 1 or "full"')
     _check("train.epochs", train.epochs, train.epochs >= 1, "an integer >= 1")
     _check("train.checkpoint_every", train.checkpoint_every, train.checkpoint_every >= 1, "an integer >= 1")
+
+
+def _only_where_it_applies(section: str, table: Any, applies: tuple[str, ...]) -> None:
+    """Refuse a non-default value for a key that the named optimizer/schedule does not take."""
+    default = type(table)()
+    for f in dataclasses.fields(table):
+        value = getattr(table, f.name)
+        if f.name not in applies and value != getattr(default, f.name):
+            raise ConfigError(f"{section}.{f.name} = {value!r} does not apply to {section}.name = {table.name!r},"
+                              f" which takes: {', '.join(k for k in applies if k != 'name')}")
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import trainlab.nn as tnn
-from trainlab import data
+from trainlab import data, optim
+from trainlab.optim import schedules
 from trainlab.errors import ConfigError
 from trainlab.train import config as config_mod
 from trainlab.train.config import RunConfig
@@ -27,12 +28,8 @@ from trainlab.train.trainer import Trainer, check_fresh
 #: Keys that may differ between a run and its resumption.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.device")
 
-# torch.optim stands in until trainlab.optim lands; the names match config.OPTIMIZERS.
-OPTIMIZERS: dict[str, Callable[[Any, config_mod.OptimizerConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda p, o: torch.optim.SGD(p, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay),
-    "adagrad": lambda p, o: torch.optim.Adagrad(p, lr=o.lr, weight_decay=o.weight_decay),
-    "rmsprop": lambda p, o: torch.optim.RMSprop(p, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay),
-    "adam": lambda p, o: torch.optim.Adam(p, lr=o.lr, weight_decay=o.weight_decay),
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": optim.SGD, "adagrad": optim.Adagrad, "rmsprop": optim.RMSProp, "adam": optim.Adam,
 }
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": tnn.cross_entropy,
@@ -56,9 +53,31 @@ def build(config: RunConfig) -> Parts:
     train_data, test_data = data.load(config.data.name, test_fraction=config.data.test_fraction, seed=config.seed)
     model = build_model(config.model, train_data.tensors[0].shape[1:], data.num_classes(train_data, test_data),
                         seed=config.seed)
-    optimizer = OPTIMIZERS[config.optimizer.name](model.parameters(), config.optimizer)
-    scheduler = None  # "constant": the only schedule until trainlab.optim.schedules lands
+    optimizer = build_optimizer(config.optimizer, model.parameters())
+    updates = config.train.epochs * math.ceil(len(train_data) / _batch(config.train.batch_size, len(train_data)))
+    scheduler = build_schedule(config.schedule, optimizer, updates)
     return Parts(model, optimizer, scheduler, LOSSES[config.train.loss], train_data, test_data)
+
+
+def build_optimizer(cfg: config_mod.OptimizerConfig, params: Any) -> torch.optim.Optimizer:
+    kwargs = {k: getattr(cfg, k) for k in config_mod.OPTIMIZER_KEYS[cfg.name]}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return OPTIMIZERS[cfg.name](params, lr=cfg.lr, **kwargs)
+
+
+def build_schedule(cfg: config_mod.ScheduleConfig, optimizer: torch.optim.Optimizer, updates: int) -> Any:
+    """The named schedule; ``total_steps = 0`` means the run's ``updates``, ``d_model = 0`` none."""
+    kwargs = {k: getattr(cfg, k) for k in schedules.parameters(cfg.name)}
+    if kwargs.get("total_steps") == 0:
+        kwargs["total_steps"] = updates
+    if kwargs.get("d_model") == 0:
+        kwargs["d_model"] = None
+    return schedules.create(cfg.name, optimizer, **kwargs)
+
+
+def _batch(batch_size: int | str, n: int) -> int:
+    return n if batch_size == "full" else min(batch_size, n)
 
 
 def build_model(cfg: config_mod.ModelConfig, input_shape: torch.Size, num_classes: int, seed: int) -> nn.Module:

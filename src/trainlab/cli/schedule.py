@@ -1,0 +1,51 @@
+"""``trainlab schedule plot NAME``: draw a learning-rate schedule."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainlab.errors import ConfigError
+from trainlab.optim import schedules
+from trainlab.report import plots
+from trainlab.train.config import parse_override
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schedule", help="learning-rate schedules",
+                       description="Learning-rate schedules of trainlab.optim.schedules.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    plot = actions.add_parser(
+        "plot", help="draw a schedule to a PNG file",
+        description=f"Draw the learning rate of each update under schedule NAME, one of: "
+                    f"{', '.join(schedules.SCHEDULES)}. Example: trainlab schedule plot warmup_cosine "
+                    f"--set warmup_steps=100 --set total_steps=1000 --out lr.png")
+    plot.add_argument("name", metavar="NAME", help="the schedule")
+    plot.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                      help="a parameter of the schedule, e.g. --set warmup_steps=100 (repeatable)")
+    plot.add_argument("--lr", type=float, default=1.0, help="the optimizer's learning rate η (default 1)")
+    plot.add_argument("--steps", type=int, default=None,
+                      help="updates to draw (default: total_steps if the schedule has it, else 1000)")
+    plot.add_argument("--out", default="lr.png", metavar="FILE", help="PNG file to write (default lr.png)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name not in schedules.SCHEDULES:
+        raise ConfigError(f"unknown schedule {args.name!r}; use one of: {', '.join(schedules.SCHEDULES)}")
+    kwargs = {}
+    for text in args.overrides:
+        keys, value = parse_override(text)
+        kwargs[".".join(keys)] = value
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps} is not allowed; expected an integer >= 1")
+    if "total_steps" in schedules.parameters(args.name):
+        kwargs.setdefault("total_steps", args.steps or 1000)
+    steps = args.steps or kwargs.get("total_steps", 1000)  # trace() validates total_steps before using it
+    if not args.lr > 0:
+        raise ConfigError(f"--lr {args.lr} is not allowed; expected a number > 0")
+    lrs = schedules.trace(args.name, steps, lr=args.lr, **kwargs)
+    title = f"{args.name}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + f") with lr={args.lr:g}"
+    path = plots.save(plots.learning_rate_figure(lrs, title), args.out)
+    peak = max(range(steps), key=lrs.__getitem__)
+    print(f"wrote {path}: {title} over {steps} updates; peak {lrs[peak]:.4g} at update {peak}, last {lrs[-1]:.4g}")
+    return 0
