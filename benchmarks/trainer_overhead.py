@@ -1,7 +1,8 @@
 """Trainer time per epoch vs a hand-written PyTorch loop, side by side in one run.
 
 Both sides train the same model (same initial weights), on the same data, in the same
-batch order, with the same optimizer, and both track what a practitioner's loop tracks:
+batch order, with the same optimizer and loss (torch's fused cross-entropy, so the row
+measures the Trainer, not a loss), and both track what a practitioner's loop tracks:
 the running training loss and accuracy and one evaluation pass per epoch. The Trainer
 additionally records gradient norms, learning rates and wall times, and (``run dir``
 rows) writes metrics.jsonl, steps.jsonl and a checkpoint every epoch, with its progress
@@ -66,7 +67,7 @@ def hand_written_epochs(model, opt, x, y, x_test, y_test, batch_size, epochs, se
 
 def trainer_epochs(model, opt, train, test, batch_size, epochs, seed, device, run_dir):
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-        trainer = Trainer(model, opt, tl.nn.cross_entropy, train, batch_size=batch_size, epochs=epochs,
+        trainer = Trainer(model, opt, torch.nn.functional.cross_entropy, train, batch_size=batch_size, epochs=epochs,
                           eval_data=test, seed=seed, device=device, out=run_dir, progress=run_dir is not None)
         trainer.fit()
     return [r["seconds"] for r in trainer.history]

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainlab.data import standardize, stratified_split
+from trainlab.data import stratified_split
 from trainlab.errors import ConfigError
 
 
@@ -30,20 +30,3 @@ def test_split_depends_on_seed():
 def test_split_refuses_fraction_outside_unit_interval(fraction):
     with pytest.raises(ConfigError, match="test_fraction"):
         stratified_split(np.zeros(10), fraction, 0)
-
-
-def test_standardize_uses_training_statistics_only():
-    rng = np.random.default_rng(0)
-    train = rng.normal(3.0, 2.0, size=(100, 4))
-    test = rng.normal(-5.0, 9.0, size=(30, 4))
-    train_s, test_s = standardize(train, test)
-    np.testing.assert_allclose(train_s.mean(0), 0, atol=1e-12)
-    np.testing.assert_allclose(train_s.std(0), 1, atol=1e-12)
-    np.testing.assert_allclose(test_s, (test - train.mean(0)) / train.std(0))
-
-
-def test_standardize_constant_feature_is_centred_not_divided_by_zero():
-    train = np.array([[1.0, 7.0], [3.0, 7.0]])
-    (train_s,) = standardize(train)
-    assert np.all(np.isfinite(train_s))
-    np.testing.assert_array_equal(train_s[:, 1], 0.0)

@@ -28,7 +28,7 @@ def test_identity_activation_is_a_deep_linear_network():
 def test_mlp_batch_norm_after_each_hidden_linear():
     model = tl.nn.mlp(64, [32, 32], 10, batch_norm=True)
     kinds = [type(m) for m in model]
-    assert kinds == [nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert kinds == [nn.Flatten, nn.Linear, tl.nn.BatchNorm1d, nn.ReLU, nn.Linear, tl.nn.BatchNorm1d, nn.ReLU, nn.Linear]
 
 
 def test_mlp_hidden_as_int_and_empty():
@@ -69,7 +69,7 @@ def test_small_cnn_takes_flat_and_image_input_and_learns_a_gradient():
 
 
 def test_small_cnn_batch_norm_and_bad_sizes():
-    assert any(isinstance(m, nn.BatchNorm2d) for m in tl.nn.small_cnn(batch_norm=True))
+    assert any(isinstance(m, tl.nn.BatchNorm2d) for m in tl.nn.small_cnn(batch_norm=True))
     with pytest.raises(ConfigError, match="image_size=8 is not divisible by 2\\*\\*4"):
         tl.nn.small_cnn(channels=(4, 4, 4, 4))
     with pytest.raises(ConfigError, match="channels"):

@@ -1,6 +1,7 @@
 import inspect
 
 import pytest
+import torch
 
 import trainlab as tl
 from trainlab.errors import ConfigError
@@ -19,7 +20,7 @@ def test_every_config_name_has_a_builder():
 def test_build_optimizer_from_config(name, cls):
     parts = run.build(config.load(None, [f"optimizer.name={name}", "optimizer.lr=0.02", "data.name=iris"]))
     assert isinstance(parts.optimizer, cls) and parts.optimizer.param_groups[0]["lr"] == 0.02
-    assert parts.model[-1].out_features == 3 and parts.model[1].in_features == 4
+    assert parts.model[-1].out_features == 3 and parts.model[2].in_features == 4
 
 
 def test_optimizer_keys_reach_the_optimizer():
@@ -45,6 +46,22 @@ def test_warmup_cosine_spans_the_whole_run_by_default(tmp_path):
 def test_step_decay_needs_its_step_size():
     with pytest.raises(ConfigError, match="step_decay: step_size=0 is not allowed"):
         run.build(config.load(None, ["schedule.name=step_decay"]))
+
+
+def test_model_standardises_raw_inputs_with_training_statistics(tmp_path):
+    parts = run.build(config.load(None, ["data.name=wine"]))
+    x_train = parts.train_data.tensors[0]
+    assert x_train.mean(0).abs().max() > 1  # the data stay raw ...
+    scaler = parts.model[0]
+    assert isinstance(scaler, tl.nn.Standardizer)
+    z = scaler(x_train)  # ... and the model's first module standardises them with training statistics
+    torch.testing.assert_close(z.mean(0), torch.zeros(13), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(13), atol=1e-5, rtol=0)
+    summary = run.train(config.load(None, ["data.name=wine", "train.epochs=5", "optimizer.lr=0.01"]), tmp_path / "run",
+                        progress=False)
+    state = tl.train.checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert torch.equal(state["model"]["0.mean"], scaler.mean)  # the statistics travel with the checkpoint
+    assert summary["eval_accuracy"] > 0.8
 
 
 def test_build_small_cnn_for_digits():

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from trainlab.data import files
-from trainlab.data.split import standardize as _standardize
 from trainlab.data.split import stratified_split
+from trainlab.data.standardizer import Standardizer
 from trainlab.errors import DataError
 
 #: Data sets that ship with scikit-learn, so they need no download.
@@ -53,9 +53,10 @@ def load(name: str | Path, test_fraction: float = 0.2, seed: int = 0, standardiz
     train_idx, test_idx = stratified_split(y, test_fraction, seed)
     if len(train_idx) == 0:
         raise DataError(f"{name}: test_fraction={test_fraction} leaves no training samples")
-    x_train, x_test = x[train_idx], x[test_idx]
+    x_train, x_test = torch.from_numpy(x[train_idx]).double(), torch.from_numpy(x[test_idx]).double()
     if standardize:
-        x_train, x_test = _standardize(x_train, x_test)
+        scaler = Standardizer().fit(x_train)  # training statistics only
+        x_train, x_test = scaler(x_train), scaler(x_test)
     return _tensors(x_train, y[train_idx]), _tensors(x_test, y[test_idx])
 
 
@@ -64,5 +65,5 @@ def num_classes(*datasets: TensorDataset) -> int:
     return max(int(d.tensors[1].max()) + 1 for d in datasets if len(d) > 0)
 
 
-def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-    return TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
+def _tensors(x: torch.Tensor, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(x.float(), torch.as_tensor(y, dtype=torch.int64))

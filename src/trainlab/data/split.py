@@ -1,10 +1,4 @@
-"""Stratified train/test split and feature standardisation fitted on the training split.
-
-Standardisation is the lecture's *feature normalisation*: each feature ``x_i`` becomes
-``x̃_i = (x_i − m_i) / σ_i`` with ``m_i, σ_i`` the mean and (biased) standard deviation of
-that feature **over the training split only**, so no test statistics leak into training.
-A constant feature (``σ_i = 0``) is centred and left unscaled.
-"""
+"""Stratified train/test split: every class keeps its share in both splits."""
 
 from __future__ import annotations
 
@@ -28,12 +22,3 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     test_idx = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
     train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
     return train_idx, test_idx
-
-
-def standardize(train_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """``[(x − m) / σ for x in (train_x, *others)]`` with ``m, σ`` per feature of ``train_x``
-    (computed in float64; ``σ = 0`` replaced by 1)."""
-    mean = train_x.mean(axis=0, dtype=np.float64)
-    std = train_x.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    return [(x - mean) / std for x in (train_x, *others)]

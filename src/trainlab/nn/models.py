@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from trainlab.errors import ConfigError
+from trainlab.nn.batchnorm import BatchNorm1d, BatchNorm2d
 
 ACTIVATIONS: dict[str, type[nn.Module] | None] = {
     "relu": nn.ReLU,
@@ -40,7 +41,7 @@ def mlp(in_features: int, hidden: int | Sequence[int], out_features: int, activa
         for fan_in, fan_out in zip(widths, widths[1:]):
             layers.append(nn.Linear(fan_in, fan_out))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(fan_out))
+                layers.append(BatchNorm1d(fan_out))
             if act is not None:
                 layers.append(act())
         layers.append(nn.Linear(widths[-1], out_features))
@@ -84,7 +85,7 @@ def small_cnn(in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
         for c_in, c_out in zip([in_channels, *channels], channels):
             layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
             if batch_norm:
-                layers.append(nn.BatchNorm2d(c_out))
+                layers.append(BatchNorm2d(c_out))
             if act is not None:
                 layers.append(act())
             layers.append(nn.MaxPool2d(2))

@@ -1,5 +1,5 @@
 """Rendering of results: figures as PNG (matplotlib, no global pyplot state)."""
 
-from trainlab.report.plots import learning_rate_figure
+from trainlab.report.plots import learning_rate_figure, surface_figure
 
-__all__ = ["learning_rate_figure"]
+__all__ = ["learning_rate_figure", "surface_figure"]

@@ -4,9 +4,12 @@ pyplot's global state or needs a display."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from trainlab.nn.surface import Surface
 
 
 def learning_rate_figure(lrs: Sequence[float], title: str) -> Figure:
@@ -26,3 +29,16 @@ def save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
+
+
+def surface_figure(surface: Surface, title: str = "", levels: int = 30) -> Figure:
+    """Contours of a :class:`trainlab.nn.surface.Surface`, the current parameters marked."""
+    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    a, b = surface.alphas.numpy(), surface.betas.numpy()
+    filled = ax.contourf(a, b, surface.loss.T.numpy(), levels=levels, cmap="viridis")
+    fig.colorbar(filled, ax=ax, label="loss")
+    ax.plot([0], [0], marker="*", color="white", markersize=12, markeredgecolor="black")
+    ax.set(xlabel=r"$\alpha$ (direction 1)", ylabel=r"$\beta$ (direction 2)")
+    ax.set_title(title or f"loss around θ (centre {surface.center:.4g})", fontsize="medium")
+    return fig

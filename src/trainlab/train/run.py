@@ -50,9 +50,13 @@ class Parts:
 
 
 def build(config: RunConfig) -> Parts:
-    train_data, test_data = data.load(config.data.name, test_fraction=config.data.test_fraction, seed=config.seed)
-    model = build_model(config.model, train_data.tensors[0].shape[1:], data.num_classes(train_data, test_data),
-                        seed=config.seed)
+    """Data (raw features), and a model whose first module standardises them with the
+    training split's statistics, so the checkpointed model takes raw inputs."""
+    train_data, test_data = data.load(config.data.name, test_fraction=config.data.test_fraction, seed=config.seed,
+                                      standardize=False)
+    network = build_model(config.model, train_data.tensors[0].shape[1:], data.num_classes(train_data, test_data),
+                          seed=config.seed)
+    model = nn.Sequential(tnn.Standardizer().fit(train_data.tensors[0]), *network)
     optimizer = build_optimizer(config.optimizer, model.parameters())
     updates = config.train.epochs * math.ceil(len(train_data) / _batch(config.train.batch_size, len(train_data)))
     scheduler = build_schedule(config.schedule, optimizer, updates)

@@ -1,0 +1,80 @@
+"""Feature normalisation: ``x̃ = (x − m) / σ`` per feature, fitted on training data only.
+
+The lecture's remedy for an elongated error surface: features on very different scales
+make the loss steep along some weights and flat along others; standardising every feature
+to mean 0 and standard deviation 1 makes the surface rounder, so one learning rate suits
+all directions. ``m`` and ``σ`` (biased) come from :meth:`Standardizer.fit` on the training
+split; applying the same ``m, σ`` to test data keeps its statistics out of training. A
+constant feature (``σ = 0``) is centred and left unscaled.
+
+A :class:`Standardizer` is an ``nn.Module`` whose ``m, σ`` are buffers: put it first in a
+model and its statistics travel in ``state_dict()`` and checkpoints, so the saved model
+takes raw features. It lives in the data layer because the data loaders use it;
+``trainlab.nn.Standardizer`` is the same class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Standardizer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", None)
+        self.register_buffer("std", None)
+
+    @property
+    def fitted(self) -> bool:
+        return self.mean is not None
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> "Standardizer":
+        """Per-feature mean and standard deviation of ``x`` ``(n_samples, ...)``, computed in
+        float64 and stored in ``x``'s floating dtype."""
+        if x.dim() < 1 or len(x) == 0:
+            raise ValueError(f"Standardizer.fit needs at least one sample; got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("Standardizer.fit got NaN or Inf; inputs must be finite")
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        x64 = x.double()
+        mean = x64.mean(0)
+        std = (x64 - mean).pow(2).mean(0).sqrt()
+        std[std == 0] = 1.0
+        self.mean, self.std = mean.to(dtype), std.to(dtype)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − m) / σ``."""
+        self._check(x)
+        return (x - self.mean) / self.std
+
+    transform = forward
+
+    def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fit(x).transform(x)
+
+    def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """``x̃ · σ + m``."""
+        self._check(x)
+        return x * self.std + self.mean
+
+    def _check(self, x: torch.Tensor) -> None:
+        if not self.fitted:
+            raise RuntimeError("Standardizer is not fitted; call fit(training_inputs) first")
+        if x.shape[1:] != self.mean.shape:
+            raise ValueError(f"Standardizer was fitted on features of shape {tuple(self.mean.shape)};"
+                             f" got inputs of shape {tuple(x.shape)}")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # An unfitted Standardizer takes the shapes of the statistics it loads.
+        for name in ("mean", "std"):
+            if getattr(self, name) is None and prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def extra_repr(self) -> str:
+        return f"features={tuple(self.mean.shape)}" if self.fitted else "not fitted"
