@@ -21,8 +21,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Peers (PyHessian, hessian-eigenthings, scipy) come from the bench extra, never the runtime.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/trainer_overhead.py
+	$(BIN)/python benchmarks/optim_step.py
+	$(BIN)/python benchmarks/batchnorm.py
+	$(BIN)/python benchmarks/curvature.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

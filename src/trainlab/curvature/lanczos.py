@@ -1,0 +1,139 @@
+"""Extreme eigenpairs of a symmetric operator: thick-restart Lanczos with full
+reorthogonalisation (Wu & Simon 2000).
+
+One cycle grows an orthonormal basis ``V = [v₀ … v_{m−1}]`` of the Krylov space by
+``w = H v_j``, orthogonalising ``w`` twice against every basis vector (classical Gram–Schmidt
+with re-orthogonalisation), so that ``T = Vᵀ H V`` is known entry by entry from the
+coefficients. Its eigenpairs ``(θ, y)`` give Ritz pairs ``(θ, x = V y)`` whose residuals cost
+nothing more::
+
+    H V = V T + β v_m e_mᵀ   ⇒   ‖H x − θ x‖ = |β| · |y_m|
+
+A pair has converged when that residual is ``≤ tol · max|θ|``. A restart keeps the wanted
+Ritz vectors (plus a few more) and the last Lanczos vector, with ``T`` becoming diagonal plus
+one coupling row — nothing is recomputed. Vectors live on the operator's device in its
+dtype; the small projected problem is solved in float64 on the CPU.
+
+The most negative eigenvalues of a network's Hessian are the hard case: they sit just below
+a dense cluster near zero, far from a top eigenvalue often 100× larger. Restarting keeps the
+good directions found so far while the basis stays small, so each cycle refines them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+WHICH = ("largest", "smallest", "both")
+#: Memory for the Lanczos basis; the default basis shrinks to fit.
+BASIS_BYTES = 2**30
+
+
+@dataclass
+class LanczosResult:
+    values: torch.Tensor  # (k,) float64, descending
+    vectors: torch.Tensor  # (k, n), operator dtype and device
+    residuals: torch.Tensor  # (k,) float64, ‖H x − θ x‖
+    converged: torch.Tensor  # (k,) bool
+    n_matvec: int
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10, which: str = "largest",
+            tol: float = 1e-6, max_matvecs: int | None = None, basis_size: int | None = None, seed: int = 0,
+            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> LanczosResult:
+    """The ``k`` largest, ``k`` smallest, or both (``k`` of each), eigenpairs of the symmetric
+    operator ``v ↦ matvec(v)`` on ``R^n``, in at most ``max_matvecs`` products (default 5,000).
+
+    ``basis_size`` defaults to 300 vectors, fewer when ``n`` is small or the basis would
+    exceed :data:`BASIS_BYTES`; convergence is checked every few products, so an easy
+    problem stops long before the basis is full.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} is not allowed; expected a positive integer")
+    if not tol > 0:
+        raise ValueError(f"tol={tol!r} is not allowed; expected a number > 0")
+    wanted = min(n, k * (2 if which == "both" else 1))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    m = min(n, basis_size or max(min(300, BASIS_BYTES // (n * itemsize) - 1), 2 * wanted + 10))
+    if m <= wanted and m < n:
+        raise ValueError(f"basis_size={basis_size} must exceed the {wanted} eigenpairs wanted")
+    keep = min(m - 1, wanted + max(wanted // 2, 8))
+    max_matvecs = max_matvecs or 5000
+    gen = torch.Generator().manual_seed(seed)
+
+    V = torch.zeros(m + 1, n, device=device, dtype=dtype)
+    T = torch.zeros(m, m, dtype=torch.float64)
+    V[0] = _unit(torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype))
+    start, used = 0, 0
+    while True:
+        for j in range(start, m):
+            w = matvec(V[j])
+            used += 1
+            h = _orthogonalise(w, V[:j + 1]).double().cpu()
+            T[:j + 1, j] = h
+            T[j, :j + 1] = h
+            beta = float(w.norm())
+            if j + 1 < n and beta <= 1e-10 * (float(T[:j + 1, :j + 1].abs().max()) or 1.0):
+                # an invariant subspace: continue from a fresh direction, uncoupled (β = 0)
+                w = torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+                _orthogonalise(w, V[:j + 1])
+                beta, w = 0.0, _unit(w)
+                V[j + 1] = w
+            else:
+                V[j + 1] = w / beta if beta > 0 else w
+            size = j + 1
+            if size == m or (size >= wanted and size % max(5, size // 20) == 0) or used >= max_matvecs:
+                ritz = _Ritz(T[:size, :size], beta, wanted, which, tol)
+                if ritz.done or size == n or used >= max_matvecs:
+                    idx = ritz.order[torch.argsort(ritz.theta[ritz.order], descending=True)]
+                    vectors = ritz.Y[:, idx].T.to(device=device, dtype=dtype) @ V[:size]
+                    return LanczosResult(ritz.theta[idx], vectors, ritz.residuals[idx],
+                                         ritz.residuals[idx] <= ritz.limit, used)
+        # thick restart: keep the wanted Ritz vectors and their nearest neighbours in the spectrum
+        kept = _wanted(ritz.theta, keep, which)
+        V[:keep] = ritz.Y[:, kept].T.to(device=device, dtype=dtype) @ V[:m]
+        V[keep] = V[m]
+        T.zero_()
+        T[range(keep), range(keep)] = ritz.theta[kept]
+        start = keep
+
+
+class _Ritz:
+    """Ritz pairs of the projected matrix ``T`` and their residuals ``|β y_last|``."""
+
+    def __init__(self, T: torch.Tensor, beta: float, wanted: int, which: str, tol: float):
+        self.theta, self.Y = torch.linalg.eigh(T)
+        self.residuals = (beta * self.Y[-1]).abs()
+        self.order = _wanted(self.theta, wanted, which)
+        self.limit = tol * max(float(self.theta.abs().max()), 1e-300)
+        self.done = bool((self.residuals[self.order] <= self.limit).all())
+
+
+def _wanted(theta: torch.Tensor, count: int, which: str) -> torch.Tensor:
+    """Indices of the ``count`` Ritz values wanted: from the top, the bottom, or both ends."""
+    order = torch.argsort(theta)
+    if which == "largest":
+        return order[-count:]
+    if which == "smallest":
+        return order[:count]
+    low, high = order[:math.ceil(count / 2)], order[-(count // 2):] if count // 2 else order[:0]
+    return torch.unique(torch.cat([low, high]))
+
+
+def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove from ``w`` (in place) its components along the rows of ``basis`` — twice,
+    which is enough for orthogonality to working precision — and return them."""
+    h = basis @ w
+    w -= basis.T @ h
+    h2 = basis @ w
+    w -= basis.T @ h2
+    return h + h2
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm()

@@ -1,0 +1,59 @@
+"""Spectral density and trace estimates against the exact spectrum of H = 2XᵀX/n."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainlab.curvature import density, trace
+from trainlab.errors import ConfigError
+
+
+@pytest.fixture
+def least_squares():
+    """Linear least squares: H = 2 XᵀX / n exactly, with a few dominant directions."""
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.cat([torch.full((5,), 10.0), torch.ones(195)]).double()
+    X = torch.randn(400, 200, generator=gen, dtype=torch.float64) * scales
+    t = torch.randn(400, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(200, 1, bias=False).double()
+    H = 2 * X.T @ X / 400
+    return model, (X, t), torch.linalg.eigvalsh(H)
+
+
+def test_density_integrates_to_one_and_counts_match_the_spectrum(least_squares):
+    model, data, exact = least_squares
+    d = density(model, F.mse_loss, data, probes=20, steps=60)
+    assert d.n_hvp == 20 * 60 and d.density.shape == d.grid.shape == d.stderr.shape
+    dx = float(d.grid[1] - d.grid[0])
+    assert float(d.density.sum()) * dx == pytest.approx(1.0, abs=1e-3)
+    assert torch.allclose(d.weights.sum(1), torch.ones(20, dtype=torch.float64))
+    for cut in (1.0, 3.0, 50.0):
+        share = d.fraction(low=cut)
+        truth = float((exact > cut).float().mean())
+        assert share.bounds[0] <= share.value <= share.bounds[1]
+        assert abs(share.value - truth) <= max(4 * share.stderr, 0.02), (cut, share, truth)
+    assert d.fraction().value == pytest.approx(1.0) and d.fraction(low=1e9).value == 0
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_within_its_standard_error(least_squares, method):
+    model, data, exact = least_squares
+    t = trace(model, F.mse_loss, data, samples=60, method=method)
+    assert t.n_hvp == 60
+    assert abs(t.value - float(exact.sum())) <= 4 * t.stderr
+
+
+def test_hutch_plus_plus_has_less_variance_when_a_few_eigenvalues_dominate(least_squares):
+    model, data, _ = least_squares
+    plain = trace(model, F.mse_loss, data, samples=60, method="hutchinson")
+    plus = trace(model, F.mse_loss, data, samples=60, method="hutch++")
+    assert plus.stderr < plain.stderr
+
+
+def test_bad_arguments(least_squares):
+    model, data, _ = least_squares
+    with pytest.raises(ConfigError, match="method='exact' is not allowed"):
+        trace(model, F.mse_loss, data, method="exact")
+    with pytest.raises(ConfigError, match="probes=0 is not allowed"):
+        density(model, F.mse_loss, data, probes=0)
