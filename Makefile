@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	rm -rf runs/demo
-	$(BIN)/trainlab train --config configs/digits.toml --out runs/demo
+	$(BIN)/trainlab demo --out report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

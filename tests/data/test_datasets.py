@@ -60,8 +60,20 @@ def test_bundled_by_name(name, loader):
     assert tl.data.num_classes(train, test) == len(np.unique(y))
 
 
+def test_mnist1d_is_generated_offline_and_leaves_global_rngs_alone():
+    import random
+
+    np.random.seed(123)
+    random.seed(123)
+    before = (np.random.get_state()[1].copy(), random.getstate())
+    train, test = tl.data.load("mnist1d")
+    assert (np.random.get_state()[1] == before[0]).all() and random.getstate() == before[1]
+    assert len(train) + len(test) == 5000 and train.tensors[0].shape[1] == 40
+    assert tl.data.num_classes(train, test) == 10
+
+
 def test_unknown_name_lists_what_is_allowed():
-    with pytest.raises(DataError, match="unknown data set 'mnist'.*digits, wine, breast_cancer, iris"):
+    with pytest.raises(DataError, match="unknown data set 'mnist'.*digits, wine, breast_cancer, iris, mnist1d"):
         tl.data.load("mnist")
 
 

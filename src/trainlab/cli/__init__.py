@@ -11,10 +11,10 @@ import sys
 from typing import Sequence
 
 from trainlab import __version__
-from trainlab.cli import schedule, train
+from trainlab.cli import demo, schedule, train
 from trainlab.errors import ConfigError, DataError, DivergenceError
 
-SUBCOMMANDS = (train, schedule)
+SUBCOMMANDS = (demo, train, schedule)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -24,8 +24,8 @@ eigenvalue is a saddle's neighbourhood, and the way out is along that eigenvecto
 (:func:`trainlab.curvature.escape`). The *minimum ratio* is the share of positive
 eigenvalues, ``#(λ > 0) / #λ`` (the lecture's scatter plot).
 
-Small models (``n ≤ dense_max_params``) get the exact path: the dense Hessian of a float64
-copy of the model, all eigenvalues by ``eigvalsh``. Larger ones get Lanczos for ``k``
+Small models (``n ≤ dense_max_params``) get the exact path: the dense Hessian in float64
+(of a float64 copy when the model has another dtype), all eigenvalues by ``eigvalsh``. Larger ones get Lanczos for ``k``
 eigenpairs at each end and stochastic Lanczos quadrature for the counts and the minimum
 ratio, which are then estimates with a standard error.
 """
@@ -175,7 +175,11 @@ def _threshold(values: torch.Tensor, eig_tol: float, eig_floor: float) -> float:
 
 
 def _float64_copy(model: nn.Module) -> nn.Module:
-    """The exact path analyses a float64 copy, so eigenvalues are exact to ~1e-15 relative."""
+    """The exact path analyses the model in float64, so eigenvalues are exact to ~1e-15
+    relative: a float64 model itself, any other a float64 copy (then a ``loss_fn`` that reads
+    the original's parameters, e.g. for weight decay, would not see the copy's)."""
+    if all(p.dtype == torch.float64 for p in model.parameters()):
+        return model
     return copy.deepcopy(model).double()
 
 

@@ -7,6 +7,8 @@ of the training split only.
 
 from __future__ import annotations
 
+import functools
+import random
 from pathlib import Path
 from typing import Callable
 
@@ -20,12 +22,31 @@ from trainlab.data.split import stratified_split
 from trainlab.data.standardizer import Standardizer
 from trainlab.errors import DataError
 
-#: Data sets that ship with scikit-learn, so they need no download.
+@functools.lru_cache(maxsize=1)
+def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-1D (Greydanus 2020): 5,000 one-dimensional "digits" of 40 points, 10 classes,
+    generated offline by the ``mnist1d`` package with its standard arguments (its seed 42),
+    so it is the canonical data set. Harder than the 8×8 digits: small and large batches
+    really differ on it. Its generator seeds NumPy's and Python's global generators; their
+    states are restored afterwards."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    return np.concatenate([d["x"], d["x_test"]]), np.concatenate([d["y"], d["y_test"]])
+
+
+#: Data sets that need no download: scikit-learn's bundled ones, and MNIST-1D, generated.
 BUNDLED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
     "digits": lambda: sklearn.datasets.load_digits(return_X_y=True),  # 1,797 × 8×8 images, 10 classes
     "wine": lambda: sklearn.datasets.load_wine(return_X_y=True),  # 178 × 13, 3 classes
     "breast_cancer": lambda: sklearn.datasets.load_breast_cancer(return_X_y=True),  # 569 × 30, 2 classes
     "iris": lambda: sklearn.datasets.load_iris(return_X_y=True),  # 150 × 4, 3 classes
+    "mnist1d": _mnist1d,  # 5,000 × 40, 10 classes
 }
 
 
@@ -37,7 +58,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, standardize: bool = T
 
 def load(name: str | Path, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True
          ) -> tuple[TensorDataset, TensorDataset]:
-    """A bundled data set by name (``digits``, ``wine``, ``breast_cancer``, ``iris``) or a
+    """A bundled data set by name (``digits``, ``wine``, ``breast_cancer``, ``iris``, ``mnist1d``) or a
     user file: ``.npz`` with arrays ``x`` and ``y``, or ``.csv`` with the label last.
 
     Raises :class:`~trainlab.errors.DataError` for an unknown name, a missing file or bad

@@ -1,0 +1,61 @@
+"""``trainlab demo`` and ``trainlab experiment``: run the lecture's demonstrations and write
+the checked report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from trainlab.errors import ConfigError
+from trainlab.experiments import EXPERIMENTS, Config
+from trainlab.report import document
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser(
+        "demo", help="run every lecture demonstration and write a checked report",
+        description="Run the lecture's demonstrations (" + ", ".join(EXPERIMENTS) + ") and write a report —"
+                    " index.html, summary.md, results.json and PNG figures — in which each claim of the lecture is"
+                    " marked held or not held with this run's numbers.")
+    _common(demo, default_out="report")
+    demo.add_argument("--only", metavar="NAME,...", help="run only these experiments (comma-separated)")
+    demo.set_defaults(run=run_demo)
+    one = sub.add_parser("experiment", help="run one lecture demonstration",
+                         description="Run one demonstration and write its report.")
+    one.add_argument("name", metavar="NAME", help="one of: " + ", ".join(EXPERIMENTS))
+    _common(one, default_out=None)
+    one.set_defaults(run=run_experiment)
+
+
+def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
+    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute for all experiments)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--out", metavar="DIR", default=default_out,
+                   help="report directory" + (f" (default {default_out}/)" if default_out else " (default report-NAME/)"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    names = list(EXPERIMENTS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    return _run(names, args, Path(args.out))
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    return _run([args.name], args, Path(args.out or f"report-{args.name}"))
+
+
+def _run(names: list[str], args: argparse.Namespace, out: Path) -> int:
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown or not names:
+        raise ConfigError(f"unknown experiment {unknown[0] if unknown else '(none)'!r}; use one of: {', '.join(EXPERIMENTS)}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed} is not allowed; expected an integer >= 0")
+    config = Config(quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    start = time.perf_counter()
+    results = {name: EXPERIMENTS[name].run(config) for name in names}
+    seconds = time.perf_counter() - start
+    paths = document.write(results, out, seed=args.seed, seconds=seconds)
+    print(document.claims_table(results))
+    print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name}); {seconds:.0f} s")
+    return 0

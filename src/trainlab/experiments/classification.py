@@ -1,0 +1,151 @@
+"""Lecture part 4 — classification: softmax, and why cross-entropy beats MSE.
+
+* softmax(3, 1, −3) ≈ (0.88, 0.12, 0.00);
+* the lecture's error surface: three classes, the target is class 1, logits ``y₁, y₂ ∈
+  [−10, 10]`` with ``y₃ = −1000``; MSE (softmax output against the one-hot label) is flat in
+  the high-loss corner where ``y₂ ≫ y₁``, cross-entropy still slopes; gradient descent from
+  that corner on both;
+* the same comparison training a real classifier on the digits (and Adam, which the
+  lecture says may still rescue MSE).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+import trainlab as tl
+from trainlab.experiments.result import Config, Result, stages
+
+NAME = "classification"
+TITLE = "Classification: softmax, MSE against cross-entropy"
+CORNER = (-8.0, 8.0)  # (y₁, y₂): the target class far below the wrong one
+
+
+def run(config: Config | None = None) -> Result:
+    config = config or Config()
+    result = Result(NAME, TITLE, config=config)
+    with stages(result, 3) as bar:
+        softmax_example(result)
+        bar.update()
+        surfaces(result, config)
+        bar.update()
+        classifier(result, config)
+        bar.update()
+    return result
+
+
+def softmax_example(result: Result) -> None:
+    logits = torch.tensor([3.0, 1.0, -3.0], dtype=torch.float64)
+    ours = tl.nn.softmax(logits)
+    by_hand = torch.exp(logits) / torch.exp(logits).sum()
+    result.claim("softmax(3, 1, −3) ≈ (0.88, 0.12, 0.00).",
+                 torch.allclose(ours, by_hand, atol=1e-15) and torch.allclose(ours, torch.tensor(
+                     [0.88, 0.12, 0.0], dtype=torch.float64), atol=5e-3),
+                 f"softmax = {[round(float(v), 4) for v in ours]}; exp(yᵢ)/Σ exp(yⱼ) by hand agrees to"
+                 f" {float((ours - by_hand).abs().max()):.0e}", "(0.88, 0.12, 0.00)")
+    a, b = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).chunk(2)
+    two = tl.nn.softmax(torch.stack([a, b], 1))[:, 0]
+    result.claim("With two classes softmax is the sigmoid of the difference.",
+                 torch.allclose(two, torch.sigmoid(a - b), atol=1e-15),
+                 f"largest difference over 500 random pairs: {float((two - torch.sigmoid(a - b)).abs().max()):.0e}",
+                 "two-class softmax equals a sigmoid")
+
+
+def _losses(y1: torch.Tensor, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE and cross-entropy of logits ``(y₁, y₂, −1000)`` against class 1, for grids of y₁, y₂."""
+    logits = torch.stack([y1, y2, torch.full_like(y1, -1000.0)], -1).reshape(-1, 3)
+    target = torch.zeros(len(logits), dtype=torch.long)
+    p = tl.nn.softmax(logits)
+    mse = ((p - F.one_hot(target, 3)) ** 2).sum(-1)
+    ce = tl.nn.cross_entropy(logits, target, reduction="none")
+    return mse.reshape(y1.shape), ce.reshape(y1.shape)
+
+
+def _descend(which: int, steps: int, lr: float) -> np.ndarray:
+    y = torch.tensor(CORNER, dtype=torch.float64, requires_grad=True)
+    path = [y.detach().clone()]
+    for _ in range(steps):
+        value = _losses(y[0:1], y[1:2])[which].sum()
+        (g,) = torch.autograd.grad(value, y)
+        with torch.no_grad():
+            y -= lr * g
+        path.append(y.detach().clone())
+    return torch.stack(path).numpy()
+
+
+def surfaces(result: Result, config: Config) -> None:
+    steps, lr = (100, 1.0) if config.quick else (300, 1.0)
+    mse_path, ce_path = _descend(0, steps, lr), _descend(1, steps, lr)
+    corner = torch.tensor([CORNER[0]], dtype=torch.float64, requires_grad=True), torch.tensor([CORNER[1]],
+                                                                                               dtype=torch.float64,
+                                                                                               requires_grad=True)
+    mse, ce = _losses(*corner)
+    ce_value = float(ce.detach())
+    g_mse = torch.cat(torch.autograd.grad(mse.sum(), corner)).norm()
+    g_ce = torch.cat(torch.autograd.grad(ce.sum(), corner)).norm()
+    moved_mse = float(np.linalg.norm(mse_path[-1] - mse_path[0]))
+    final_ce = float(_losses(torch.tensor(ce_path[-1, :1]), torch.tensor(ce_path[-1, 1:]))[1])
+    final_mse = float(_losses(torch.tensor(mse_path[-1, :1]), torch.tensor(mse_path[-1, 1:]))[0])
+    result.claim("In the high-loss corner MSE is flat: gradient descent on it is stuck.",
+                 float(g_mse) < 1e-3 * float(g_ce) and moved_mse < 0.1,
+                 f"at (y₁, y₂) = {CORNER}: ‖∇MSE‖ = {float(g_mse):.1e}, ‖∇CE‖ = {float(g_ce):.2f}; {steps} steps of"
+                 f" η = {lr} move MSE's point {moved_mse:.1e} (loss stays {final_mse:.4f})", "MSE: 'stuck!'")
+    result.claim("Cross-entropy still slopes there: the same descent slides down.", final_ce < 0.1 * ce_value,
+                 f"cross-entropy {ce_value:.2f} → {final_ce:.4f} after {steps} steps",
+                 "cross-entropy has slope in the same corner")
+    grid = torch.linspace(-10, 10, 161, dtype=torch.float64)
+    y1, y2 = torch.meshgrid(grid, grid, indexing="ij")
+    mse_grid, ce_grid = _losses(y1, y2)
+    result.figure("surfaces", "Error surfaces over the logits (y₁, y₂), y₃ = −1000, target class 1",
+                  _surface_figure(y1, y2, mse_grid, ce_grid, mse_path, ce_path))
+
+
+def _surface_figure(y1, y2, mse, ce, mse_path, ce_path) -> Figure:
+    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    for ax, values, path, name in zip(fig.subplots(1, 2), (mse, ce), (mse_path, ce_path),
+                                      ("MSE (softmax vs one-hot)", "cross-entropy")):
+        filled = ax.contourf(y1.numpy(), y2.numpy(), values.numpy(), levels=30, cmap="viridis")
+        fig.colorbar(filled, ax=ax)
+        ax.plot(path[:, 0], path[:, 1], "r.-", ms=3, lw=1, label="gradient descent")
+        ax.plot(*path[0], "ro", ms=7)
+        ax.set(title=name, xlabel="y₁ (target class)", ylabel="y₂")
+        ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def classifier(result: Result, config: Config) -> None:
+    train, test = tl.data.load_digits(seed=config.seed)
+    epochs = 5 if config.quick else 20
+    rows, curves = [], {}
+    for loss_name, loss_fn in (("cross-entropy", tl.nn.cross_entropy), ("MSE", tl.nn.mse_onehot)):
+        for opt_name in ("SGD", "Adam"):
+            model = tl.nn.mlp(64, [32], 10, seed=config.seed)
+            opt = (tl.optim.SGD(model.parameters(), lr=0.1) if opt_name == "SGD"
+                   else tl.optim.Adam(model.parameters(), lr=1e-3))
+            trainer = tl.train.Trainer(model, opt, loss_fn, train, 32, epochs, eval_data=test, seed=config.seed,
+                                       progress=False, device="cpu")
+            summary = trainer.fit()
+            curves[f"{loss_name}, {opt_name}"] = [r["eval_accuracy"] for r in trainer.history]
+            rows.append([loss_name, opt_name, summary["train_loss"], summary["train_accuracy"], summary["eval_accuracy"],
+                         trainer.history[0]["eval_accuracy"]])
+    result.table("classifier", ["loss", "optimizer", "final train loss", "train accuracy", "test accuracy",
+                                "test accuracy after 1 epoch"], rows)
+    ce_sgd, ce_adam, mse_sgd, mse_adam = rows
+    result.claim(f"Training a real classifier (digits, SGD η = 0.1, {epochs} epochs), cross-entropy learns faster"
+                 " than MSE.", ce_sgd[5] > mse_sgd[5] and ce_sgd[4] >= mse_sgd[4],
+                 f"test accuracy after 1 epoch: {ce_sgd[5]:.3f} (CE) vs {mse_sgd[5]:.3f} (MSE); after {epochs}:"
+                 f" {ce_sgd[4]:.3f} vs {mse_sgd[4]:.3f}", "cross-entropy is the usual choice for classification")
+    result.claim("Adam narrows the gap for MSE.", (ce_adam[4] - mse_adam[4]) < (ce_sgd[4] - mse_sgd[4]) + 1e-9,
+                 f"gap in test accuracy: {ce_sgd[4] - mse_sgd[4]:+.3f} with SGD, {ce_adam[4] - mse_adam[4]:+.3f} with"
+                 " Adam", "Adam may still rescue MSE")
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, "o-" if "cross" in name else "s--", ms=3, label=name)
+    ax.set(xlabel="epoch", ylabel="test accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    result.figure("classifier", "Digits: cross-entropy against MSE", fig)

@@ -1,0 +1,101 @@
+"""What an experiment returns: the lecture's claims checked against this run, with the
+tables and figures that show the evidence."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Config:
+    """Settings shared by every experiment: ``quick`` runs a reduced version (for tests and
+    a first look, under a minute for all of them); ``seed`` fixes every random draw."""
+
+    quick: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Claim:
+    text: str  # the lecture's claim, as a statement this run can check
+    held: bool
+    evidence: str  # what this run measured
+    lecture: str = ""  # what the lecture (or its paper) reported, where known
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Result:
+    name: str
+    title: str
+    claims: list[Claim] = field(default_factory=list)
+    tables: dict[str, Table] = field(default_factory=dict)
+    figures: dict[str, tuple[str, Figure]] = field(default_factory=dict)  # name -> (title, figure)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    config: Config = field(default_factory=Config)
+
+    def claim(self, text: str, held: bool, evidence: str, lecture: str = "") -> None:
+        self.claims.append(Claim(text, bool(held), evidence, lecture))
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.tables[name] = Table(columns, [[_plain(v) for v in row] for row in rows])
+
+    def figure(self, name: str, title: str, fig: Figure) -> None:
+        self.figures[name] = (title, fig)
+
+    def figure_file(self, name: str) -> str:
+        return f"{self.name}-{name}.png"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "title": self.title, "seconds": self.seconds,
+            "config": {"quick": self.config.quick, "seed": self.config.seed},
+            "claims": [{"text": c.text, "held": c.held, "evidence": c.evidence, "lecture": c.lecture}
+                       for c in self.claims],
+            "tables": {k: {"columns": t.columns, "rows": t.rows} for k, t in self.tables.items()},
+            "figures": [{"name": k, "title": title, "file": self.figure_file(k)} for k, (title, _) in self.figures.items()],
+            "notes": self.notes,
+        }
+
+
+@contextlib.contextmanager
+def stages(result: Result, total: int) -> Iterator[tqdm]:
+    """A progress bar over an experiment's stages; times the experiment into ``result.seconds``."""
+    start = time.perf_counter()
+    with tqdm(total=total, desc=result.name, unit="stage", disable=not result.config.progress, leave=False) as bar:
+        yield bar
+    result.seconds = time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Timings on one CPU thread are stable; the caller's thread count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _plain(value: Any) -> Any:
+    """Numbers as Python floats/ints (tensors and NumPy scalars included), for JSON."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
