@@ -328,12 +328,13 @@ class Pairs(Dataset):
 
 
 def test_any_map_style_dataset_gives_the_same_run(digits):
-    train, _ = digits
-    a = make(train, epochs=2)
-    b = make(Pairs(*train.tensors), epochs=2)
+    train, test = digits
+    a = make(train, epochs=2, eval_data=test)
+    b = make(Pairs(*train.tensors), epochs=2, eval_data=Pairs(*test.tensors))
     a.fit(), b.fit()
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(p, q)
+    assert without_times(a.history) == without_times(b.history)
 
 
 def test_evaluate_restores_mode_and_uses_running_stats(digits):

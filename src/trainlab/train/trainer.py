@@ -140,7 +140,7 @@ class Trainer:
         try:
             loss_sum, correct, n = 0.0, 0, len(data)
             for start in range(0, n, EVAL_BATCH_SIZE):
-                x, y = _gather(data, torch.arange(start, min(start + EVAL_BATCH_SIZE, n)), self.device)
+                x, y = _gather(data, slice(start, start + EVAL_BATCH_SIZE), self.device)
                 out = self.model(x)
                 loss_sum += self.loss_fn(out, y).item() * len(y)
                 correct = _add_correct(correct, out, y)
@@ -397,12 +397,14 @@ def _on_device(data: Dataset, device: torch.device) -> Dataset:
     return data
 
 
-def _gather(data: Dataset, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The samples ``data[i] for i in index`` as one batch ``(x, y)`` on ``device``."""
+def _gather(data: Dataset, index: torch.Tensor | slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``data[i] for i in index`` (a tensor of indices, or a slice: a view of a
+    ``TensorDataset``, no copy) as one batch ``(x, y)`` on ``device``."""
     if isinstance(data, TensorDataset):
         batch = tuple(t[index] for t in data.tensors)
     else:
-        batch = tuple(t.to(device) for t in default_collate([data[i] for i in index.tolist()]))
+        indices = range(len(data))[index] if isinstance(index, slice) else index.tolist()
+        batch = tuple(t.to(device) for t in default_collate([data[i] for i in indices]))
     if len(batch) != 2:
         raise DataError(f"a training sample has {len(batch)} parts; expected (input, target)")
     return batch
