@@ -11,10 +11,10 @@ import sys
 from typing import Sequence
 
 from trainlab import __version__
-from trainlab.cli import demo, schedule, train
+from trainlab.cli import demo, diagnose, schedule, train
 from trainlab.errors import ConfigError, DataError, DivergenceError
 
-SUBCOMMANDS = (demo, train, schedule)
+SUBCOMMANDS = (demo, train, diagnose, schedule)
 
 
 def parser() -> argparse.ArgumentParser:

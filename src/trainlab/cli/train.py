@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trainlab.train import config as config_mod
 from trainlab.train import run as run_mod
+from trainlab.train.doctor import StallDoctor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/YYYYmmdd-HHMMSS)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint up to train.epochs")
+    p.add_argument("--doctor", action="store_true",
+                   help="watch for stalls: diagnose the Hessian and act (escape a saddle, fix a plateau); events are"
+                        " logged to metrics.jsonl and listed at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_mod.load(args.config, args.overrides)
     try:
-        summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress)
+        callbacks = [StallDoctor(seed=config.seed)] if args.doctor else []
+        summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress, callbacks=callbacks)
     except KeyboardInterrupt:
         print(f"interrupted; the checkpoint in {out} keeps the last completed step."
               f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
@@ -60,4 +65,11 @@ def report(config: config_mod.RunConfig, summary: dict, out: Path) -> str:
         f"  train  loss {num(summary.get('train_loss'))}  accuracy {pct(summary.get('train_accuracy'))}",
         f"  test   loss {num(summary.get('eval_loss'))}  accuracy {pct(summary.get('eval_accuracy'))}",
         f"run directory: {out}",
-    ])
+    ] + _events(summary.get("events", [])))
+
+
+def _events(events: list[dict]) -> list[str]:
+    if not events:
+        return []
+    return [f"stall doctor: {len(events)} event(s)"] + [f"  step {e['step']} (epoch {e['epoch']}): {e['verdict']}"
+                                                      f" — {e.get('message', '')}" for e in events]

@@ -42,3 +42,23 @@ def surface_figure(surface: Surface, title: str = "", levels: int = 30) -> Figur
     ax.set(xlabel=r"$\alpha$ (direction 1)", ylabel=r"$\beta$ (direction 2)")
     ax.set_title(title or f"loss around θ (centre {surface.center:.4g})", fontsize="medium")
     return fig
+
+
+def spectrum_figure(eigenvalues: Sequence[float], title: str, grid: Sequence[float] | None = None,
+                    density: Sequence[float] | None = None) -> Figure:
+    """The eigenvalues found (sorted), and the spectral density beside them when given."""
+    fig = Figure(figsize=(10.0 if density is not None else 5.6, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2 if density is not None else 1)
+    left = axes[0] if density is not None else axes
+    values = sorted(float(v) for v in eigenvalues)
+    left.plot(range(len(values)), values, "o", ms=3)
+    left.axhline(0, color="gray", lw=0.8)
+    left.set(xlabel="index (ascending)", ylabel="eigenvalue λ", title=title)
+    left.grid(alpha=0.3)
+    if density is not None:
+        right = axes[1]
+        right.plot(grid, density)
+        right.set_yscale("log")
+        right.set(xlabel="λ", ylabel="density", title="spectral density (stochastic Lanczos quadrature)")
+        right.grid(alpha=0.3)
+    return fig

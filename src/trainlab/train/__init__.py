@@ -2,6 +2,7 @@
 
 from trainlab.train.callbacks import Callback
 from trainlab.train.config import RunConfig
+from trainlab.train.doctor import StallDoctor
 from trainlab.train.trainer import Trainer
 
-__all__ = ["Callback", "RunConfig", "Trainer"]
+__all__ = ["Callback", "RunConfig", "StallDoctor", "Trainer"]

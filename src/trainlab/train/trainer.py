@@ -85,6 +85,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # updates completed
         self.history: list[dict[str, Any]] = []  # the metrics.jsonl records of this run
+        self.events: list[dict[str, Any]] = []  # what callbacks reported (e.g. the stall doctor)
         self.stop_training = False
         self._generator = torch.Generator().manual_seed(seed)
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -147,6 +148,15 @@ class Trainer:
         finally:
             self.model.train(was_training)
         return {"loss": loss_sum / n, "accuracy": None if correct is None else int(correct) / n}
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        """Record a callback's finding: into ``events``, the summary, ``metrics.jsonl`` (a line
+        with an ``"event"`` key) and, as one line, the progress bar."""
+        event = {"event": event.get("event", "event"), "epoch": self.epoch + 1, "step": self.step, **event}
+        self.events.append(event)
+        self._write_lines("metrics.jsonl", [event])
+        if self.progress:
+            tqdm.write(f"step {self.step}: {event.get('message', event['event'])}")
 
     # ------------------------------------------------------------------ epochs and steps
     def _run_epoch(self, bar: tqdm, shuffle_state: torch.Tensor | None, first_batch: int,
@@ -258,8 +268,11 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self._generator.set_state(rng["shuffle"].cpu())
         # Records written after the checkpoint belong to work that is about to be redone.
-        self.history = [r for r in self._read_lines("metrics.jsonl") if r["epoch"] <= self.epoch]
-        self._rewrite_lines("metrics.jsonl", self.history)
+        kept = [r for r in self._read_lines("metrics.jsonl")
+                if (r["step"] <= self.step if "event" in r else r["epoch"] <= self.epoch)]
+        self.history = [r for r in kept if "event" not in r]
+        self.events = [r for r in kept if "event" in r]
+        self._rewrite_lines("metrics.jsonl", kept)
         self._rewrite_lines("steps.jsonl", [r for r in self._read_lines("steps.jsonl") if r["step"] <= self.step])
         if state["batch"] == 0:
             return None, 0, None
@@ -290,6 +303,7 @@ class Trainer:
                                        if r["eval_accuracy"] is not None), default=None),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device), "seed": self.seed, "batch_size": self.batch_size,
+            "events": self.events,
         }
         summary.pop("epoch", None)
         summary.pop("step", None)
