@@ -122,3 +122,28 @@ def test_bounded_sample_and_bad_arguments(digits):
         StallDoctor(window=5)
     with pytest.raises(ConfigError, match="min_rel_improvement=0 is not allowed"):
         StallDoctor(min_rel_improvement=0)
+
+
+def test_local_minimum_is_named_and_left_alone():
+    """At the minimum of a convex quadratic the doctor says so, suggests remedies, changes nothing."""
+    w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    model = torch.nn.Module()
+    model.w = w
+    model.forward = lambda x: w
+    loss_fn = lambda out, _: 0.5 * ((out - 1) ** 2).sum() + 1.0  # noqa: E731  minimum 1.0 at w = (1, 1)
+    with torch.no_grad():
+        w.fill_(1.0)
+    opt = tl.optim.SGD([w], lr=0.1)
+    doctor = StallDoctor(window=20)
+    events = []
+    for _ in range(200):
+        opt.zero_grad()
+        loss = loss_fn(model(None), None)
+        loss.backward()
+        opt.step()
+        event = doctor.after_step(model, loss.item(), loss_fn, (torch.zeros(1), torch.zeros(1)), optimizer=opt)
+        events += [event] if event else []
+    assert events[0]["verdict"] == "local_minimum" and events[0]["action"] == "none" and not events[0]["applied"]
+    assert "re-initialise" in events[0]["message"] and "larger model" in events[0]["message"]
+    assert torch.equal(w.detach(), torch.ones(2, dtype=torch.float64))
+    assert len(events) <= 3  # it waits four windows after a finding it cannot act on
