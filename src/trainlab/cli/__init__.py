@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from trainlab import __version__
+from trainlab import __version__, distributed
 from trainlab.cli import demo, diagnose, schedule, train
 from trainlab.errors import ConfigError, DataError, DivergenceError
 
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        distributed.init()  # under torchrun: join the process group; a no-op in one process
         return args.run(args)
     except (ConfigError, DataError) as e:
         print(f"trainlab {args.command}: error: {e}", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from trainlab import curvature
+from trainlab import curvature, distributed
 from trainlab.errors import ConfigError
 from trainlab.report import plots
 from trainlab.train import checkpoint
@@ -38,10 +38,16 @@ def run(args: argparse.Namespace) -> int:
     config = run_mod.saved_config(run_dir)
     parts = run_mod.build(config)
     parts.model.load_state_dict(checkpoint.load(ckpt, map_location="cpu")["model"])
-    data = parts.train_data.tensors
+    x, y = parts.train_data.tensors
+    rank, world = distributed.rank(), distributed.world_size()
+    data = (x[rank::world], y[rank::world])  # under torchrun each rank holds a shard; results are all-reduced
     d = curvature.diagnose(parts.model, parts.loss_fn, data, k=args.k)
+    if rank != 0:
+        if args.density:
+            curvature.density(parts.model, parts.loss_fn, data)  # the collective products need every rank
+        return 0
     print(f"{run_dir}: {config.model.name} {config.model.hidden} on {config.data.name}, training split"
-          f" ({len(data[1]):,} samples), {config.train.loss}")
+          f" ({len(y):,} samples{f', {world} processes' if world > 1 else ''}), {config.train.loss}")
     print(d)
     values = d.eigenvalues
     show = min(5, len(values))

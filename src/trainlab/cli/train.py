@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from trainlab import distributed
 from trainlab.train import config as config_mod
 from trainlab.train import run as run_mod
 from trainlab.train.doctor import StallDoctor
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted; the checkpoint in {out} keeps the last completed step."
               f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
         raise
-    print(report(config, summary, out))
+    if distributed.rank() == 0:
+        print(report(config, summary, out))
     return 0
 
 

@@ -117,7 +117,7 @@ def verdict(grad_norm: float, has_positive: bool, has_negative: bool, grad_tol: 
 def diagnose(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], grad_tol: float = 1e-3,
              eig_tol: float = 1e-6, eig_floor: float = 1e-10, method: str = "auto", dense_max_params: int = 2_000,
              k: int = 10, tol: float = 1e-6, probes: int = 10, steps: int = 80, seed: int = 0,
-             mode: str = "eval") -> Diagnosis:
+             mode: str = "eval", distributed: bool | None = None, group: object = None) -> Diagnosis:
     """Loss, gradient norm, Hessian spectrum, verdict and minimum ratio at the current parameters."""
     if method not in METHODS:
         raise ConfigError(f"method={method!r} is not allowed; use one of: {', '.join(METHODS)}")
@@ -131,7 +131,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], g
     target = _float64_copy(model) if method == "dense" else model
     batches = [_float64_batch(b) for b in as_batches(data)] if method == "dense" else data
     with analysis_mode(target, mode):
-        op = HessianOperator(target, loss_fn, batches)
+        op = HessianOperator(target, loss_fn, batches, distributed=distributed, group=group)
         if mode == "train":
             op.check_determinism()
         grad_norm = float(op.gradient().norm())

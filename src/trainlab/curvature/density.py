@@ -91,11 +91,13 @@ class Trace:
 
 
 def density(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], probes: int = 10, steps: int = 80,
-            sigma: float | None = None, grid_points: int = 1000, seed: int = 0, mode: str = "eval") -> Density:
+            sigma: float | None = None, grid_points: int = 1000, seed: int = 0, mode: str = "eval",
+            distributed: bool | None = None, group: object = None) -> Density:
     """Spectral density of ``H`` from ``probes`` Lanczos runs of ``steps`` products each."""
     timer = Timer()
     with analysis_mode(model, mode):
-        return density_of(_operator(model, loss_fn, data, mode), probes, steps, sigma, grid_points, seed, timer)
+        return density_of(_operator(model, loss_fn, data, mode, distributed, group), probes, steps, sigma, grid_points,
+                          seed, timer)
 
 
 def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: float | None = None,
@@ -124,11 +126,12 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
 
 
 def trace(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], samples: int = 30,
-          method: str = "hutch++", seed: int = 0, mode: str = "eval") -> Trace:
+          method: str = "hutch++", seed: int = 0, mode: str = "eval", distributed: bool | None = None,
+          group: object = None) -> Trace:
     """``tr H`` from ``samples`` products, with a standard error."""
     timer = Timer()
     with analysis_mode(model, mode):
-        return trace_of(_operator(model, loss_fn, data, mode), samples, method, seed, timer)
+        return trace_of(_operator(model, loss_fn, data, mode, distributed, group), samples, method, seed, timer)
 
 
 def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", seed: int = 0,
@@ -181,7 +184,7 @@ def _quadrature(op: HessianOperator, v: torch.Tensor, steps: int) -> tuple[torch
 def _rademacher(op: HessianOperator, count: int, gen: torch.Generator) -> torch.Tensor:
     """``count`` rows of random ±1 entries."""
     signs = torch.randint(0, 2, (count, op.n), generator=gen, dtype=torch.int8)
-    return (signs.to(dtype=op.dtype) * 2 - 1).to(op.device)
+    return op.broadcast((signs.to(dtype=op.dtype) * 2 - 1).to(op.device))
 
 
 def _stderr(samples: torch.Tensor) -> float:

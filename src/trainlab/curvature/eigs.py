@@ -35,12 +35,12 @@ class Eigs:
 
 def eigs(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], k: int = 10, which: str = "largest",
          tol: float = 1e-6, max_hvp: int | None = None, basis_size: int | None = None, seed: int = 0,
-         mode: str = "eval") -> Eigs:
+         mode: str = "eval", distributed: bool | None = None, group: object = None) -> Eigs:
     """The ``k`` largest (``which="largest"``), ``k`` most negative (``"smallest"``), or both
     (``k`` of each) eigenpairs of ``H``, by thick-restart Lanczos on the model's device."""
     timer = Timer()
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode)
+        op = _operator(model, loss_fn, data, mode, distributed, group)
         return eigs_of(op, k, which, tol, max_hvp, basis_size, seed, timer)
 
 
@@ -48,7 +48,7 @@ def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | 
             basis_size: int | None = None, seed: int = 0, timer: Timer | None = None) -> Eigs:
     timer = timer or Timer()
     before = op.n_hvp
-    r = lanczos(op.matvec, op.n, k, which, tol, max_hvp, basis_size, seed, op.device, op.dtype)
+    r = lanczos(op.matvec, op.n, k, which, tol, max_hvp, basis_size, seed, op.device, op.dtype, sync=op.broadcast)
     names = {id(p): name for name, p in op.model.named_parameters()}
     shapes = [(names[id(p)], p.shape) for p in op.params]
     return Eigs(r.values, r.vectors, r.residuals, r.converged, op.n_hvp - before, timer.seconds, shapes)

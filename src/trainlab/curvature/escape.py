@@ -58,7 +58,7 @@ def _set(params: list[torch.Tensor], origin: list[torch.Tensor], direction: list
 
 
 def escape(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], diagnosis: Diagnosis,
-           max_halvings: int = 40, mode: str = "eval") -> Escape:
+           max_halvings: int = 40, mode: str = "eval", distributed: bool | None = None, group: object = None) -> Escape:
     """Move ``model``'s parameters along the negative curvature ``diagnosis`` found."""
     directions = diagnosis.escape_directions
     if not diagnosis.negative_curvature or len(directions) == 0:
@@ -67,7 +67,7 @@ def escape(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], dia
             f" {float(diagnosis.eigenvalues.min()):.3g} (flat below {diagnosis.flat_threshold:.3g} in magnitude);"
             f" the point is {diagnosis.verdict.replace('_', ' ')}, not a saddle's neighbourhood")
     with analysis_mode(model, mode):
-        op = HessianOperator(model, loss_fn, data)
+        op = HessianOperator(model, loss_fn, data, distributed=distributed, group=group)
         if directions.shape[1] != op.n:
             raise ConfigError(f"the diagnosis is of a model with {directions.shape[1]} parameters; this one has {op.n}")
         g = op.gradient()
@@ -86,7 +86,7 @@ def escape(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], dia
             best = None
             for sign in (1.0, -1.0):
                 _set(params, origin, step, sign * t)
-                loss = _loss(op)
+                loss = op.total_loss()
                 predicted = sign * t * slope + 0.5 * curvature * t * t
                 if loss - loss_before <= ARMIJO * predicted and (best is None or loss < best[0]):
                     best = (loss, sign, predicted)
@@ -96,8 +96,3 @@ def escape(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], dia
             t /= 2
         _set(params, origin, step, 0.0)
         return Escape(loss_before, loss_before, 0.0, 0.0, curvature, len(U), False)
-
-
-@torch.no_grad()
-def _loss(op: HessianOperator) -> float:
-    return float(sum(op._weighted_losses()))

@@ -43,14 +43,18 @@ class LanczosResult:
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10, which: str = "largest",
             tol: float = 1e-6, max_matvecs: int | None = None, basis_size: int | None = None, seed: int = 0,
-            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> LanczosResult:
+            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+            sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LanczosResult:
     """The ``k`` largest, ``k`` smallest, or both (``k`` of each), eigenpairs of the symmetric
     operator ``v ↦ matvec(v)`` on ``R^n``, in at most ``max_matvecs`` products (default 5,000).
 
     ``basis_size`` defaults to 300 vectors, fewer when ``n`` is small or the basis would
     exceed :data:`BASIS_BYTES`; convergence is checked every few products, so an easy
-    problem stops long before the basis is full.
+    problem stops long before the basis is full. ``sync`` is applied to every random vector
+    drawn (under ``torch.distributed``: a broadcast from rank 0, so that all ranks hold the
+    same basis; every other step is deterministic given the same products).
     """
+    sync = sync or (lambda v: v)
     if which not in WHICH:
         raise ValueError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -68,7 +72,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
 
     V = torch.zeros(m + 1, n, device=device, dtype=dtype)
     T = torch.zeros(m, m, dtype=torch.float64)
-    V[0] = _unit(torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype))
+    V[0] = sync(_unit(torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)))
     start, used = 0, 0
     while True:
         for j in range(start, m):
@@ -80,7 +84,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
             beta = float(w.norm())
             if j + 1 < n and beta <= 1e-10 * (float(T[:j + 1, :j + 1].abs().max()) or 1.0):
                 # an invariant subspace: continue from a fresh direction, uncoupled (β = 0)
-                w = torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+                w = sync(torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype))
                 _orthogonalise(w, V[:j + 1])
                 beta, w = 0.0, _unit(w)
                 V[j + 1] = w

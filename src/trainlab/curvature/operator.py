@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from trainlab import distributed as dist
 from trainlab.data.batches import Batch, as_batches
 from trainlab.errors import ConfigError, DataError
 
@@ -63,10 +64,15 @@ class HessianOperator:
 
     Use inside :func:`analysis_mode`. ``matvec(v)`` takes a flat ``(n,)`` vector, ``matmat(V)``
     an ``(m, n)`` block of row vectors; both count into ``n_hvp`` (one per vector).
+
+    Under ``torch.distributed`` (a process group is initialised; ``distributed=False`` turns it
+    off, ``group=`` picks another group) each rank's ``data`` is its shard: the loss weights use
+    the total sample count, and every gradient, product and loss is summed over the ranks, so
+    every rank holds the full-data result.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch],
-                 keep_graph: bool | None = None):
+                 keep_graph: bool | None = None, distributed: bool | None = None, group: object = None):
         self.model, self.loss_fn = model, loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -74,12 +80,19 @@ class HessianOperator:
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
         self.n = sum(p.numel() for p in self.params)
         self.batches = [(x.to(self.device), y.to(self.device)) for x, y in as_batches(data)]
-        self.samples = sum(len(y) for _, y in self.batches)
+        self.distributed, self.group = dist.active(distributed, group), group
+        local = sum(len(y) for _, y in self.batches)
+        if self.distributed:
+            dist.check_same_parameters(self.params, group)
+            local = int(dist.all_reduce_sum(torch.tensor([local], device=self.device), group))
+            dist.check_enough_samples(local, group)
+        self.samples = local  # over all ranks
         if self.samples == 0:
             raise DataError("data holds no samples")
         self.keep_graph = self.samples <= KEEP_GRAPH_MAX_SAMPLES if keep_graph is None else keep_graph
         self.n_hvp = 0
-        self._grad: torch.Tensor | None = None  # flat gradient; with a graph when keep_graph
+        self._grad: torch.Tensor | None = None  # this rank's flat gradient; with a graph when keep_graph
+        self._full_grad: torch.Tensor | None = None  # summed over ranks
         self._loss: float | None = None
 
     # ---------------------------------------------------------------- loss and gradient
@@ -94,20 +107,36 @@ class HessianOperator:
         return self._loss
 
     def gradient(self) -> torch.Tensor:
-        """``∇L`` as a flat vector (detached)."""
-        if self._grad is None:
-            if self.keep_graph:
+        """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
+        if self._full_grad is None:
+            if self.keep_graph and self.batches:
                 total = sum(self._weighted_losses())
                 grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
-                self._loss = float(total.detach())
-                self._grad = _flat(grads, self.params)
+                loss, self._grad = total.detach(), _flat(grads, self.params)
             else:
-                flat, loss = torch.zeros(self.n, device=self.device, dtype=self.dtype), 0.0
+                flat, loss = torch.zeros(self.n, device=self.device, dtype=self.dtype), torch.zeros((), device=self.device)
                 for part in self._weighted_losses():
                     flat += _flat(torch.autograd.grad(part, self.params, allow_unused=True), self.params)
-                    loss += float(part.detach())
-                self._grad, self._loss = flat, loss
-        return self._grad.detach()
+                    loss = loss + part.detach()
+                self._grad = flat
+            full = torch.cat([self._grad.detach().reshape(-1), loss.reshape(1).to(self.dtype)])
+            if self.distributed:
+                dist.all_reduce_sum(full, self.group)
+            self._full_grad, self._loss = full[:-1], float(full[-1])
+        return self._full_grad
+
+    def total_loss(self) -> float:
+        """The full-data loss at the current parameters (recomputed; no gradient)."""
+        with torch.no_grad():
+            local = sum((part.detach() for part in self._weighted_losses()), torch.zeros((), device=self.device))
+        if self.distributed:
+            dist.all_reduce_sum(local, self.group)
+        return float(local)
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (identity in one process): keeps random start
+        vectors identical everywhere."""
+        return dist.broadcast(tensor, self.group) if self.distributed else tensor
 
     # ---------------------------------------------------------------- products
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -122,12 +151,13 @@ class HessianOperator:
         self.n_hvp += len(vectors)
         if self.keep_graph:
             self.gradient()
-            return self._products(self._grad, vectors)
-        out = torch.zeros_like(vectors)
-        for part in self._weighted_losses():
-            grad = _flat(torch.autograd.grad(part, self.params, create_graph=True, allow_unused=True), self.params)
-            out += self._products(grad, vectors)
-        return out
+            out = self._products(self._grad, vectors)
+        else:
+            out = torch.zeros_like(vectors)
+            for part in self._weighted_losses():
+                grad = _flat(torch.autograd.grad(part, self.params, create_graph=True, allow_unused=True), self.params)
+                out += self._products(grad, vectors)
+        return dist.all_reduce_sum(out, self.group) if self.distributed else out
 
     def _products(self, grad: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """``∇(gᵀ v)`` for each row ``v``: backward passes through the gradient's graph.
@@ -158,7 +188,7 @@ class HessianOperator:
     def check_determinism(self) -> None:
         """In training mode, the gradient must come out the same twice (no dropout etc.)."""
         first = self.gradient().clone()
-        self._grad, self._loss = None, None
+        self._grad, self._full_grad, self._loss = None, None, None
         second = self.gradient()
         gap = (first - second).abs().max().item()
         if gap > 0:

@@ -2,7 +2,8 @@
 
 ``data`` is one ``(x, y)`` batch or an iterable of batches; the loss is their
 sample-weighted mean (see :mod:`trainlab.curvature.operator`, which also states the mode
-rule and how products are computed).
+rule, how products are computed, and how ``distributed=`` / ``group=`` share the data
+between ``torch.distributed`` ranks).
 """
 
 from __future__ import annotations
@@ -19,24 +20,25 @@ from trainlab.data.batches import Batch
 HESSIAN_BLOCK_BYTES = 256 * 2**20
 
 
-def gradient(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], mode: str = "eval") -> torch.Tensor:
+def gradient(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], mode: str = "eval",
+             distributed: bool | None = None, group: object = None) -> torch.Tensor:
     """``∇L(θ)`` as a flat vector over the parameters that require gradients."""
     with analysis_mode(model, mode):
-        op = HessianOperator(model, loss_fn, data, keep_graph=False)
+        op = HessianOperator(model, loss_fn, data, keep_graph=False, distributed=distributed, group=group)
         return op.gradient()
 
 
 def hvp(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], v: torch.Tensor,
-        mode: str = "eval") -> torch.Tensor:
+        mode: str = "eval", distributed: bool | None = None, group: object = None) -> torch.Tensor:
     """``H v`` for a flat ``(n,)`` vector, or ``(H vᵢ)ᵢ`` for the rows of an ``(m, n)`` matrix,
     answered together from one kept gradient graph (in one batched pass on a GPU)."""
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode)
+        op = _operator(model, loss_fn, data, mode, distributed, group)
         return op.matvec(v) if v.dim() == 1 else op.matmat(v)
 
 
 def hessian(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], max_params: int = 20_000,
-            mode: str = "eval") -> torch.Tensor:
+            mode: str = "eval", distributed: bool | None = None, group: object = None) -> torch.Tensor:
     """The dense ``n × n`` Hessian, built from products with blocks of the identity (each
     block bounded to :data:`HESSIAN_BLOCK_BYTES`) through one kept gradient graph, and
     symmetrised, ``(H + Hᵀ)/2``.
@@ -50,7 +52,7 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], ma
                          f" hold {n * n:,} numbers; use trainlab.curvature.eigs (Lanczos) for its extreme"
                          " eigenvalues, or raise max_params")
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode)
+        op = _operator(model, loss_fn, data, mode, distributed, group)
         return dense(op)
 
 
@@ -66,8 +68,9 @@ def dense(op: HessianOperator) -> torch.Tensor:
     return (H + H.T) / 2
 
 
-def _operator(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], mode: str) -> HessianOperator:
-    op = HessianOperator(model, loss_fn, data)
+def _operator(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], mode: str,
+              distributed: bool | None = None, group: object = None) -> HessianOperator:
+    op = HessianOperator(model, loss_fn, data, distributed=distributed, group=group)
     if mode == "train":
         op.check_determinism()
     return op

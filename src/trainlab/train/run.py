@@ -117,8 +117,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
                       eval_data=parts.test_data, callbacks=callbacks, seed=config.seed,
                       device=config.train.device, out=out, checkpoint_every=config.train.checkpoint_every,
                       resume=resume, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(config.to_toml())
+    if trainer.writer:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(config.to_toml())
     return trainer.fit()
 
 

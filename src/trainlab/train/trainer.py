@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
+from trainlab import distributed as dist
 from trainlab.errors import ConfigError, DataError, DivergenceError
 from trainlab.train import checkpoint
 from trainlab.train.callbacks import HOOKS
@@ -66,22 +67,30 @@ class Trainer:
                  batch_size: int | str, epochs: int, scheduler: Any = None, eval_data: Dataset | None = None,
                  callbacks: Iterable[Any] = (), seed: int = 0, device: str | torch.device = "auto",
                  out: str | Path | None = None, *, checkpoint_every: int = 1, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, distributed: bool | None = None):
         _check_positive_int("epochs", epochs)
         _check_positive_int("checkpoint_every", checkpoint_every)
         if len(train_data) == 0:
             raise DataError("train_data holds no samples")
-        self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        self.distributed = dist.active(distributed)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if self.distributed:
+            dist.check_enough_samples(len(train_data))
+            dist.check_same_parameters(list(model.parameters()))
+        self.device = dist.device() if self.distributed and device == "auto" else resolve_device(device)
+        self.module = model.to(self.device)  # the model itself; self.model may wrap it for data parallelism
+        self.model = self._wrap(self.module)
         self.optimizer, self.scheduler, self.loss_fn = optimizer, scheduler, loss_fn
         self.train_data = _on_device(train_data, self.device)
         self.eval_data = _on_device(eval_data, self.device) if eval_data is not None and len(eval_data) else None
-        self.batch_size = _batch_size(batch_size, len(train_data))
+        self._shard = math.ceil(len(train_data) / self.world)  # samples this rank trains on per epoch
+        self.batch_size = _batch_size(batch_size, self._shard)
         self.epochs, self.seed, self.checkpoint_every = epochs, seed, checkpoint_every
         self.callbacks = list(callbacks)
         self._hooks = {name: [getattr(cb, name) for cb in self.callbacks if hasattr(cb, name)] for name in HOOKS}
         self.out = Path(out) if out is not None else None
-        self.resume, self.progress = resume, progress
+        self.writer = self.rank == 0  # only rank 0 writes files and draws the progress bar
+        self.resume, self.progress = resume, progress and self.writer
         self.epoch = 0  # epochs completed
         self.step = 0  # updates completed
         self.history: list[dict[str, Any]] = []  # the metrics.jsonl records of this run
@@ -96,7 +105,7 @@ class Trainer:
     # ------------------------------------------------------------------ public
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_data) / self.batch_size)
+        return math.ceil(self._shard / self.batch_size)
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -136,17 +145,17 @@ class Trainer:
         """``{"loss", "accuracy"}`` of the model on ``data`` in ``eval()`` mode
         (sample-weighted means; accuracy is ``None`` unless targets are class indices)."""
         data = _on_device(data, self.device)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.module.training
+        self.module.eval()
         try:
             loss_sum, correct, n = 0.0, 0, len(data)
             for start in range(0, n, EVAL_BATCH_SIZE):
                 x, y = _gather(data, slice(start, start + EVAL_BATCH_SIZE), self.device)
-                out = self.model(x)
+                out = self.module(x)
                 loss_sum += self.loss_fn(out, y).item() * len(y)
                 correct = _add_correct(correct, out, y)
         finally:
-            self.model.train(was_training)
+            self.module.train(was_training)
         return {"loss": loss_sum / n, "accuracy": None if correct is None else int(correct) / n}
 
     def log_event(self, event: dict[str, Any]) -> None:
@@ -167,7 +176,7 @@ class Trainer:
             shuffle_state = self._generator.get_state()
         else:
             self._generator.set_state(shuffle_state)
-        order = torch.randperm(len(self.train_data), generator=self._generator).to(self.device)
+        order = self._my_share(torch.randperm(len(self.train_data), generator=self._generator)).to(self.device)
         tally = partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "grad_norm_sum": 0.0}
         epoch = self.epoch + 1
         self._call("on_epoch_start", epoch)
@@ -184,7 +193,10 @@ class Trainer:
                 self._save(rng_shuffle=shuffle_state, batch=b + 1, partial=tally)
                 raise KeyboardInterrupt
         train_seconds = tally["seconds"] + time.perf_counter() - started
-        metrics = self.evaluate(self.eval_data) if self.eval_data is not None else {"loss": None, "accuracy": None}
+        if self.distributed and tally["correct"] is not None:
+            tally["correct"] = dist.all_reduce_sum(torch.as_tensor(tally["correct"], device=self.device).clone())
+        wanted = self.eval_data is not None and self.writer
+        metrics = self.evaluate(self.eval_data) if wanted else {"loss": None, "accuracy": None}
         n_steps = self.steps_per_epoch
         record = {
             "epoch": epoch, "step": self.step,
@@ -207,7 +219,11 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, tally: dict[str, Any]) -> dict[str, Any]:
         out = self.model(x)
         loss = self.loss_fn(out, y)
-        value = loss.item()
+        value, count = loss.item(), len(y)
+        if self.distributed:  # one small all-reduce: the global loss, and whether any rank was interrupted
+            shared = dist.all_reduce_sum(torch.tensor([value * count, count, float(self._interrupted)],
+                                                      dtype=torch.float64, device=self.device))
+            value, count, self._interrupted = float(shared[0] / shared[1]), int(shared[1]), bool(shared[2])
         self._check_divergence(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,8 +233,8 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
-        tally["loss_sum"] += value * len(y)
-        tally["seen"] += len(y)
+        tally["loss_sum"] += value * count
+        tally["seen"] += count
         tally["grad_norm_sum"] += grad_norm
         tally["correct"] = _add_correct(tally["correct"], out, y)
         return {"step": self.step, "epoch": epoch, "loss": value, "grad_norm": grad_norm, "lr": lr}
@@ -242,6 +258,7 @@ class Trainer:
     def _start(self) -> tuple[None, int, None]:
         if self.out is not None:
             check_fresh(self.out)
+        if self.out is not None and self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
             for name in ("metrics.jsonl", "steps.jsonl", "summary.json"):
                 (self.out / name).unlink(missing_ok=True)
@@ -254,7 +271,7 @@ class Trainer:
         if not path.exists():
             raise ConfigError(f"cannot resume: no checkpoint.pt in {str(self.out)!r}")
         state = checkpoint.load(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -267,22 +284,22 @@ class Trainer:
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self._generator.set_state(rng["shuffle"].cpu())
-        # Records written after the checkpoint belong to work that is about to be redone.
-        kept = [r for r in self._read_lines("metrics.jsonl")
-                if (r["step"] <= self.step if "event" in r else r["epoch"] <= self.epoch)]
-        self.history = [r for r in kept if "event" not in r]
-        self.events = [r for r in kept if "event" in r]
-        self._rewrite_lines("metrics.jsonl", kept)
-        self._rewrite_lines("steps.jsonl", [r for r in self._read_lines("steps.jsonl") if r["step"] <= self.step])
+        if self.writer:  # records written after the checkpoint belong to work that is about to be redone
+            kept = [r for r in self._read_lines("metrics.jsonl")
+                    if (r["step"] <= self.step if "event" in r else r["epoch"] <= self.epoch)]
+            self.history = [r for r in kept if "event" not in r]
+            self.events = [r for r in kept if "event" in r]
+            self._rewrite_lines("metrics.jsonl", kept)
+            self._rewrite_lines("steps.jsonl", [r for r in self._read_lines("steps.jsonl") if r["step"] <= self.step])
         if state["batch"] == 0:
             return None, 0, None
         return rng["shuffle"].cpu(), state["batch"], state["partial"]
 
     def _save(self, rng_shuffle: torch.Tensor, batch: int, partial: dict[str, Any] | None) -> None:
-        if self.out is None:
+        if self.out is None or not self.writer:
             return
         checkpoint.save({
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
@@ -301,13 +318,15 @@ class Trainer:
             "total_seconds": sum(r["seconds"] for r in self.history),
             "best_eval_accuracy": max((r["eval_accuracy"] for r in self.history
                                        if r["eval_accuracy"] is not None), default=None),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": sum(p.numel() for p in self.module.parameters()),
             "device": str(self.device), "seed": self.seed, "batch_size": self.batch_size,
             "events": self.events,
         }
         summary.pop("epoch", None)
         summary.pop("step", None)
-        if self.out is not None:
+        if self.distributed:
+            summary["world_size"] = self.world
+        if self.out is not None and self.writer:
             checkpoint.write_json(summary, self.out / "summary.json")
         return summary
 
@@ -316,7 +335,7 @@ class Trainer:
         self._unwritten_steps = []
 
     def _write_lines(self, name: str, records: list[dict[str, Any]]) -> None:
-        if self.out is not None and records:
+        if self.out is not None and records and self.writer:
             with open(self.out / name, "a") as f:
                 f.writelines(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
 
@@ -336,6 +355,25 @@ class Trainer:
         checkpoint.write_text("".join(json.dumps(r) + "\n" for r in records), self.out / name)
 
     # ------------------------------------------------------------------ plumbing
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        """Data parallelism on PyTorch's engine: ``DistributedDataParallel`` averages the
+        gradients of all ranks during ``backward``."""
+        if not self.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _my_share(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the epoch's permutation: ``order[rank::world]``, the order padded
+        with its own start to a multiple of the world size (as ``DistributedSampler``). With
+        per-rank batch ``b``, update ``i`` of all ranks together covers exactly
+        ``order[i·b·world:(i+1)·b·world]`` — the batch of one process with batch ``b·world``."""
+        if not self.distributed:
+            return order
+        padded = torch.cat([order, order[:self._shard * self.world - len(order)]])
+        return padded[self.rank::self.world]
+
     def _call(self, hook: str, *args: Any) -> None:
         for fn in self._hooks[hook]:
             fn(self, *args)

@@ -1,0 +1,71 @@
+"""Two CPU processes (gloo, loopback) against one process on the same data."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dist_worker
+import trainlab as tl
+from trainlab.errors import ConfigError
+
+
+def spawn(scenario, tmp_path, world=2):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(dist_worker.run, args=(world, port, str(tmp_path), scenario), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return spawn("curvature", tmp_path_factory.mktemp("dist"))
+
+
+def test_gradient_and_hvp_equal_one_process(two_ranks):
+    x, y = dist_worker.problem()
+    single = dist_worker.curvature_results(x, y, dist_worker.model())
+    for rank in two_ranks:  # every rank holds the full-data result
+        torch.testing.assert_close(rank["gradient"], single["gradient"], rtol=0, atol=1e-10)
+        torch.testing.assert_close(rank["hvp"], single["hvp"], rtol=0, atol=1e-10)
+
+
+def test_extreme_eigenvalues_equal_one_process(two_ranks):
+    x, y = dist_worker.problem()
+    single = dist_worker.curvature_results(x, y, dist_worker.model())
+    for rank in two_ranks:
+        torch.testing.assert_close(rank["top"], single["top"], rtol=1e-8, atol=0)
+        torch.testing.assert_close(rank["bottom"], single["bottom"], rtol=1e-8, atol=0)
+
+
+def test_ddp_steps_equal_single_process_steps_at_twice_the_batch(two_ranks):
+    x, y = dist_worker.problem()
+    params, steps = dist_worker.training_result(x, y, 2 * dist_worker.B)
+    assert steps == dist_worker.STEPS
+    for rank in two_ranks:
+        assert rank["steps"] == dist_worker.STEPS
+        torch.testing.assert_close(rank["params"], params, rtol=0, atol=1e-6)
+
+
+def test_ranks_with_different_models_get_one_clear_error(tmp_path):
+    results = spawn("mismatch", tmp_path)
+    assert all(r["error"] and "ranks hold different models" in r["error"] for r in results)
+
+
+def test_more_ranks_than_samples(tmp_path):
+    results = spawn("too_many", tmp_path)
+    assert all(r["error"] and "world size 2 is larger than the 1 samples" in r["error"] for r in results)
+
+
+def test_nccl_without_cuda_and_single_process_no_op(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert tl.distributed.init() is False and not tl.distributed.active()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ConfigError, match="backend 'nccl' needs CUDA"):
+            tl.distributed.init("nccl")
+    with pytest.raises(ConfigError, match="distributed=True needs an initialised process group"):
+        tl.distributed.active(True)
