@@ -55,6 +55,16 @@ def run(rank, world, port, out, scenario):
                 result = {"error": None}
             except tl.errors.ConfigError as e:
                 result = {"error": str(e)}
+        elif scenario == "resume":
+            result = {}
+            for name, plan in (("whole", [(4, False)]), ("split", [(2, False), (4, True)])):
+                for epochs, resume in plan:
+                    net = model()
+                    trainer = tl.train.Trainer(net, tl.optim.Adam(net.parameters(), lr=0.01), F.cross_entropy,
+                                               TensorDataset(x, y), B, epochs, seed=0, progress=False, device="cpu",
+                                               out=os.path.join(out, name), resume=resume)
+                    trainer.fit()
+                result[name] = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
         else:  # "too_many": more ranks than samples
             try:
                 tl.curvature.gradient(model(), F.cross_entropy, (x[:1], y[:1]) if rank == 0 else (x[:0], y[:0]))

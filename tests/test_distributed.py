@@ -50,6 +50,15 @@ def test_ddp_steps_equal_single_process_steps_at_twice_the_batch(two_ranks):
         torch.testing.assert_close(rank["params"], params, rtol=0, atol=1e-6)
 
 
+def test_resume_under_two_processes_is_bitwise(tmp_path):
+    results = spawn("resume", tmp_path)
+    for rank in results:
+        assert torch.equal(rank["whole"], rank["split"])
+    assert (tmp_path / "split" / "checkpoint.pt").exists() and (tmp_path / "split" / "metrics.jsonl").exists()
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # written by rank 0 only, once per epoch
+
+
 def test_ranks_with_different_models_get_one_clear_error(tmp_path):
     results = spawn("mismatch", tmp_path)
     assert all(r["error"] and "ranks hold different models" in r["error"] for r in results)
