@@ -67,7 +67,9 @@ class StallDoctor(Callback):
 
     # ---------------------------------------------------------------- hooks
     def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
-        event = self.after_step(trainer.model, record["loss"], trainer.loss_fn, trainer.train_data,
+        # trainer.module, not a DistributedDataParallel wrapper: under torch.distributed every rank
+        # sees the same (all-reduced) loss, so all ranks diagnose and treat at the same step
+        event = self.after_step(trainer.module, record["loss"], trainer.loss_fn, trainer.train_data,
                                 optimizer=trainer.optimizer, scheduler=trainer.scheduler)
         if event is not None:
             trainer.log_event(event)
