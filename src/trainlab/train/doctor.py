@@ -177,26 +177,30 @@ class StallDoctor(Callback):
         return {"action": "perturb", "applied": True, "message": message + " — applied"}
 
     def _plateau(self, d: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-        lam = float(d.eigenvalues[0])
-        lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
-        if lr is not None and lam > 0 and lr * lam > 2:
-            factor, remedy = 1 / (lr * lam), f"η·λ_max = {lr * lam:.3g} > 2: too large a step for the sharpest direction;" \
-                                            f" remedy η ← 1/λ_max = {1 / lam:.3g}"
-            change = lambda: _scale_lr(optimizer, scheduler, factor)  # noqa: E731
-        elif optimizer is not None and optimizer.param_groups[0].get("momentum", None) == 0:
-            remedy = "plain gradient descent on a plateau: remedy momentum 0.9"
-            change = lambda: [g.__setitem__("momentum", 0.9) for g in optimizer.param_groups]  # noqa: E731
-        elif lr is not None:
-            factor = 10.0 if lam <= 0 else min(10.0, max(1.0, 1 / (lr * lam)))
-            remedy = f"a plateau (‖∇L‖ = {d.grad_norm:.2g}, no negative curvature): remedy η ×{factor:.3g}"
-            change = lambda: _scale_lr(optimizer, scheduler, factor)  # noqa: E731
-        else:
+        if optimizer is None:
             return {"action": "none", "message": f"not a critical point (‖∇L‖ = {d.grad_norm:.2g}) and no negative"
                                                  " curvature: a plateau or a narrow valley; pass the optimizer to act"}
+        lr, lam = float(optimizer.param_groups[0]["lr"]), float(d.eigenvalues[0])
+        factor, momentum = None, None
+        if lam > 0 and lr * lam > 2:
+            factor = 1 / (lr * lam)
+            remedy = f"η·λ_max = {lr * lam:.3g} > 2, too large a step for the sharpest direction: η ← 1/λ_max = {1 / lam:.3g}"
+        elif optimizer.param_groups[0].get("momentum") == 0:
+            momentum = 0.9
+            remedy = "plain gradient descent on a plateau: momentum 0.9"
+        else:
+            factor = 10.0 if lam <= 0 else min(10.0, max(1.0, 1 / (lr * lam)))
+            remedy = f"a plateau (‖∇L‖ = {d.grad_norm:.2g}, no negative curvature): η ×{factor:.3g}"
         if not self.act:
-            return {"action": remedy + " (not applied)", "message": "not a critical point: " + remedy + " (act=False)"}
-        change()
-        return {"action": remedy, "applied": True, "message": "not a critical point: " + remedy + " — applied"}
+            return {"action": f"remedy {remedy} (not applied)", "message": f"not a critical point; remedy: {remedy}"
+                                                                           " (act=False)"}
+        if factor is not None:
+            _scale_lr(optimizer, scheduler, factor)
+        if momentum is not None:
+            for group in optimizer.param_groups:
+                group["momentum"] = momentum
+        return {"action": f"remedy {remedy}", "applied": True,
+                "message": f"not a critical point; remedy: {remedy} — applied"}
 
 
 def _mean_var(values: list[float]) -> tuple[float, float]:
