@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from trainlab.curvature.lanczos import _orthogonalise, _unit
+from trainlab.curvature.lanczos import _unit, step
 from trainlab.curvature.operator import HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
 from trainlab.data.batches import Batch
@@ -164,13 +164,10 @@ def _quadrature(op: HessianOperator, v: torch.Tensor, steps: int) -> tuple[torch
     V[0] = _unit(v)
     size = steps
     for j in range(steps):
-        w = op.matvec(V[j])
-        h = _orthogonalise(w, V[:j + 1]).double().cpu()
-        T[:j + 1, j], T[j, :j + 1] = h, h
-        beta = float(w.norm())
+        w, beta, exhausted = step(op.matvec, V, T, j)
         if j + 1 == steps:
             break
-        if beta <= 1e-10 * (float(T[:j + 1, :j + 1].abs().max()) or 1.0):  # the probe's Krylov space is exhausted
+        if exhausted:  # the probe's Krylov space is exhausted
             size = j + 1
             break
         V[j + 1] = w / beta

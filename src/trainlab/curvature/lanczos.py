@@ -76,13 +76,9 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
     start, used = 0, 0
     while True:
         for j in range(start, m):
-            w = matvec(V[j])
+            w, beta, exhausted = step(matvec, V, T, j)
             used += 1
-            h = _orthogonalise(w, V[:j + 1]).double().cpu()
-            T[:j + 1, j] = h
-            T[j, :j + 1] = h
-            beta = float(w.norm())
-            if j + 1 < n and beta <= 1e-10 * (float(T[:j + 1, :j + 1].abs().max()) or 1.0):
+            if j + 1 < n and exhausted:
                 # an invariant subspace: continue from a fresh direction, uncoupled (β = 0)
                 w = sync(torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype))
                 _orthogonalise(w, V[:j + 1])
@@ -127,6 +123,19 @@ def _wanted(theta: torch.Tensor, count: int, which: str) -> torch.Tensor:
         return order[:count]
     low, high = order[:math.ceil(count / 2)], order[-(count // 2):] if count // 2 else order[:0]
     return torch.unique(torch.cat([low, high]))
+
+
+def step(matvec: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor, T: torch.Tensor, j: int
+         ) -> tuple[torch.Tensor, float, bool]:
+    """One Lanczos step from basis vector ``j``: ``w = H vⱼ`` orthogonalised against
+    ``v₀ … vⱼ``, whose coefficients fill column (and row) ``j`` of ``T``. Returns ``w``, ``‖w‖``
+    and whether the Krylov space is exhausted (``‖w‖`` negligible next to ``T``)."""
+    w = matvec(V[j])
+    h = _orthogonalise(w, V[:j + 1]).double().cpu()
+    T[:j + 1, j] = h
+    T[j, :j + 1] = h
+    beta = float(w.norm())
+    return w, beta, beta <= 1e-10 * (float(T[:j + 1, :j + 1].abs().max()) or 1.0)
 
 
 def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
