@@ -26,16 +26,20 @@ import torch
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _shifted(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """``y − m``, ``m = max y`` along ``dim`` (a constant for autograd: exact, see above)."""
+    return logits - logits.amax(dim, keepdim=True).detach()
+
+
 def softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``exp(y − m) / Σ exp(y − m)`` along ``dim``."""
-    shifted = logits - logits.amax(dim, keepdim=True).detach()
-    e = shifted.exp()
+    e = _shifted(logits, dim).exp()
     return e / e.sum(dim, keepdim=True)
 
 
 def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``(y − m) − log Σ exp(y − m)`` along ``dim``."""
-    shifted = logits - logits.amax(dim, keepdim=True).detach()
+    shifted = _shifted(logits, dim)
     return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
 
@@ -49,7 +53,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "
         return _reduce(-(target * log_softmax(logits, dim=1)).sum(1), reduction)
     _check_classes("cross_entropy", target, logits.shape)
     # −log softmax(y)_t = log Σ exp(y − m) − (y_t − m): only the target's column is needed
-    shifted = logits - logits.amax(1, keepdim=True).detach()
+    shifted = _shifted(logits, 1)
     losses = shifted.exp().sum(1).log() - shifted.gather(1, target.unsqueeze(1)).squeeze(1)
     return _reduce(losses, reduction)
 

@@ -19,11 +19,12 @@ from torch.utils.data import TensorDataset
 
 import trainlab.nn as tnn
 from trainlab import data, optim
+from trainlab import distributed as dist
 from trainlab.optim import schedules
 from trainlab.errors import ConfigError
 from trainlab.train import config as config_mod
 from trainlab.train.config import RunConfig
-from trainlab.train.trainer import Trainer, check_fresh
+from trainlab.train.trainer import Trainer, check_fresh, updates_per_epoch
 
 #: Keys that may differ between a run and its resumption.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.device")
@@ -58,7 +59,8 @@ def build(config: RunConfig) -> Parts:
                           seed=config.seed)
     model = nn.Sequential(tnn.Standardizer().fit(train_data.tensors[0]), *network)
     optimizer = build_optimizer(config.optimizer, model.parameters())
-    updates = config.train.epochs * math.ceil(len(train_data) / _batch(config.train.batch_size, len(train_data)))
+    # the Trainer's own count, so a schedule spanning "the whole run" fits it, under torchrun too
+    updates = config.train.epochs * updates_per_epoch(config.train.batch_size, len(train_data), dist.world_size())
     scheduler = build_schedule(config.schedule, optimizer, updates)
     return Parts(model, optimizer, scheduler, LOSSES[config.train.loss], train_data, test_data)
 
@@ -78,10 +80,6 @@ def build_schedule(cfg: config_mod.ScheduleConfig, optimizer: torch.optim.Optimi
     if kwargs.get("d_model") == 0:
         kwargs["d_model"] = None
     return schedules.create(cfg.name, optimizer, **kwargs)
-
-
-def _batch(batch_size: int | str, n: int) -> int:
-    return n if batch_size == "full" else min(batch_size, n)
 
 
 def build_model(cfg: config_mod.ModelConfig, input_shape: torch.Size, num_classes: int, seed: int) -> nn.Module:

@@ -84,7 +84,7 @@ class Trainer:
         self.train_data = _on_device(train_data, self.device)
         self.eval_data = _on_device(eval_data, self.device) if eval_data is not None and len(eval_data) else None
         self._shard = math.ceil(len(train_data) / self.world)  # samples this rank trains on per epoch
-        self.batch_size = _batch_size(batch_size, self._shard)
+        self.batch_size = samples_per_update(batch_size, self._shard)
         self.epochs, self.seed, self.checkpoint_every = epochs, seed, checkpoint_every
         self.callbacks = list(callbacks)
         self._hooks = {name: [getattr(cb, name) for cb in self.callbacks if hasattr(cb, name)] for name in HOOKS}
@@ -105,7 +105,7 @@ class Trainer:
     # ------------------------------------------------------------------ public
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self._shard / self.batch_size)
+        return updates_per_epoch(self.batch_size, len(self.train_data), self.world)
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -434,8 +434,15 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= 1")
 
 
-def _batch_size(batch_size: int | str, n: int) -> int:
-    """Samples per update: ``"full"`` (or any size ≥ ``n``) means the whole training set."""
+def updates_per_epoch(batch_size: int | str, samples: int, world: int = 1) -> int:
+    """Updates in one epoch of ``samples`` shared by ``world`` ranks (each trains on
+    ``⌈samples / world⌉`` of them)."""
+    shard = math.ceil(samples / world)
+    return math.ceil(shard / samples_per_update(batch_size, shard))
+
+
+def samples_per_update(batch_size: int | str, n: int) -> int:
+    """Samples per update out of ``n``: ``"full"`` (or any size ≥ ``n``) means all of them."""
     if batch_size == "full":
         return n
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
