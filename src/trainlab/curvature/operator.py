@@ -179,12 +179,6 @@ class HessianOperator:
                                   self.params) for v in vectors])
 
     # ---------------------------------------------------------------- helpers
-    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A flat vector as a ``{parameter name: tensor}`` dict shaped like the parameters."""
-        names = {id(p): name for name, p in self.model.named_parameters()}
-        chunks = v.split([p.numel() for p in self.params])
-        return {names[id(p)]: c.view_as(p) for p, c in zip(self.params, chunks)}
-
     def check_determinism(self) -> None:
         """In training mode, the gradient must come out the same twice (no dropout etc.)."""
         first = self.gradient().clone()
