@@ -145,10 +145,10 @@ class _BatchNormFunction(torch.autograd.Function):
                 ) -> torch.Tensor:
         dims, shape = _reduce_dims(z), _channel_shape(z)
         n = z.numel() // z.shape[1]
-        mean = z.sum(dims, keepdim=True).div_(n)
-        # y's memory holds (z − μ)² first, so one large buffer serves the whole forward pass
-        y = z - mean
-        var = y.mul_(y).sum(dims, keepdim=True).div_(n)
+        mean = z.mean(dims, keepdim=True)
+        # (z − μ)² in one pass; y's memory holds it first, so one large buffer serves the forward
+        y = nn.functional.mse_loss(z, mean.expand_as(z), reduction="none")
+        var = y.mean(dims, keepdim=True)
         if running_mean is not None:  # μ̄ ← p μ̄ + (1 − p) μ,  σ̄² ← p σ̄² + (1 − p) n/(n−1) σ²
             running_mean.lerp_(mean.view(-1), new_weight)
             running_var.mul_(1 - new_weight).add_(var.view(-1), alpha=new_weight * n / (n - 1))
@@ -168,12 +168,14 @@ class _BatchNormFunction(torch.autograd.Function):
         dims = _reduce_dims(z)
         n = z.numel() // z.shape[1]
         sum_dy = dy.sum(dims, keepdim=True)
-        dz = dy * z
-        sum_dy_zhat = dz.sum(dims, keepdim=True).sub_(mean * sum_dy).mul_(invstd)  # Σ g ẑ
-        # ∂L/∂z = γ/σ · (g − Σg/n − ẑ Σgẑ/n) = g · scale + z · c + d
-        c = scale * invstd * sum_dy_zhat / -n
-        d = (scale * sum_dy).div_(-n).sub_(mean * c)
-        torch.addcmul(d, z, c, out=dz).addcmul_(dy, scale)
+        dz = torch.mul(dy, z)
+        # Σ g ẑ = (Σ g z − μ Σ g) / σ
+        sum_dy_zhat = torch.addcmul(dz.sum(dims, keepdim=True), mean, sum_dy, value=-1).mul_(invstd)
+        # ∂L/∂z = γ/σ · (g − Σg/n − ẑ Σgẑ/n) = scale · g − c · z / n + offset,
+        # with c = scale Σgẑ / σ and offset = (μ c − scale Σg) / n; two passes over the batch
+        c = torch.mul(sum_dy_zhat, invstd).mul_(scale)
+        offset = torch.addcmul(mean * c, scale, sum_dy, value=-1).div_(n)
+        torch.addcmul(offset, z, c, value=-1 / n, out=dz).addcmul_(dy, scale)
         dweight = sum_dy_zhat.view(-1) if weight is not None and ctx.needs_input_grad[1] else None
         dbias = sum_dy.view(-1) if ctx.needs_input_grad[2] else None
         return dz, dweight, dbias, None, None, None, None
