@@ -14,7 +14,8 @@ forward-over-reverse 3.1, ``torch.autograd.functional.hvp`` 4.6, and differentia
 and answers each product with one backward pass through that graph,
 ``H v = ∇_θ (gᵀ v)``. A block of vectors goes through in one batched pass
 (``is_grads_batched``) on a GPU; on CPU that pass costs 3.0 gradients per vector, so
-there the rows are looped (see :meth:`HessianOperator._products`). When the data are too large to keep every batch's graph
+there the rows are looped (``HessianOperator(batched=...)``; ``benchmarks/hvp_batching.py``
+times both). When the data are too large to keep every batch's graph
 (``keep_graph=False``, chosen automatically above :data:`KEEP_GRAPH_MAX_SAMPLES`), each
 product streams the batches, two backward passes per batch.
 
@@ -69,10 +70,16 @@ class HessianOperator:
     off, ``group=`` picks another group) each rank's ``data`` is its shard: the loss weights use
     the total sample count, and every gradient, product and loss is summed over the ranks, so
     every rank holds the full-data result.
+
+    ``batched`` decides how ``matmat`` pushes several vectors through the gradient's graph:
+    ``True`` in one batched backward pass (``is_grads_batched``), ``False`` one pass per vector,
+    ``None`` (default) batched on GPUs and a loop on CPU, where the loop is faster
+    (``benchmarks/hvp_batching.py``).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch],
-                 keep_graph: bool | None = None, distributed: bool | None = None, group: object = None):
+                 keep_graph: bool | None = None, distributed: bool | None = None, group: object = None,
+                 batched: bool | None = None):
         self.model, self.loss_fn = model, loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -90,6 +97,7 @@ class HessianOperator:
         if self.samples == 0:
             raise DataError("data holds no samples")
         self.keep_graph = self.samples <= KEEP_GRAPH_MAX_SAMPLES if keep_graph is None else keep_graph
+        self.batched = self.device.type == "cuda" if batched is None else bool(batched)
         self.n_hvp = 0
         self._grad: torch.Tensor | None = None  # this rank's flat gradient; with a graph when keep_graph
         self._full_grad: torch.Tensor | None = None  # summed over ranks
@@ -160,15 +168,11 @@ class HessianOperator:
         return dist.all_reduce_sum(out, self.group) if self.distributed else out
 
     def _products(self, grad: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """``∇(gᵀ v)`` for each row ``v``: backward passes through the gradient's graph.
-
-        On a GPU the rows go through together, one batched pass (``is_grads_batched``); on
-        CPU a loop over the rows is 1.6–1.9× faster per product (measured on digits MLPs and
-        a small CNN: the batched pass costs 3.0 gradients per vector, the loop 1.7–1.9).
-        """
+        """``∇(gᵀ v)`` for each row ``v``: backward passes through the gradient's graph, all
+        rows in one batched pass when ``self.batched``, else one pass per row."""
         if not grad.requires_grad:  # the loss is linear in θ (or constant): H = 0
             return torch.zeros_like(vectors)
-        if len(vectors) > 1 and vectors.device.type == "cuda":
+        if len(vectors) > 1 and self.batched:
             try:
                 hv = torch.autograd.grad(grad, self.params, vectors, retain_graph=True, allow_unused=True,
                                          is_grads_batched=True)
