@@ -42,7 +42,7 @@ def training_result(x, y, batch_size, seed=0):
 def run(rank, world, port, out, scenario):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    tl.distributed.init()
+    tl.distributed.init("gloo")  # CPU processes, also on a machine with GPUs
     try:
         x, y = problem()
         if scenario == "curvature":

@@ -69,12 +69,33 @@ def test_more_ranks_than_samples(tmp_path):
     assert all(r["error"] and "world size 2 is larger than the 1 samples" in r["error"] for r in results)
 
 
-def test_nccl_without_cuda_and_single_process_no_op(monkeypatch):
+def test_single_process_is_a_no_op(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert tl.distributed.init() is False and not tl.distributed.active()
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        with pytest.raises(ConfigError, match="backend 'nccl' needs CUDA"):
-            tl.distributed.init("nccl")
     with pytest.raises(ConfigError, match="distributed=True needs an initialised process group"):
         tl.distributed.active(True)
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 4])
+def test_backend_is_nccl_only_with_a_gpu_for_every_local_process(monkeypatch, gpus):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    choose = tl.distributed.choose_backend
+    for local_world in (1, 2, 4):
+        if gpus >= local_world:
+            assert choose(None, 0, local_world) == "nccl"
+        elif gpus:
+            with pytest.warns(UserWarning, match=f"{local_world} processes on this node but {gpus} GPU"):
+                assert choose(None, 0, local_world) == "gloo"
+        else:
+            assert choose(None, 0, local_world) == "gloo"
+    assert choose("gloo", 3, 4) == "gloo"
+    with pytest.raises(ConfigError, match="backend 'mpi' is not allowed"):
+        choose("mpi", 0, 1)
+    if gpus == 0:
+        with pytest.raises(ConfigError, match="backend 'nccl' needs CUDA"):
+            choose("nccl", 0, 1)
+    else:
+        assert choose("nccl", gpus - 1, gpus) == "nccl"
+        with pytest.raises(ConfigError, match=f"LOCAL_RANK={gpus} and only {gpus} GPU"):
+            choose("nccl", gpus, gpus + 1)

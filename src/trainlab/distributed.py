@@ -10,6 +10,7 @@ so the calling code reads as what it does.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -22,21 +23,40 @@ BACKENDS = ("gloo", "nccl")
 
 def init(backend: str | None = None) -> bool:
     """Join the process group ``torchrun`` describes; ``False`` (and nothing done) when this is
-    a single process. ``backend`` defaults to ``nccl`` with CUDA, else ``gloo``."""
+    a single process. ``backend`` defaults as :func:`choose_backend` says."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return False
     if dist.is_initialized():
         return True
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend {backend!r} is not allowed; use one of: {', '.join(BACKENDS)}")
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise ConfigError("backend 'nccl' needs CUDA, and no GPU is visible to this process; use 'gloo' on CPU")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = choose_backend(backend, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
     return True
+
+
+def choose_backend(backend: str | None, local_rank: int, local_world: int) -> str:
+    """``nccl`` gives every process on a node a GPU of its own (``LOCAL_RANK`` picks it), so by
+    default it is chosen when the node has a GPU for each of its ``local_world`` processes, and
+    ``gloo`` on the CPU otherwise (with a warning if there are GPUs, but too few)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend is None:
+        if gpus >= local_world:
+            return "nccl"
+        if gpus:
+            warnings.warn(f"{local_world} processes on this node but {gpus} GPU(s): using gloo on the CPU"
+                          " (start at most one process per GPU to train on the GPUs)", stacklevel=3)
+        return "gloo"
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not allowed; use one of: {', '.join(BACKENDS)}")
+    if backend == "nccl" and not gpus:
+        raise ConfigError("backend 'nccl' needs CUDA, and no GPU is visible to this process; use 'gloo' on CPU")
+    if backend == "nccl" and local_rank >= gpus:
+        raise ConfigError(f"backend 'nccl' gives each process its own GPU, but LOCAL_RANK={local_rank} and only"
+                          f" {gpus} GPU(s) are visible; start at most {gpus} process(es) per node, or use 'gloo'")
+    return backend
 
 
 def active(distributed: bool | None = None, group: Any = None) -> bool:

@@ -59,7 +59,7 @@ def test_model_standardises_raw_inputs_with_training_statistics(tmp_path):
     torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(13), atol=1e-5, rtol=0)
     summary = run.train(config.load(None, ["data.name=wine", "train.epochs=5", "optimizer.lr=0.01"]), tmp_path / "run",
                         progress=False)
-    state = tl.train.checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    state = tl.train.checkpoint.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu")  # trained on any device
     assert torch.equal(state["model"]["0.mean"], scaler.mean)  # the statistics travel with the checkpoint
     assert summary["eval_accuracy"] > 0.8
 

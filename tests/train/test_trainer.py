@@ -105,7 +105,7 @@ def test_full_batch_is_gradient_descent(digits):
     model = tl.nn.mlp(64, [16], 10, seed=1).double()
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy,
                       torch.utils.data.TensorDataset(train.tensors[0].double(), train.tensors[1]),
-                      batch_size="full", epochs=5, progress=False)
+                      batch_size="full", epochs=5, progress=False, device="cpu")
     trainer.fit()
     assert trainer.steps_per_epoch == 1 and trainer.step == 5
 
@@ -340,7 +340,8 @@ def test_any_map_style_dataset_gives_the_same_run(digits):
 def test_evaluate_restores_mode_and_uses_running_stats(digits):
     train, test = digits
     model = tl.nn.mlp(64, [32], 10, batch_norm=True, seed=0)
-    trainer = Trainer(model, torch.optim.Adam(model.parameters()), F.cross_entropy, train, 32, 2, progress=False)
+    trainer = Trainer(model, torch.optim.Adam(model.parameters()), F.cross_entropy, train, 32, 2, progress=False,
+                      device="cpu")
     trainer.fit()
     model.train()
     got = trainer.evaluate(test)
