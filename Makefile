@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/optim_step.py
 	$(BIN)/python benchmarks/batchnorm.py
 	$(BIN)/python benchmarks/curvature.py
+	$(BIN)/python benchmarks/hvp_batching.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
