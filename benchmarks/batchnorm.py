@@ -40,12 +40,12 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 import trainlab as tl
 from trainlab.train.trainer import resolve_device
+from timing import seconds
 
 CASES = [
     ("BatchNorm1d, 256 x 1024", tl.nn.BatchNorm1d, torch.nn.BatchNorm1d, (256, 1024)),
@@ -73,23 +73,17 @@ def page_faults() -> int:
 
 def timed(fn, device: torch.device) -> tuple[float, int]:
     """Seconds and minor page faults of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     faults = page_faults()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, page_faults() - faults
+    return seconds(fn, device), page_faults() - faults
 
 
-def run(calls: int, device: torch.device, allocator: str) -> float | None:
-    """Print the table for one allocator regime; return the ratio of the target row (or None)."""
+def run(calls: int, device: torch.device, allocator: str) -> None:
+    """Print the table for one allocator regime, then the ratio the issue's target is about."""
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"allocator {allocator}, {calls} alternating calls per row\n")
     print("| case | mode | trainlab µs | torch µs | ratio | page faults per call (trainlab / torch) |")
     print("|---|---|---|---|---|---|")
-    target = None
+    target = float("nan")
     for name, ours_cls, torch_cls, shape in CASES:
         channels = shape[1]
         ours, theirs = ours_cls(channels).to(device), torch_cls(channels).to(device)
@@ -115,7 +109,6 @@ def run(calls: int, device: torch.device, allocator: str) -> float | None:
                 target = a / b
     print(f"\nBatchNorm1d 256 x 1024, train: ratio {target:.2f} (target <= {TARGET} on CPU), "
           f"allocator {allocator}\n")
-    return target
 
 
 def main() -> int:

@@ -22,7 +22,6 @@ Peers come from the ``bench`` extra: ``pip install -e .[bench]``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import warnings
@@ -35,8 +34,8 @@ from torch.func import functional_call
 import trainlab as tl
 from trainlab.curvature import HessianOperator, analysis_mode
 from trainlab.curvature.lanczos import lanczos
-from trainlab.curvature.products import dense
 from trainlab.train.trainer import resolve_device
+from timing import median_time
 
 ACCURACY = 1e-4
 
@@ -46,16 +45,6 @@ def trained(model, data, epochs=20, seed=0):
     tl.train.Trainer(model, tl.optim.Adam(model.parameters(), lr=1e-3), F.cross_entropy, train, batch_size=64,
                      epochs=epochs, seed=seed, progress=False, device="cpu").fit()
     return model.double().eval()
-
-
-def median_time(fn, reps=15):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def relative_error(values, reference):
@@ -78,9 +67,9 @@ def product_cost(name, model, x, y):
     op = HessianOperator(model, F.cross_entropy, (x, y))
     op.gradient()
     v = torch.randn(op.n, dtype=op.dtype, device=op.device)
-    t_grad = median_time(gradient)
-    t_kept = median_time(lambda: op.matvec(v))
-    t_double = median_time(double_backward)
+    t_grad = median_time(gradient, 15)
+    t_kept = median_time(lambda: op.matvec(v), 15)
+    t_double = median_time(double_backward, 15)
     print(f"| {name} | {1e3 * t_grad:.2f} | {1e3 * t_kept:.2f} | **{t_kept / t_grad:.2f}** | {t_double / t_grad:.2f} |")
 
 

@@ -12,7 +12,6 @@ of an n-vector, and the reorthogonalisation against the basis (identical on ever
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
@@ -21,16 +20,7 @@ import torch.nn.functional as F
 
 import trainlab as tl
 from trainlab.curvature import HessianOperator, analysis_mode
-
-
-def median_time(fn, reps=30):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time
 
 
 def main() -> int:
@@ -43,8 +33,8 @@ def main() -> int:
         local = HessianOperator(model, F.cross_entropy, (x, y), distributed=False)  # this rank's work alone
         local.gradient()
         v = torch.randn(local.n)
-        t_local = median_time(lambda: local.matvec(v))
-        t_comm = median_time(lambda: tl.distributed.all_reduce_sum(v.clone())) if world > 1 else 0.0
+        t_local = median_time(lambda: local.matvec(v), 30)
+        t_comm = median_time(lambda: tl.distributed.all_reduce_sum(v.clone()), 30) if world > 1 else 0.0
     t0 = time.perf_counter()
     found = tl.curvature.eigs(model, F.cross_entropy, (x, y), k=10, which="largest")
     seconds = time.perf_counter() - t0

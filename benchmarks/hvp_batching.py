@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,25 +21,13 @@ import torch.nn.functional as F
 import trainlab as tl
 from trainlab.curvature import HessianOperator, analysis_mode
 from trainlab.train.trainer import resolve_device
+from timing import seconds
 
 MODELS = {
     "MLP 64-128-128-10, float64": (lambda: tl.nn.mlp(64, [128, 128], 10, seed=0), torch.float64),
     "MLP 64-1024-1024-10, float32": (lambda: tl.nn.mlp(64, [1024, 1024], 10, seed=0), torch.float32),
     "CNN 16-32, float32": (lambda: tl.nn.small_cnn(seed=0), torch.float32),
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def seconds(fn, device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def main() -> int:

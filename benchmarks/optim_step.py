@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
 from trainlab import optim
 from trainlab.train.trainer import resolve_device
+from timing import seconds
 
 PAIRS = {
     "SGD momentum 0.9": (lambda p, f: optim.SGD(p, lr=0.01, momentum=0.9, foreach=f),
@@ -51,16 +51,7 @@ def time_steps(make, foreach: bool, device: torch.device, steps: int) -> float:
     opt = make(parameters(device), foreach)
     for _ in range(2):
         opt.step()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(seconds(opt.step, device) for _ in range(steps))
 
 
 def main() -> int:
