@@ -2,10 +2,12 @@
 
 The loss is the sample-weighted mean over the batches of ``data``::
 
-    L(θ) = Σ_b (n_b / N) · loss_fn(model(x_b), y_b),     N = Σ_b n_b
+    L(θ) = Σ_b (n_b / N) · L_b(θ),     N = Σ_b n_b,
+    L_b = loss_fn(model(x_b), y_b)      or      L_b = batch_loss(model, batch_b)
 
-so a short last batch counts for what it holds. ``H = ∇²L(θ)`` over the parameters that
-require gradients, flattened in ``model.parameters()`` order.
+so a short last batch counts for what it holds (``data`` forms: :mod:`trainlab.data.batches`).
+``H = ∇²L(θ)`` over the parameters that require gradients, flattened in
+``model.parameters()`` order.
 
 How a product is computed (measured on torch 2.13 CPU, digits, MLP 64-128-128-10, full
 batch; time of one ``H v`` ÷ time of one gradient): double backward 2.9, ``torch.func``
@@ -15,49 +17,69 @@ and answers each product with one backward pass through that graph,
 ``H v = ∇_θ (gᵀ v)``. A block of vectors goes through in one batched pass
 (``is_grads_batched``) on a GPU; on CPU that pass costs 3.0 gradients per vector, so
 there the rows are looped (``HessianOperator(batched=...)``; ``benchmarks/hvp_batching.py``
-times both). When the data are too large to keep every batch's graph
-(``keep_graph=False``, chosen automatically above :data:`KEEP_GRAPH_MAX_SAMPLES`), each
-product streams the batches, two backward passes per batch.
+times both).
+
+Memory: the kept graph grows with the sample count, so it is kept only while it fits
+``max_graph_bytes`` (default :data:`DEFAULT_GRAPH_BYTES`). Its size is measured, not
+guessed: the tensors autograd saves while building ``∇L`` on a slice of the first batch are
+summed (``torch.autograd.graph.saved_tensors_hooks``, each storage once, the parameters and
+data excluded) at two slice sizes, giving ``bytes(n) ≈ a + b n`` per batch. Above the budget
+each product streams the batches (two backward passes per batch, one graph alive at a time),
+and a batch whose own graph exceeds the budget is split into chunks — exact in ``eval`` mode,
+where samples do not interact; in ``train`` mode with BatchNorm a chunk would change the
+batch statistics, so that case is refused. ``benchmarks/analysis_memory.py`` measures it.
+
+Checks (``check=True``): non-finite data (:class:`~trainlab.errors.DataError` naming the
+tensor, batch and sample); a non-finite loss at the analysed point (``DataError`` naming the
+batch, and a non-finite parameter if there is one); a loss that is not a mean over the batch
+(:class:`~trainlab.errors.ConfigError`): ``reduction='sum'`` or ``'none'`` on a torch loss
+module, or, for any loss, the scale check ``L(batch) ≈ L(first half) + L(second half)`` where
+a mean gives the halves' weighted mean — a sum would scale every eigenvalue by the batch size
+and void ``grad_tol``.
 
 Mode rule: the model is analysed in ``eval()`` mode by default — BatchNorm uses its running
-statistics, dropout is off — and its mode is restored afterwards (:func:`analysis_mode`).
-``mode="train"`` is allowed only when it is deterministic: the gradient is computed twice
-and must agree, else a :class:`~trainlab.errors.ConfigError` explains why (dropout or other
-randomness makes ``H`` a random matrix).
+statistics, dropout is off — and everything it holds is restored afterwards
+(:func:`analysis_mode`). ``mode="train"`` is allowed only when it is deterministic: the
+gradient is computed twice and must agree, else a :class:`~trainlab.errors.ConfigError`
+explains why (dropout or other randomness makes ``H`` a random matrix).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from trainlab import distributed as dist
-from trainlab.data.batches import Batch, as_batches
+from trainlab.data.batches import Batch, BatchLoss, as_batches, batch_size_of, named_tensors, take, to_device
 from trainlab.errors import ConfigError, DataError
+from trainlab.state import preserved
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MODES = ("eval", "train")
-#: Above this many samples the gradient graph is not kept; products stream the batches.
-KEEP_GRAPH_MAX_SAMPLES = 50_000
+#: Default bound on the memory of the kept autograd graph (bytes).
+DEFAULT_GRAPH_BYTES = 2 * 2**30
+#: The graph's size is measured on this many samples of the first batch, and on twice as many.
+GRAPH_PROBE_SAMPLES = 16
 
 
 @contextlib.contextmanager
 def analysis_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Put ``model`` in ``mode`` ("eval" or "train") and restore every submodule's mode after."""
+    """Put ``model`` in ``mode`` ("eval" or "train") for the block, and leave it exactly as it
+    was afterwards, also when the block raises: buffers (BatchNorm running statistics,
+    ``num_batches_tracked``), ``training`` and ``requires_grad`` flags, ``.grad`` and the
+    global random states (:func:`trainlab.state.preserved`; parameters are not copied —
+    analyses do not write them)."""
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not allowed; use 'eval' (the default: BatchNorm running statistics,"
                           " no dropout) or 'train'")
-    modes = {m: m.training for m in model.modules()}
-    model.train(mode == "train")
-    try:
+    with preserved(model, parameters=False):
+        model.train(mode == "train")
         yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 class HessianOperator:
@@ -66,29 +88,48 @@ class HessianOperator:
     Use inside :func:`analysis_mode`. ``matvec(v)`` takes a flat ``(n,)`` vector, ``matmat(V)``
     an ``(m, n)`` block of row vectors; both count into ``n_hvp`` (one per vector).
 
-    Under ``torch.distributed`` (a process group is initialised; ``distributed=False`` turns it
-    off, ``group=`` picks another group) each rank's ``data`` is its shard: the loss weights use
-    the total sample count, and every gradient, product and loss is summed over the ranks, so
-    every rank holds the full-data result.
+    Parameters:
+        model, loss_fn, data: ``L_b = loss_fn(model(x_b), y_b)`` over the batches of ``data``
+            (any form of :mod:`trainlab.data.batches`). ``loss_fn`` may be ``None`` when
+            ``batch_loss`` is given.
+        keep_graph: ``True`` keep the gradient's graph for all products, ``False`` stream the
+            batches for each product, ``None`` (default) keep it when it fits ``max_graph_bytes``.
+        distributed, group: under ``torch.distributed`` (a process group is initialised;
+            ``distributed=False`` turns it off, ``group=`` picks another group) each rank's
+            ``data`` is its shard: the loss weights use the total sample count, and every
+            gradient, product and loss is summed over the ranks, so every rank holds the
+            full-data result.
+        batched: how ``matmat`` pushes several vectors through the graph: ``True`` in one
+            batched backward pass (``is_grads_batched``), ``False`` one pass per vector, ``None``
+            (default) batched on GPUs and a loop on CPU, where the loop is faster.
+        batch_loss: ``(model, batch) -> mean loss`` (a 0-d tensor), for batches that are not
+            ``(x, y)`` pairs (dicts, extra fields) or models that compute their own loss.
+        max_samples: use only the first ``max_samples`` samples of ``data`` (of this rank's
+            shard), the last batch used cut to fit; ``None`` (default) uses all.
+        max_graph_bytes: bound on the kept autograd graph, default 2 GiB (module docstring).
+        check: check the data and the loss (module docstring); one extra forward pass over the
+            first batch. ``True`` by default.
 
-    ``batched`` decides how ``matmat`` pushes several vectors through the gradient's graph:
-    ``True`` in one batched backward pass (``is_grads_batched``), ``False`` one pass per vector,
-    ``None`` (default) batched on GPUs and a loop on CPU, where the loop is faster
-    (``benchmarks/hvp_batching.py``).
+    Attributes: ``n`` (parameters), ``samples`` (over all ranks), ``n_hvp``, ``loss``,
+    ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph, or ``None``).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch],
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
                  keep_graph: bool | None = None, distributed: bool | None = None, group: object = None,
-                 batched: bool | None = None):
-        self.model, self.loss_fn = model, loss_fn
+                 batched: bool | None = None, *, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
+                 max_graph_bytes: float = DEFAULT_GRAPH_BYTES, check: bool = True):
+        _check_options(loss_fn, batch_loss, max_samples, max_graph_bytes)
+        self.model, self.loss_fn, self.batch_loss = model, loss_fn, batch_loss
+        self.max_graph_bytes, self.check = max_graph_bytes, bool(check)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError("the model has no parameters that require gradients")
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
         self.n = sum(p.numel() for p in self.params)
-        self.batches = [(x.to(self.device), y.to(self.device)) for x, y in as_batches(data)]
+        self.batches = _load(data, batch_loss, max_samples, self.device)
+        self.sizes = [batch_size_of(b) for b in self.batches]
         self.distributed, self.group = dist.active(distributed, group), group
-        local = sum(len(y) for _, y in self.batches)
+        local = sum(self.sizes)
         if self.distributed:
             dist.check_same_parameters(self.params, group)
             local = int(dist.all_reduce_sum(torch.tensor([local], device=self.device), group))
@@ -96,17 +137,135 @@ class HessianOperator:
         self.samples = local  # over all ranks
         if self.samples == 0:
             raise DataError("data holds no samples")
-        self.keep_graph = self.samples <= KEEP_GRAPH_MAX_SAMPLES if keep_graph is None else keep_graph
+        if self.check and self.batches:
+            with preserved(model, parameters=False), torch.no_grad():  # check passes leave no trace
+                self._check_data()
+                self._check_mean()
+        self._graph_size = self._measure_graph() if keep_graph is not True and self.batches else None
+        self.graph_bytes = self._graph_size.total(self.sizes) if self._graph_size else None
+        self.keep_graph = self.graph_bytes <= max_graph_bytes if keep_graph is None and self.graph_bytes is not None \
+            else bool(keep_graph if keep_graph is not None else True)
+        # (batch, samples, index of the user's batch, first sample in it): chunks of over-large batches
+        self.pieces = self._pieces()
         self.batched = self.device.type == "cuda" if batched is None else bool(batched)
         self.n_hvp = 0
         self._grad: torch.Tensor | None = None  # this rank's flat gradient; with a graph when keep_graph
         self._full_grad: torch.Tensor | None = None  # summed over ranks
         self._loss: float | None = None
 
+    # ---------------------------------------------------------------- checks and memory
+    def batch_loss_of(self, batch: Any) -> torch.Tensor:
+        """``L_b`` of one batch, a 0-d tensor (a :class:`ConfigError` if the loss is not a scalar)."""
+        loss = self.batch_loss(self.model, batch) if self.batch_loss is not None else \
+            self.loss_fn(self.model(batch[0]), batch[1])
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            source = "batch_loss" if self.batch_loss is not None else "loss_fn"
+            raise ConfigError(f"{source} returns {what}, not a scalar mean over the batch: use reduction='mean'"
+                              " (or .mean() over the samples)")
+        return loss.reshape(())
+
+    def _check_data(self) -> None:
+        offset = 0
+        for index, batch in enumerate(self.batches):
+            for name, t in named_tensors(batch):
+                if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                    bad = ~torch.isfinite(t)
+                    sample = int(bad.reshape(len(t), -1).any(1).nonzero()[0]) if t.dim() > 0 else 0
+                    value = t.reshape(len(t), -1)[sample][bad.reshape(len(t), -1)[sample]][0] if t.dim() > 0 \
+                        else t
+                    raise DataError(f"the data hold a non-finite value ({float(value.real) if value.is_complex() else float(value)})"
+                                    f" in {name} of batch {index}, sample {sample} (sample {offset + sample} of the"
+                                    " data): remove or repair it before the analysis")
+            offset += self.sizes[index]
+
+    def _check_mean(self) -> None:
+        """Refuse a loss that sums over the batch instead of averaging (module docstring)."""
+        advice = "use reduction='mean' or divide by the batch size"
+        reduction = getattr(self.loss_fn, "reduction", None) if isinstance(self.loss_fn, nn.Module) else None
+        if self.batch_loss is None and reduction in ("sum", "none"):
+            raise ConfigError(f"loss_fn is {type(self.loss_fn).__name__}(reduction={reduction!r}), not a mean over the"
+                              f" batch: every eigenvalue and the gradient would scale with the batch size; {advice}")
+        batch, n = self.batches[0], self.sizes[0]
+        least = 2 if self.model.training and _has_batch_norm(self.model) else 1  # a BatchNorm needs 2 per batch
+        if n < 2 * least:
+            return
+        half = n // 2
+        whole = float(self.batch_loss_of(batch))
+        first, second = float(self.batch_loss_of(take(batch, 0, half))), float(self.batch_loss_of(take(batch, half, n)))
+        as_mean, as_sum = (half * first + (n - half) * second) / n, first + second
+        gap = abs(as_sum - as_mean)
+        if abs(whole - as_sum) < abs(whole - as_mean) and abs(whole - as_sum) <= 0.25 * gap:
+            source = "batch_loss" if self.batch_loss is not None else "loss_fn"
+            raise ConfigError(f"{source} returns a sum over the batch (reduction='sum'?), not a mean: its value on the"
+                              f" first batch ({whole:.6g}) is the sum of its halves' ({first:.6g} + {second:.6g}),"
+                              f" so eigenvalues would scale with the batch size; {advice}")
+
+    def _check_loss(self, loss: torch.Tensor, index: int) -> None:
+        if bool(torch.isfinite(loss)):
+            return
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        bad = next((names.get(id(p), "?") for p in self.params if not bool(torch.isfinite(p).all())), None)
+        why = (f"parameter {bad!r} holds non-finite values (a diverged run?)" if bad is not None else
+               "the parameters and data are finite, so the model or the loss overflows at these parameters")
+        raise DataError(f"the loss on batch {index} is {float(loss)} at the analysed point: {why}; no curvature can be"
+                        " computed there")
+
+    def _measure_graph(self) -> "_GraphSize":
+        """``bytes(n) ≈ a + b n`` of one batch's kept gradient graph, measured on slices of the
+        first batch of ``GRAPH_PROBE_SAMPLES`` and twice as many samples (or on all of it)."""
+        batch, n = self.batches[0], self.sizes[0]
+        with preserved(self.model, parameters=False):  # a train-mode forward moves BatchNorm statistics
+            if n <= 2 * GRAPH_PROBE_SAMPLES:
+                return _GraphSize(0.0, self._graph_bytes(batch) / max(n, 1))
+            small = self._graph_bytes(take(batch, 0, GRAPH_PROBE_SAMPLES))
+            large = self._graph_bytes(take(batch, 0, 2 * GRAPH_PROBE_SAMPLES))
+        per = max(large - small, 0) / GRAPH_PROBE_SAMPLES
+        return _GraphSize(max(small - per * GRAPH_PROBE_SAMPLES, 0.0), per)
+
+    def _graph_bytes(self, batch: Any) -> int:
+        """Bytes of the tensors autograd keeps for ``∇L_b`` with ``create_graph=True``: each
+        storage once, leaving out those alive anyway (parameters, data)."""
+        held = {_storage_key(t) for t in [*self.model.parameters(), *self.model.buffers()]}
+        held |= {_storage_key(t) for _, t in named_tensors(batch)}
+        saved: dict[tuple, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            key = _storage_key(t)
+            if key not in held:
+                saved[key] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = self.batch_loss_of(batch)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        del loss, grads
+        return sum(saved.values())
+
+    def _pieces(self) -> list[tuple[Any, int, int, int]]:
+        if self.keep_graph or self._graph_size is None:
+            return [(b, n, i, 0) for i, (b, n) in enumerate(zip(self.batches, self.sizes))]
+        pieces = []
+        for index, (batch, n) in enumerate(zip(self.batches, self.sizes)):
+            chunk = self._graph_size.fitting(self.max_graph_bytes)
+            if n > chunk and self.model.training and _has_batch_norm(self.model):
+                raise ConfigError(
+                    f"batch {index} of {n:,} samples needs an autograd graph of about"
+                    f" {_gib(self._graph_size.bytes(n))}, above max_graph_bytes={_gib(self.max_graph_bytes)}, and"
+                    " in mode='train' splitting it would change its BatchNorm statistics: pass smaller batches"
+                    f" (at most {chunk:,} samples, e.g. a DataLoader), use mode='eval', or raise max_graph_bytes")
+            pieces += [(take(batch, s, min(s + chunk, n)) if chunk < n else batch, min(chunk, n - s), index, s)
+                       for s in range(0, n, chunk)]
+        return pieces
+
     # ---------------------------------------------------------------- loss and gradient
     def _weighted_losses(self) -> Iterator[torch.Tensor]:
-        for x, y in self.batches:
-            yield self.loss_fn(self.model(x), y) * (len(y) / self.samples)
+        """``(n_b / N) L_b`` piece by piece (a piece is a batch, or a chunk of an over-large one)."""
+        for batch, n, index, _ in self.pieces:
+            loss = self.batch_loss_of(batch)
+            if self.check:
+                self._check_loss(loss, index)
+            yield loss * (n / self.samples)
 
     @property
     def loss(self) -> float:
@@ -117,7 +276,7 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
-            if self.keep_graph and self.batches:
+            if self.keep_graph and self.pieces:
                 total = sum(self._weighted_losses())
                 grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
                 loss, self._grad = total.detach(), _flat(grads, self.params)
@@ -194,6 +353,70 @@ class HessianOperator:
                 f"mode='train' gives a different gradient each time (max difference {gap:.3g}): the model draws"
                 " random numbers in training mode (dropout?), so its Hessian is a random matrix; analyse it in"
                 " mode='eval' (the default), or remove the randomness")
+
+
+class _GraphSize:
+    """Bytes of one batch's kept gradient graph as ``a + b n`` for ``n`` samples."""
+
+    def __init__(self, constant: float, per_sample: float):
+        self.constant, self.per_sample = constant, per_sample
+
+    def bytes(self, n: int) -> float:
+        return self.constant + self.per_sample * n
+
+    def total(self, sizes: list[int]) -> int:
+        """All batches' graphs kept together."""
+        return int(sum(self.bytes(n) for n in sizes))
+
+    def fitting(self, budget: float) -> int:
+        """The most samples whose graph fits ``budget`` (at least 1)."""
+        if self.per_sample <= 0:
+            return 2**62
+        return max(1, int((budget - self.constant) // self.per_sample))
+
+
+def _check_options(loss_fn: Any, batch_loss: Any, max_samples: Any, max_graph_bytes: Any) -> None:
+    if loss_fn is None and batch_loss is None:
+        raise ConfigError("loss_fn=None needs batch_loss=(model, batch) -> mean loss; give one of them")
+    if batch_loss is not None and not callable(batch_loss):
+        raise ConfigError(f"batch_loss={batch_loss!r} is not allowed; expected a function (model, batch) -> mean loss")
+    if loss_fn is not None and not callable(loss_fn):
+        raise ConfigError(f"loss_fn={loss_fn!r} is not allowed; expected a function (outputs, targets) -> mean loss")
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
+        raise ConfigError(f"max_samples={max_samples!r} is not allowed; expected an integer >= 1 or None (all)")
+    if isinstance(max_graph_bytes, bool) or not isinstance(max_graph_bytes, (int, float)) \
+            or math.isnan(max_graph_bytes) or max_graph_bytes <= 0:
+        raise ConfigError(f"max_graph_bytes={max_graph_bytes!r} is not allowed; expected a number of bytes > 0")
+
+
+def _load(data: Any, batch_loss: BatchLoss | None, max_samples: int | None, device: torch.device) -> list[Any]:
+    """The batches of ``data`` on ``device``, stopping after ``max_samples`` samples."""
+    batches, count = [], 0
+    for batch in as_batches(data, batch_loss):
+        if max_samples is not None:
+            n = batch_size_of(batch)
+            if count + n > max_samples:
+                batch = take(batch, 0, max_samples - count)
+            count += min(n, max_samples - count)
+        batches.append(to_device(batch, device))
+        if max_samples is not None and count >= max_samples:
+            break
+    return batches
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    """Whether a module in training mode normalises with batch statistics."""
+    return any(m.training and (isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__)
+               for m in model.modules())
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
 def _flat(tensors: Iterable[torch.Tensor | None], params: list[torch.Tensor] | None = None,

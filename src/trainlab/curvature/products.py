@@ -1,58 +1,95 @@
 """Gradient, Hessian-vector products and the dense Hessian of a model's full-data loss.
 
-``data`` is one ``(x, y)`` batch or an iterable of batches; the loss is their
+``data`` is any form of :mod:`trainlab.data.batches` (an ``(x, y)`` pair, a list or
+DataLoader of batches, a Dataset, or anything with ``batch_loss``); the loss is the batches'
 sample-weighted mean (see :mod:`trainlab.curvature.operator`, which also states the mode
-rule, how products are computed, and how ``distributed=`` / ``group=`` share the data
+rule, the checks, the memory bound, and how ``distributed=`` / ``group=`` share the data
 between ``torch.distributed`` ranks).
+
+Options every function here takes (keyword only), as :class:`HessianOperator` does:
+``batch_loss=(model, batch) -> mean loss`` (then ``loss_fn`` may be ``None``),
+``max_samples`` (use only the first samples of ``data``; ``None`` = all) and
+``max_graph_bytes`` (bound on the kept autograd graph, default 2 GiB; beyond it products
+stream over the batches).
+
+The model is left exactly as it was — parameters, buffers, flags, ``.grad``, random states —
+on success and on failure (:func:`~trainlab.curvature.operator.analysis_mode`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import time
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from trainlab.curvature.operator import HessianOperator, LossFn, analysis_mode
-from trainlab.data.batches import Batch
+from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, analysis_mode
+from trainlab.data.batches import Batch, BatchLoss
+from trainlab.errors import ConfigError
 
 #: Memory for one block of dense-Hessian rows (and the batched backward pass producing it).
 HESSIAN_BLOCK_BYTES = 256 * 2**20
 
 
-def gradient(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], mode: str = "eval",
-             distributed: bool | None = None, group: object = None) -> torch.Tensor:
-    """``∇L(θ)`` as a flat vector over the parameters that require gradients."""
+def gradient(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], mode: str = "eval",
+             distributed: bool | None = None, group: object = None, *, batch_loss: BatchLoss | None = None,
+             max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> torch.Tensor:
+    """``∇L(θ)`` as a flat vector over the parameters that require gradients.
+
+    Parameters: ``model``, ``loss_fn`` (``(outputs, targets) -> mean loss``, or ``None`` with
+    ``batch_loss``), ``data``; ``mode`` "eval" (default) or "train"; ``distributed``/``group``
+    for ``torch.distributed``; ``batch_loss``, ``max_samples``, ``max_graph_bytes`` (module
+    docstring). Cost: one forward and backward pass over the data (no product).
+    """
     with analysis_mode(model, mode):
-        op = HessianOperator(model, loss_fn, data, keep_graph=False, distributed=distributed, group=group)
+        op = HessianOperator(model, loss_fn, data, keep_graph=False, distributed=distributed, group=group,
+                             batch_loss=batch_loss, max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         return op.gradient()
 
 
-def hvp(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], v: torch.Tensor,
-        mode: str = "eval", distributed: bool | None = None, group: object = None) -> torch.Tensor:
+def hvp(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], v: torch.Tensor,
+        mode: str = "eval", distributed: bool | None = None, group: object = None, *,
+        batch_loss: BatchLoss | None = None, max_samples: int | None = None,
+        max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> torch.Tensor:
     """``H v`` for a flat ``(n,)`` vector, or ``(H vᵢ)ᵢ`` for the rows of an ``(m, n)`` matrix,
-    answered together from one kept gradient graph (in one batched pass on a GPU)."""
+    answered together from one kept gradient graph (in one batched pass on a GPU), or streamed
+    over the batches when that graph would exceed ``max_graph_bytes``.
+
+    Parameters as :func:`gradient`, plus ``v``. Cost: ``m`` Hessian-vector products (about 2
+    gradients each), plus the gradient; in ``mode="train"`` one more gradient (determinism check).
+    """
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group)
+        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         return op.matvec(v) if v.dim() == 1 else op.matmat(v)
 
 
-def hessian(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], max_params: int = 20_000,
-            mode: str = "eval", distributed: bool | None = None, group: object = None) -> torch.Tensor:
+def hessian(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], max_params: int = 20_000,
+            mode: str = "eval", distributed: bool | None = None, group: object = None, *,
+            max_seconds: float = 60.0, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
+            max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> torch.Tensor:
     """The dense ``n × n`` Hessian, built from products with blocks of the identity (each
     block bounded to :data:`HESSIAN_BLOCK_BYTES`) through one kept gradient graph, and
     symmetrised, ``(H + Hᵀ)/2``.
 
-    Above ``max_params`` parameters it refuses: an ``n × n`` matrix is then too large to be
-    useful — :func:`trainlab.curvature.eigs` finds the extreme eigenvalues from products alone.
+    Cost: ``n`` Hessian-vector products and ``n² × itemsize`` bytes. It refuses
+    (:class:`~trainlab.errors.ConfigError`, naming the estimate) above ``max_params``
+    parameters (default 20,000), or when one timed product × ``n`` exceeds ``max_seconds``
+    (default 60; ``None`` for no limit): :func:`trainlab.curvature.eigs` (Lanczos) finds the
+    extreme eigenvalues from a few products. Other parameters as :func:`gradient`.
     """
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    itemsize = next((p.element_size() for p in model.parameters() if p.requires_grad), 8)
     if n > max_params:
-        raise ValueError(f"the model has {n:,} parameters, above max_params={max_params:,}: a dense Hessian would"
-                         f" hold {n * n:,} numbers; use trainlab.curvature.eigs (Lanczos) for its extreme"
-                         " eigenvalues, or raise max_params")
+        raise ConfigError(f"the model has {n:,} parameters, above max_params={max_params:,}: a dense Hessian would"
+                          f" hold {n * n:,} numbers ({_size(n * n * itemsize)}); use trainlab.curvature.eigs (Lanczos)"
+                          " for its extreme eigenvalues, or raise max_params")
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group)
+        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+        if max_seconds is not None:
+            _check_time(op, max_seconds)
         return dense(op)
 
 
@@ -68,9 +105,33 @@ def dense(op: HessianOperator) -> torch.Tensor:
     return (H + H.T) / 2
 
 
-def _operator(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], mode: str,
-              distributed: bool | None = None, group: object = None) -> HessianOperator:
-    op = HessianOperator(model, loss_fn, data, distributed=distributed, group=group)
+def _check_time(op: HessianOperator, max_seconds: float) -> None:
+    """Time one product and refuse when ``n`` of them would take more than ``max_seconds``."""
+    op.gradient()  # the graph is built once, not per product
+    probe = torch.zeros(1, op.n, device=op.device, dtype=op.dtype)
+    probe[0, 0] = 1
+    start = time.perf_counter()
+    op.matmat(probe)
+    if op.device.type == "cuda":
+        torch.cuda.synchronize(op.device)
+    estimate = (time.perf_counter() - start) * op.n
+    op.n_hvp -= 1  # the timing product is not part of the answer
+    if estimate > max_seconds:
+        raise ConfigError(f"a dense Hessian of {op.n:,} parameters needs {op.n:,} Hessian-vector products, about"
+                          f" {estimate:,.0f} s here (one took {estimate / op.n * 1e3:.3g} ms), above"
+                          f" max_seconds={max_seconds:g}; use trainlab.curvature.eigs (Lanczos) or"
+                          " diagnose(method='lanczos') for the extreme eigenvalues, or raise max_seconds")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def _operator(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], mode: str,
+              distributed: bool | None = None, group: object = None, **options: Any) -> HessianOperator:
+    """The operator of an analysis (``options``: ``batch_loss``, ``max_samples``, ``max_graph_bytes``,
+    ``check``, ``keep_graph``, ``batched``), with the determinism check in ``mode="train"``."""
+    op = HessianOperator(model, loss_fn, data, distributed=distributed, group=group, **options)
     if mode == "train":
         op.check_determinism()
     return op

@@ -1,34 +1,169 @@
-"""One ``(x, y)`` batch or an iterable of batches (a DataLoader), seen the same way."""
+"""The data forms every analysis accepts, seen as one sequence of batches.
+
+``data`` may be
+
+- one ``(x, y)`` pair of tensors — a single batch;
+- a list or tuple of batches, or any iterable of them (a ``DataLoader``);
+- a map-style ``Dataset`` / ``TensorDataset`` (``__len__`` and ``__getitem__``), collated
+  in chunks of :data:`DATASET_CHUNK` samples with ``default_collate``;
+- with a ``batch_loss=(model, batch) -> mean loss`` hook, batches of any form (dicts,
+  ``(x, y, extra)``), which only the hook reads.
+
+Functions that take ``data`` compute full-data quantities as sample-weighted means over
+these batches, ``L = Σ_b (n_b / N) L_b`` with ``n_b =`` :func:`batch_size_of` ``(batch)``,
+so a short last batch counts for what it holds.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from trainlab.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: ``batch_loss(model, batch)`` → the batch's mean loss, a 0-d tensor.
+BatchLoss = Callable[[torch.nn.Module, Any], torch.Tensor]
+#: Samples per batch when a map-style Dataset is collated.
+DATASET_CHUNK = 1024
 
 
-def as_batches(data: Batch | Iterable[Batch]) -> Iterator[Batch]:
-    """The ``(inputs, targets)`` batches of ``data``: a single pair of tensors is one batch.
+def as_batches(data: Any, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
+    """The batches of ``data`` (see the module docstring for the forms accepted).
 
-    Functions that take ``data`` compute full-data quantities as sample-weighted means
-    over these batches, so a short last batch counts for what it holds.
+    Without ``batch_loss`` every batch is an ``(inputs, targets)`` pair, yielded as a tuple;
+    with it, batches are yielded as they come.
     """
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        yield data[0], data[1]
+    if _is_pair(data) or (batch_loss is not None and isinstance(data, Mapping)):
+        yield _checked(data, batch_loss)
+        return
+    if _is_map_style(data):
+        yield from (_checked(b, batch_loss) for b in _dataset_chunks(data))
         return
     try:
         iterator = iter(data)
     except TypeError:
-        raise DataError(f"data must be an (inputs, targets) pair of tensors or an iterable of them;"
-                        f" got {type(data).__name__}") from None
+        raise DataError(f"data must be an (inputs, targets) pair of tensors, a list or DataLoader of batches, or a"
+                        f" Dataset; got {type(data).__name__}") from None
     for batch in iterator:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise DataError(f"each batch must be an (inputs, targets) pair; got {_describe(batch)}")
-        yield batch[0], batch[1]
+        yield _checked(batch, batch_loss)
+
+
+def batch_size_of(batch: Any) -> int:
+    """The number of samples in ``batch``: ``len(y)`` of an ``(x, y)`` pair; for a dict, tuple
+    or list the leading dimension its tensors share (a :class:`DataError` if they disagree)."""
+    tensors = [t for t in _tensors(batch) if t.dim() > 0]
+    if not tensors:
+        raise DataError(f"cannot tell how many samples a batch holds: its {_describe(batch)} has no tensor with a"
+                        " leading (sample) dimension")
+    sizes = {len(t) for t in tensors}
+    if len(sizes) > 1:
+        raise DataError(f"the tensors of a batch disagree on the number of samples (leading dimensions"
+                        f" {sorted(sizes)}); every tensor in a batch must hold one row per sample")
+    return sizes.pop()
+
+
+def take(batch: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of ``batch``: every tensor (and list) with a leading sample
+    dimension is sliced — views, no copy — and anything else kept as it is."""
+    n = batch_size_of(batch)
+
+    def cut(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return item[start:stop] if item.dim() > 0 and len(item) == n else item
+        if isinstance(item, Mapping):
+            return {k: cut(v) for k, v in item.items()}
+        if isinstance(item, tuple) and not hasattr(item, "_fields"):
+            return tuple(cut(v) for v in item)
+        if isinstance(item, list):
+            return item[start:stop] if len(item) == n and not any(isinstance(v, torch.Tensor) for v in item) \
+                else [cut(v) for v in item]
+        return item
+
+    return cut(batch)
+
+
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``batch`` with ``fn`` applied to every tensor in it (dicts, tuples and lists walked)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, tuple) and not hasattr(batch, "_fields"):
+        return tuple(map_tensors(v, fn) for v in batch)
+    if isinstance(batch, list):
+        return [map_tensors(v, fn) for v in batch]
+    return batch
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor on ``device``."""
+    return map_tensors(batch, lambda t: t.to(device))
+
+
+def named_tensors(batch: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of ``batch`` with a name for messages: ``x``/``y`` of a pair, ``batch['key']``
+    of a dict, ``batch[i]`` of a tuple."""
+    if _is_pair(batch):
+        yield "x", batch[0]
+        yield "y", batch[1]
+        return
+    yield from _named("batch", batch)
+
+
+def _named(prefix: str, item: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(item, torch.Tensor):
+        yield prefix, item
+    elif isinstance(item, Mapping):
+        for k, v in item.items():
+            yield from _named(f"{prefix}[{k!r}]", v)
+    elif isinstance(item, (tuple, list)):
+        for i, v in enumerate(item):
+            yield from _named(f"{prefix}[{i}]", v)
+
+
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    if _is_pair(batch):
+        return [batch[1], batch[0]]  # y first: a pair's size is len(y)
+    return [t for _, t in _named("", batch)]
+
+
+def _is_pair(data: Any) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+
+
+def _is_map_style(data: Any) -> bool:
+    """A Dataset indexed by sample — not itself a list of batches."""
+    if isinstance(data, (tuple, list, Mapping, torch.Tensor, str, bytes)) or isinstance(data, IterableDataset):
+        return False
+    if isinstance(data, Dataset):
+        return True
+    return hasattr(data, "__len__") and hasattr(data, "__getitem__") and not hasattr(data, "__iter__")
+
+
+def _dataset_chunks(data: Any) -> Iterator[Any]:
+    if isinstance(data, TensorDataset):  # slices of its tensors: no per-sample copies
+        n = len(data)
+        for start in range(0, n, DATASET_CHUNK):
+            yield tuple(t[start:start + DATASET_CHUNK] for t in data.tensors)
+        return
+    from torch.utils.data import default_collate
+
+    n = len(data)
+    for start in range(0, n, DATASET_CHUNK):
+        yield default_collate([data[i] for i in range(start, min(start + DATASET_CHUNK, n))])
+
+
+def _checked(batch: Any, batch_loss: BatchLoss | None) -> Any:
+    if batch_loss is not None:
+        return batch
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise DataError(f"each batch must be an (inputs, targets) pair; got {_describe(batch)} — for other batches"
+                        " (dicts, extra fields) pass batch_loss=(model, batch) -> mean loss")
+    return batch[0], batch[1]
 
 
 def _describe(batch: Any) -> str:
