@@ -6,7 +6,6 @@ import argparse
 
 from trainlab.errors import ConfigError
 from trainlab.optim import schedules
-from trainlab.report import plots
 from trainlab.train.config import parse_override
 
 
@@ -43,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or kwargs.get("total_steps", 1000)  # trace() validates total_steps before using it
     if not args.lr > 0:
         raise ConfigError(f"--lr {args.lr} is not allowed; expected a number > 0")
+    from trainlab.report import plots  # matplotlib: only when drawing
+
     lrs = schedules.trace(args.name, steps, lr=args.lr, **kwargs)
     title = f"{args.name}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + f") with lr={args.lr:g}"
     path = plots.save(plots.learning_rate_figure(lrs, title), args.out)
