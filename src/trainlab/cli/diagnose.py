@@ -1,63 +1,374 @@
-"""``trainlab diagnose RUN_DIR_OR_CHECKPOINT``: is the saved model at a critical point?"""
+"""``trainlab diagnose``: is a saved model at a critical point?
+
+Two ways to name the model:
+
+* ``trainlab diagnose RUN_DIR_OR_CHECKPOINT`` — a run of ``trainlab train``: the model is
+  rebuilt from the run's ``config.toml`` and loaded from its ``checkpoint.pt``; the data is the
+  run's training split, the loss the run's loss.
+* ``trainlab diagnose --model pkg.module:factory --weights model.pt --data FILE|NAME`` — a model
+  trained anywhere: ``factory()`` (no arguments) builds the ``nn.Module``, ``--weights`` holds
+  its ``state_dict`` (or a checkpoint dict with a ``"model"`` entry), ``--data`` is a bundled
+  data set or a ``.npz``/``.csv`` file, read by :func:`trainlab.data.load` with its defaults:
+  the training split (80 %, stratified, seed 0), each feature standardised with that split's
+  mean and standard deviation (``--no-standardize``: the raw features).
+
+Every input is checked before the analysis starts; whatever does not fit is one sentence
+and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import pickle
+import shutil
+import sys
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+from trainlab.errors import ConfigError, DataError
 
-from trainlab import curvature, distributed
-from trainlab.errors import ConfigError
-from trainlab.report import plots
-from trainlab.train import checkpoint
-from trainlab.train import run as run_mod
+if TYPE_CHECKING:  # torch and the analyses load only when the command runs
+    import torch
+    from torch import nn
+
+LOSS_NAMES = ("cross_entropy", "mse")
+
+COST = ("Cost: models with at most 2,000 parameters get the exact Hessian, one Hessian-vector product (HVP) per"
+        " parameter and n²×8 bytes of memory; larger ones get Lanczos for the extreme eigenvalues (typically a few"
+        " hundred HVPs, at most 5,000) and the spectral density for the counts (10 probes × 80 steps = 800 HVPs;"
+        " --density costs another 800). One HVP costs about two gradient evaluations over the samples analysed:"
+        " bound the time with --max-samples and --max-hvp.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "diagnose", help="verdict, gradient norm, extreme eigenvalues and minimum ratio of a saved run",
-        description="Rebuild a run's model from its config.toml and checkpoint.pt, then analyse the Hessian of the"
-                    " training loss there: verdict (saddle, local minimum, ...), gradient norm, extreme eigenvalues,"
-                    " minimum ratio (exact for small models, estimated from the spectral density for large ones)."
-                    " Writes spectrum.png beside the checkpoint.")
-    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or its checkpoint.pt")
-    p.add_argument("--k", type=int, default=20, help="eigenpairs at each end of the spectrum for large models (20)")
-    p.add_argument("--density", action="store_true", help="also estimate and draw the spectral density")
-    p.add_argument("--out", metavar="FILE", help="where to write the figure (default: spectrum.png in the run)")
+        "diagnose", help="verdict, gradient norm, extreme eigenvalues and minimum ratio of a saved model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap(
+            "Analyse the Hessian of the training loss at a saved model: verdict (saddle, local minimum, local"
+            " maximum, degenerate, not critical), loss, gradient norm, extreme eigenvalues, counts of positive,"
+            " negative and flat eigenvalues, and the minimum ratio (share of positive eigenvalues; exact for small"
+            " models, estimated from the spectral density for large ones). The model is never changed.")
+        + "\n\n" + _wrap(
+            "Name the model in one of two ways: RUN_DIR_OR_CHECKPOINT, a run of `trainlab train` (model, data and"
+            " loss from its config.toml and checkpoint.pt; the figure goes to spectrum.png in the run), or --model"
+            " with --weights and --data, a model trained anywhere (the figure only with --out).")
+        + "\n\n" + _wrap(COST),
+        epilog=_wrap("Example: trainlab diagnose --model mynet:build --weights mynet.pt --data digits"
+                     "  (mynet.py in the current directory, def build() -> nn.Module)."))
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?",
+                   help="a run directory of `trainlab train`, or its checkpoint.pt")
+    own = p.add_argument_group("a model trained elsewhere (instead of RUN_DIR_OR_CHECKPOINT)")
+    own.add_argument("--model", metavar="MODULE:FACTORY",
+                     help="a callable that takes no arguments and returns the torch.nn.Module, e.g. mynet:build or"
+                          " pkg.models:make_net; the current directory is searched first")
+    own.add_argument("--weights", metavar="FILE",
+                     help="the model's state_dict saved with torch.save (read with weights_only=True), or a"
+                          " checkpoint dict holding it under 'model'")
+    own.add_argument("--data", metavar="FILE|NAME",
+                     help="a bundled data set (digits, iris, wine, breast_cancer, mnist1d) or a .npz file (arrays"
+                          " x and y) or .csv file (label last); analysed: its training split (80 %%, stratified,"
+                          " seed 0, as trainlab.data.load)")
+    own.add_argument("--loss", choices=LOSS_NAMES, default=None,
+                     help="the training loss: cross_entropy (default) or mse (squared error to one-hot targets)")
+    own.add_argument("--no-standardize", action="store_true",
+                     help="feed the raw features (default: standardised with the training split's mean and"
+                          " standard deviation, as trainlab.data.load does)")
+    p.add_argument("--k", type=int, default=20,
+                   help="eigenpairs at each end of the spectrum for large models (default 20; above the parameter"
+                        " count it is clamped, with a note)")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="analyse only the first N training samples (default: all); the loss, its gradient and"
+                        " every HVP are then of those N")
+    p.add_argument("--max-hvp", type=int, default=None, metavar="N",
+                   help="stop the eigensolvers after N Hessian-vector products in all (default: no cap); an"
+                        " eigenvalue not converged by then is marked so in the result")
+    p.add_argument("--density", action="store_true", help="also estimate and draw the spectral density (800 HVPs)")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the figure (default: spectrum.png in the run directory; with --model: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
+def _wrap(text: str) -> str:
+    """``text`` filled to the terminal's width, as argparse fills the options' help."""
+    return textwrap.fill(text, width=min(100, max(40, shutil.get_terminal_size((100, 24)).columns - 2)))
+
+
+@dataclass
+class Target:
+    """What to analyse, and a line saying what it is."""
+
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+    title: str
+    figure: Path | None  # where the figure goes when --out is not given
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_options(args)
+    target = _from_factory(args) if args.model is not None else _from_run(args)
+    return _analyse(target, args)
+
+
+# ------------------------------------------------------------------------------------------ options
+def _check_options(args: argparse.Namespace) -> None:
+    own = [f"--{name.replace('_', '-')}" for name in ("model", "weights", "data", "loss")
+           if getattr(args, name) is not None] + (["--no-standardize"] if args.no_standardize else [])
+    if args.path is not None and own:
+        raise ConfigError(f"give either RUN_DIR_OR_CHECKPOINT ({args.path!r}) or --model with --weights and --data,"
+                          f" not both ({', '.join(own)} given)")
+    if args.path is None:
+        missing = [f"--{name}" for name in ("model", "weights", "data") if getattr(args, name) is None]
+        if len(missing) == 3:
+            raise ConfigError("nothing to diagnose: give a run directory (or its checkpoint.pt), or --model"
+                              " MODULE:FACTORY --weights FILE --data FILE|NAME")
+        if missing:
+            raise ConfigError(f"--model, --weights and --data go together; {', '.join(missing)} is missing")
+    for flag, value in (("--k", args.k), ("--max-samples", args.max_samples), ("--max-hvp", args.max_hvp)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value} is not allowed; expected an integer >= 1")
+
+
+def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every analysis takes; defaults are left out so the analyses' own apply."""
+    options: dict[str, Any] = {}
+    if args.max_samples is not None:
+        options["max_samples"] = args.max_samples
+    if args.no_progress:
+        options["progress"] = False
+    return options
+
+
+# ------------------------------------------------------------------------------------------ a run
+def _from_run(args: argparse.Namespace) -> Target:
+    from trainlab.train import checkpoint
+    from trainlab.train import run as run_mod
+
     path = Path(args.path)
     run_dir, ckpt = (path, path / "checkpoint.pt") if path.is_dir() else (path.parent, path)
-    if not ckpt.exists():
+    if not ckpt.is_file():
         raise ConfigError(f"{str(path)!r} is not a run directory or checkpoint: {str(ckpt)!r} does not exist")
-    if args.k < 1:
-        raise ConfigError(f"--k {args.k} is not allowed; expected an integer >= 1")
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} holds no config.toml, so the model cannot be rebuilt (is it a run"
+                          " directory of `trainlab train`?)")
     config = run_mod.saved_config(run_dir)
     parts = run_mod.build(config)
-    parts.model.load_state_dict(checkpoint.load(ckpt, map_location="cpu")["model"])
+    try:
+        saved = checkpoint.load(ckpt, map_location="cpu")
+    except Exception as e:  # truncated, empty or foreign files fail in many ways inside torch.load
+        raise DataError(f"cannot read checkpoint {str(ckpt)!r}: {_one_line(e)}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise DataError(f"checkpoint {str(ckpt)!r} holds no model state (no 'model' entry); it was not written by"
+                        " `trainlab train`")
+    _load(parts.model, saved["model"], f"checkpoint {str(ckpt)!r}", f"the model {config.model.name} of"
+          f" {str(run_dir / 'config.toml')!r}")
     x, y = parts.train_data.tensors
+    hidden = f" {config.model.hidden}" if config.model.name == "mlp" else ""
+    title = (f"{run_dir}: {config.model.name}{hidden} on {config.data.name}, training split ({len(y):,} samples),"
+             f" {config.train.loss}")
+    return Target(parts.model, parts.loss_fn, x, y, title, run_dir / "spectrum.png")
+
+
+# ------------------------------------------------------------------------------------------ --model
+def _from_factory(args: argparse.Namespace) -> Target:
+    from trainlab import data as data_mod
+    from trainlab.train.run import LOSSES
+
+    model = _build(args.model)
+    state = _read_weights(Path(args.weights))
+    _load(model, state, f"--weights {args.weights!r}", f"the model {args.model}() builds")
+    train, _ = data_mod.load(args.data, standardize=not args.no_standardize)
+    x, y = train.tensors
+    x = x.to(_float_dtype(model))  # the bundled data is float32; a float64 model is just as legitimate
+    loss_name = args.loss or "cross_entropy"
+    _check_fit(model, LOSSES[loss_name], x, y, args.data, loss_name)
+    features = "raw" if args.no_standardize else "standardised"
+    title = (f"{args.model} with {args.weights} on {args.data}, training split ({len(y):,} samples, {features}),"
+             f" {loss_name}")
+    return Target(model, LOSSES[loss_name], x, y, title, None)
+
+
+def _build(spec: str) -> nn.Module:
+    """``factory()`` of ``module:factory``, checked to be an ``nn.Module``."""
+    from torch import nn
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--model {spec!r} is not allowed; expected MODULE:FACTORY, e.g. mynet:build")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a module next to the user imports, as with `python -m`
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ConfigError(f"--model {spec!r}: no module named {e.name!r} in the current directory or on"
+                              " sys.path") from None
+        raise ConfigError(f"--model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
+    except (Exception, SystemExit) as e:  # the user's module may fail in any way while it runs
+        raise ConfigError(f"--model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
+    factory: Any = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ConfigError(f"--model {spec!r}: module {module_name!r} ({getattr(module, '__file__', '?')})"
+                              f" has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ConfigError(f"--model {spec!r}: {attr!r} is of type {type(factory).__name__}, not a callable that builds"
+                          " the model")
+    try:
+        model = factory()
+    except (Exception, SystemExit) as e:
+        raise ConfigError(f"--model {spec!r}: calling {attr}() failed: {_one_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {spec!r}: {attr}() returned an object of type {type(model).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"--model {spec!r}: the model has no trainable parameters to analyse")
+    return model
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    """A state_dict from ``path``: the file itself or its ``"model"`` entry."""
+    import torch
+
+    if not path.is_file():
+        raise DataError(f"--weights {str(path)!r}: " + ("is a directory, not a file" if path.is_dir()
+                                                        else "no such file"))
+    if path.stat().st_size == 0:
+        raise DataError(f"--weights {str(path)!r} is empty (0 bytes); expected a state_dict saved with torch.save")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses pickled objects: running them could run any code
+        raise DataError(f"--weights {str(path)!r} holds pickled Python objects (a whole model?), which"
+                        " torch.load(weights_only=True) refuses to run; save model.state_dict() instead") from None
+    except Exception as e:  # truncated or foreign files fail in many ways inside torch.load
+        raise DataError(f"--weights {str(path)!r} cannot be read by torch.load (not written by torch.save, or"
+                        f" truncated): {_one_line(e)}") from None
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        saved = saved["model"]
+    if not isinstance(saved, dict) or not saved or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                           for k, v in saved.items()):
+        raise DataError(f"--weights {str(path)!r} holds an object of type {type(saved).__name__}, not a state_dict (a dict of"
+                        " parameter names to tensors, or a checkpoint with one under 'model')")
+    return saved
+
+
+def _load(model: nn.Module, state: dict[str, Any], source: str, what: str) -> None:
+    """``model.load_state_dict(state)`` after checking, in one sentence each, that every
+    key is there, no key is foreign, every shape fits and every weight is finite."""
+    import torch
+
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {_names(missing)}"] if missing else []) + \
+                ([f"unexpected {_names(unexpected)}"] if unexpected else [])
+        raise DataError(f"{source} does not fit {what}: {'; '.join(parts)}")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise DataError(f"{source} does not fit {what}: {key!r} has shape {tuple(state[key].shape)} in the file,"
+                            f" {tuple(value.shape)} in the model")
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            if not bool(torch.isfinite(value).all()):
+                raise DataError(f"{source} holds non-finite weights in {key}; it is not a usable point to analyse")
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # e.g. a dtype that cannot be copied into the parameter
+        raise DataError(f"{source} does not fit {what}: {_one_line(e)}") from None
+
+
+def _check_fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, source: str,
+               loss_name: str) -> None:
+    """One forward pass and loss on two samples in eval mode, so that a mismatch of model and
+    data is named with both shapes before any analysis starts (the analyses run in eval mode too)."""
+    import torch
+
+    classes = int(y.max()) + 1
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(x[:2])
+        except Exception as e:
+            raise DataError(f"the model does not take the inputs of {source}: they have shape"
+                            f" {tuple(x.shape[1:])} per sample (batch {tuple(x[:2].shape)}), and the forward pass"
+                            f" failed: {_one_line(e)}") from None
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < classes:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(f"the model's output for a batch of 2 is {shape}; {loss_name} on {source} needs"
+                            f" (batch, classes) with at least {classes} classes")
+        try:
+            loss = loss_fn(out, y[:2])
+        except Exception as e:
+            raise DataError(f"{loss_name} of the model's output {tuple(out.shape)} against the labels of {source}"
+                            f" failed: {_one_line(e)}") from None
+        if loss.dim() != 0:
+            raise DataError(f"{loss_name} of the model's output {tuple(out.shape)} is not a single number")
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    import torch
+
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
+def _names(keys: list[str], show: int = 4) -> str:
+    more = f" and {len(keys) - show} more" if len(keys) > show else ""
+    return f"key{'s' if len(keys) > 1 else ''} " + ", ".join(repr(k) for k in keys[:show]) + more
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its type and the first line of its message, shortened."""
+    text = " ".join(str(e).split()) or "(no message)"
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return f"{type(e).__name__}: {text}"
+
+
+# ------------------------------------------------------------------------------------------ analysis
+def _analyse(target: Target, args: argparse.Namespace) -> int:
+    import torch
+
+    from trainlab import curvature, distributed
+
     rank, world = distributed.rank(), distributed.world_size()
-    data = (x[rank::world], y[rank::world])  # under torchrun each rank holds a shard; results are all-reduced
-    d = curvature.diagnose(parts.model, parts.loss_fn, data, k=args.k)
+    # under torchrun each rank holds a shard; the results are all-reduced
+    data = (target.x[rank::world], target.y[rank::world])
+    options = _analysis_options(args)
+    hvp_cap = {} if args.max_hvp is None else {"max_hvp": args.max_hvp}
+    d = curvature.diagnose(target.model, target.loss_fn, data, k=args.k, **options, **hvp_cap)
     if rank != 0:
         if args.density:
-            curvature.density(parts.model, parts.loss_fn, data)  # the collective products need every rank
+            curvature.density(target.model, target.loss_fn, data, **options)  # every rank joins the products
         return 0
-    print(f"{run_dir}: {config.model.name} {config.model.hidden} on {config.data.name}, training split"
-          f" ({len(y):,} samples{f', {world} processes' if world > 1 else ''}), {config.train.loss}")
+    print(target.title + (f", {world} processes" if world > 1 else ""))
     print(d)
+    text = str(d)
+    for note in getattr(d, "notes", []):
+        if note not in text:
+            print(f"  note: {note}")
     values = d.eigenvalues
     show = min(5, len(values))
     print(f"  largest eigenvalues: {', '.join(f'{float(v):.4g}' for v in values[:show])}")
     print(f"  smallest eigenvalues: {', '.join(f'{float(v):.4g}' for v in values[-show:])}")
+    out = args.out or target.figure
+    if out is None and not args.density:
+        return 0
     grid = density = None
     if args.density:
-        spectrum = curvature.density(parts.model, parts.loss_fn, data)
+        spectrum = curvature.density(target.model, target.loss_fn, data, **options)
         grid, density = spectrum.grid.tolist(), torch.clamp(spectrum.density, min=1e-12).tolist()
+    if out is None:
+        return 0
+    from trainlab.report import plots  # matplotlib: only when drawing
+
     title = f"{'all' if d.exact else 'extreme'} eigenvalues: {d.verdict.replace('_', ' ')}"
-    out = plots.save(plots.spectrum_figure(values.tolist(), title, grid, density), args.out or run_dir / "spectrum.png")
-    print(f"wrote {out}")
+    path = plots.save(plots.spectrum_figure(values.tolist(), title, grid, density), out)
+    print(f"wrote {path}")
     return 0
