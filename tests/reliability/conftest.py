@@ -165,6 +165,9 @@ def unprivileged() -> Iterable[None]:
         yield
         return
     import matplotlib.pyplot  # noqa: F401 - loaded while its config directory is still ours
+    import sklearn.datasets  # noqa: F401 - and the libraries trainlab loads lazily
+
+    import trainlab.cli  # noqa: F401
 
     os.setegid(65534)
     os.seteuid(65534)
