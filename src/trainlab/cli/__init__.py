@@ -1,7 +1,9 @@
 """``trainlab`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
 
 Errors that are the user's to fix (:class:`~trainlab.errors.ConfigError`,
-:class:`~trainlab.errors.DataError`) print one line and exit 2, with no traceback.
+:class:`~trainlab.errors.DataError`) print one line and exit 2, with no traceback; a fault
+of the environment (an :class:`OSError`: disk full, permission denied, a path that is a
+file) prints one line naming the path and exits 1, as does a diverged run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"trainlab {args.command}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"trainlab {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"trainlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line: the path(s) and what the system said, e.g.
+    ``'runs/a/checkpoint.pt': No space left on device``."""
+    reason = e.strerror or str(e) or type(e).__name__
+    paths = [repr(str(p)) for p in (e.filename, e.filename2) if p is not None]
+    line = f"{' -> '.join(paths)}: {reason}" if paths else reason
+    return " ".join(line.split())  # one line, whatever the message held

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-import time
 from pathlib import Path
 
 from trainlab import distributed
 from trainlab.train import config as config_mod
+from trainlab.train import rundir
 from trainlab.train import run as run_mod
 from trainlab.train.doctor import StallDoctor
 
@@ -18,14 +19,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model from a TOML run configuration",
         description="Train a model as a TOML configuration says (every key optional; see "
                     "trainlab.train.config for the keys and defaults) and write the run directory: "
-                    "config.toml, metrics.jsonl, steps.jsonl, summary.json and checkpoint.pt.")
+                    "config.toml, metrics.jsonl, steps.jsonl, summary.json and checkpoint.pt. A new run refuses a"
+                    " directory that already holds any of them (unless --overwrite), and one directory is written by"
+                    " one process at a time.")
     p.add_argument("--config", metavar="FILE", help="TOML run configuration (default: all defaults; "
                    "with --resume: the run directory's config.toml)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one key, e.g. --set train.epochs=5 --set model.hidden=[64,64] (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/YYYYmmdd-HHMMSS)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/YYYYmmdd-HHMMSS[-N])")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint up to train.epochs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --out even though it holds an earlier run's files, replacing them")
     p.add_argument("--doctor", action="store_true",
                    help="watch for stalls: diagnose the Hessian and act (escape a saddle, fix a plateau); events are"
                         " logged to metrics.jsonl and listed at the end")
@@ -36,21 +41,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise config_mod.ConfigError("--resume needs --out DIR, the run directory to continue")
-    out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
+    if args.resume and args.overwrite:
+        raise config_mod.ConfigError("--overwrite starts a new run and --resume continues one; choose one of them")
+    out = Path(args.out) if args.out else None
     if args.config is None and args.resume:
+        rundir.check_directory(out)
         config = config_mod.load(out / "config.toml" if (out / "config.toml").exists() else None, args.overrides)
     else:
         config = config_mod.load(args.config, args.overrides)
-    try:
-        callbacks = [StallDoctor(seed=config.seed)] if args.doctor else []
-        summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress, callbacks=callbacks)
-    except KeyboardInterrupt:
-        print(f"interrupted; the checkpoint in {out} keeps the last completed step."
-              f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
-        raise
+    callbacks = [StallDoctor(seed=config.seed)] if args.doctor else []
+    with _default_out() if out is None else contextlib.nullcontext(out) as out:
+        try:
+            summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress,
+                                    callbacks=callbacks, overwrite=args.overwrite)
+        except KeyboardInterrupt:
+            print(f"interrupted; the checkpoint in {out} keeps the last completed step."
+                  f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
+            raise
     if distributed.rank() == 0:
         print(report(config, summary, out))
     return 0
+
+
+@contextlib.contextmanager
+def _default_out():
+    """A new run directory of its own; removed again if the run fails before writing to it."""
+    out = rundir.new_run_dir("runs") if distributed.rank() == 0 else None
+    if distributed.world_size() > 1:  # under torchrun every rank trains into rank 0's directory
+        import torch.distributed
+
+        shared = [str(out) if out is not None else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        out = Path(shared[0])
+    try:
+        yield out
+    except BaseException:
+        if distributed.rank() == 0:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+        raise
 
 
 def report(config: config_mod.RunConfig, summary: dict, out: Path) -> str:

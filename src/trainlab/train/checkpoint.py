@@ -1,8 +1,14 @@
-"""Atomic writes: a crash or Ctrl-C mid-write never leaves a torn file behind.
+"""Atomic writes, and checkpoints read back only when they are whole and fit.
 
 Each file is written to a temporary sibling, flushed to disk (``fsync``) and then moved
 over the target with :func:`os.replace`, which is atomic on POSIX and Windows: a reader
-sees either the previous complete file or the new complete one.
+sees either the previous complete file or the new complete one. A failed write raises the
+:class:`OSError` with the target's path in ``filename``.
+
+:func:`load` refuses anything that is not a readable dict of tensors and plain containers
+(an empty, truncated or foreign file) with a :class:`~trainlab.errors.DataError` naming
+the path; :func:`check_module_state`, :func:`check_optimizer_state` and
+:func:`non_finite` check that a loaded state fits a model and optimizer and is finite.
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import Any, Callable, IO, Iterable
 
 import torch
+from torch import nn
+
+from trainlab.errors import DataError
 
 
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -25,6 +35,10 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # a failed write() names no file; the user needs to know which
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -34,9 +48,98 @@ def save(obj: dict[str, Any], path: str | Path) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
-def load(path: str | Path, map_location: str | torch.device | None = None) -> dict[str, Any]:
-    """A checkpoint written by :func:`save` (tensors and plain containers only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(path: str | Path, map_location: str | torch.device | None = None,
+         require: Iterable[str] = ()) -> dict[str, Any]:
+    """A checkpoint written by :func:`save`: a dict of tensors and plain containers.
+
+    Raises :class:`DataError` naming ``path`` when the file is empty, truncated, not a
+    PyTorch file, holds anything but such a dict, or lacks a key of ``require``. An
+    :class:`OSError` (missing file, no permission) passes through: it is the environment's.
+    """
+    where = repr(str(path))
+    try:
+        with warnings.catch_warnings():  # torch's own warnings would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
+        why = "it is empty (0 bytes)" if empty else f"{type(e).__name__}; it is truncated or not a trainlab checkpoint"
+        raise DataError(f"checkpoint {where} cannot be read: {why}") from None
+    if not isinstance(state, dict):
+        raise DataError(f"checkpoint {where} is not a trainlab checkpoint: it holds a {type(state).__name__},"
+                        " not a dict of states")
+    missing = [key for key in require if key not in state]
+    if missing:
+        raise DataError(f"checkpoint {where} is incomplete: it lacks {', '.join(map(repr, missing))}")
+    return state
+
+
+def check_module_state(state: Any, module: nn.Module, path: str | Path) -> None:
+    """Refuse (``DataError``) a model state that ``module.load_state_dict`` would not take
+    whole: other keys, or a tensor of another shape."""
+    where = repr(str(path))
+    expected = module.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"checkpoint {where} does not hold a model state (a dict of tensors)")
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r}, which the model does not"
+        raise DataError(f"checkpoint {where} does not fit the model: it {what}"
+                        f" ({len(missing)} missing, {len(extra)} unexpected keys)")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise DataError(f"checkpoint {where} does not fit the model: {k!r} has shape {tuple(state[k].shape)}"
+                            f" there and {tuple(v.shape)} in the model")
+
+
+def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """Refuse (``DataError``) an optimizer state for other parameters: another number of
+    groups or parameters per group, or a per-parameter tensor of another shape (0-d
+    tensors such as Adam's ``step`` are allowed)."""
+    where = repr(str(path))
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    per_param = state.get("state") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(per_param, dict) or \
+            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise DataError(f"checkpoint {where} does not hold an optimizer state (state and param_groups)")
+    sizes = [len(g["params"]) for g in groups]
+    expected = [len(g["params"]) for g in optimizer.param_groups]
+    if sizes != expected:
+        raise DataError(f"checkpoint {where} does not fit the optimizer: parameter groups of sizes {sizes} there,"
+                        f" {expected} here")
+    params = dict(zip((i for g in groups for i in g["params"]),
+                      (p for g in optimizer.param_groups for p in g["params"])))
+    for index, entry in per_param.items():
+        if index not in params or not isinstance(entry, dict):
+            raise DataError(f"checkpoint {where} does not fit the optimizer: state for unknown parameter {index!r}")
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != params[index].shape:
+                raise DataError(f"checkpoint {where} does not fit the optimizer: {name!r} of parameter {index} has"
+                                f" shape {tuple(value.shape)}, the parameter {tuple(params[index].shape)}")
+
+
+def non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first floating tensor (or float) in ``tree`` holding NaN or
+    ±∞, or ``None`` when all are finite."""
+    if isinstance(tree, torch.Tensor):
+        finite = not tree.is_floating_point() and not tree.is_complex() or bool(torch.isfinite(tree).all())
+        return None if finite else prefix
+    if isinstance(tree, float):
+        return None if math.isfinite(tree) else prefix
+    if isinstance(tree, dict):
+        items: Iterable[tuple[Any, Any]] = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return None
+    for k, v in items:
+        bad = non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+        if bad is not None:
+            return bad
+    return None
 
 
 def write_text(text: str, path: str | Path) -> None:

@@ -4,10 +4,16 @@
 names, writes ``out/config.toml`` (the configuration as resolved) and runs the
 :class:`~trainlab.train.Trainer`. Resuming reads ``out/config.toml`` back and allows only
 the keys in :data:`RESUMABLE` to change.
+
+Nothing is written until everything is known to be right: the configuration, the data, and
+— under the run directory's lock — a fresh directory (no file of
+:data:`~trainlab.train.rundir.RUN_FILES` unless ``overwrite``) or, on resume, the saved
+configuration, checkpoint and logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +28,10 @@ from trainlab import data, optim
 from trainlab import distributed as dist
 from trainlab.optim import schedules
 from trainlab.errors import ConfigError
+from trainlab.train import checkpoint, rundir
 from trainlab.train import config as config_mod
 from trainlab.train.config import RunConfig
-from trainlab.train.trainer import Trainer, check_fresh, updates_per_epoch
+from trainlab.train.trainer import Trainer, updates_per_epoch
 
 #: Keys that may differ between a run and its resumption.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.device")
@@ -102,27 +109,43 @@ def _image_shape(shape: torch.Size) -> tuple[int, int]:
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
-          callbacks: Iterable[Any] = ()) -> dict[str, Any]:
-    """Train as ``config`` says into run directory ``out`` and return the summary."""
+          callbacks: Iterable[Any] = (), overwrite: bool = False) -> dict[str, Any]:
+    """Train as ``config`` says into run directory ``out`` and return the summary.
+
+    A fresh run refuses an ``out`` holding any of the files it writes unless
+    ``overwrite=True``; ``resume=True`` continues the run there. Either way the directory
+    is locked against other processes for the whole run, and every check comes before the
+    first write.
+    """
     out = Path(out)
-    if resume:
-        config = _resumable(config, out)
-    else:
-        check_fresh(out)
+    if resume and overwrite:
+        raise ConfigError("overwrite starts a new run and resume continues one; choose one of them")
+    _check_out(config, out, resume, overwrite)  # every rank, before any rank can write
     parts = build(config)
     trainer = Trainer(parts.model, parts.optimizer, parts.loss_fn, parts.train_data,
                       batch_size=config.train.batch_size, epochs=config.train.epochs, scheduler=parts.scheduler,
                       eval_data=parts.test_data, callbacks=callbacks, seed=config.seed,
                       device=config.train.device, out=out, checkpoint_every=config.train.checkpoint_every,
-                      resume=resume, progress=progress)
-    if trainer.writer:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(config.to_toml())
-    return trainer.fit()
+                      resume=resume, progress=progress, overwrite=overwrite)
+    with rundir.locked(out) if trainer.writer else contextlib.nullcontext():
+        if trainer.writer:
+            _check_out(config, out, resume, overwrite)  # again: another run may have finished meanwhile
+        trainer.prepare(resume)
+        if trainer.writer:
+            checkpoint.write_text(config.to_toml(), out / "config.toml")
+        return trainer.fit()
+
+
+def _check_out(config: RunConfig, out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        _resumable(config, out)
+    else:
+        rundir.check_fresh(out, rundir.RUN_FILES, overwrite)
 
 
 def saved_config(out: str | Path) -> RunConfig:
     """The resolved configuration a run directory was trained with."""
+    rundir.check_directory(out)
     path = Path(out) / "config.toml"
     if not path.exists():
         raise ConfigError(f"cannot resume: {str(out)!r} holds no config.toml (is it a trainlab run directory?)")

@@ -20,8 +20,14 @@ A run directory ``out`` receives
   inside an epoch when written on Ctrl-C), replaced atomically;
 * ``summary.json`` — the last epoch's figures plus totals and ``status``.
 
-Resuming restores every random state, so an interrupted-and-resumed run ends with the
-same parameters, bit for bit on CPU, as one that was never interrupted.
+The directory is safe to hand over (see :mod:`trainlab.train.rundir`): a fresh run refuses
+one that already holds any of these files unless ``overwrite=True``; the run holds an
+exclusive lock on it throughout; a checkpoint is written only when every parameter, buffer
+and optimizer state and the epoch's losses are finite, so the last checkpoint is always a
+good one. Resuming checks the checkpoint (loads, every key, same shapes, finite) and the
+logs (a damaged line is refused with its line number; a torn last line is dropped) before
+anything is written, then restores every random state, so an interrupted-and-resumed run
+ends with the same parameters, bit for bit on CPU, as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ from tqdm.auto import tqdm
 
 from trainlab import distributed as dist
 from trainlab.errors import ConfigError, DataError, DivergenceError
-from trainlab.train import checkpoint
+from trainlab.train import checkpoint, rundir
 from trainlab.train.callbacks import HOOKS
 
 #: A loss larger than this multiple of the run's first loss counts as divergence.
 DIVERGENCE_FACTOR = 1e3
 EVAL_BATCH_SIZE = 1024
+#: The files a Trainer writes into its run directory.
+TRAINER_FILES = ("metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt")
+#: What a checkpoint written by the Trainer holds (``callbacks`` is optional: older runs lack it).
+STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "batch", "partial", "first_loss", "rng")
 
 
 class Trainer:
@@ -60,6 +70,10 @@ class Trainer:
     :class:`~trainlab.train.Callback` objects. ``seed`` fixes the batch order and every
     other random draw during training (dropout uses the global generator, which ``fit``
     seeds inside :func:`torch.random.fork_rng` and restores afterwards).
+
+    ``out`` is the run directory (none: nothing is written). A fresh run refuses an ``out``
+    that holds any of :data:`TRAINER_FILES` unless ``overwrite=True``, which deletes them
+    first; ``resume=True`` continues the run in ``out``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -67,7 +81,7 @@ class Trainer:
                  batch_size: int | str, epochs: int, scheduler: Any = None, eval_data: Dataset | None = None,
                  callbacks: Iterable[Any] = (), seed: int = 0, device: str | torch.device = "auto",
                  out: str | Path | None = None, *, checkpoint_every: int = 1, resume: bool = False,
-                 progress: bool = True, distributed: bool | None = None):
+                 progress: bool = True, distributed: bool | None = None, overwrite: bool = False):
         _check_positive_int("epochs", epochs)
         _check_positive_int("checkpoint_every", checkpoint_every)
         if len(train_data) == 0:
@@ -90,7 +104,7 @@ class Trainer:
         self._hooks = {name: [getattr(cb, name) for cb in self.callbacks if hasattr(cb, name)] for name in HOOKS}
         self.out = Path(out) if out is not None else None
         self.writer = self.rank == 0  # only rank 0 writes files and draws the progress bar
-        self.resume, self.progress = resume, progress and self.writer
+        self.resume, self.overwrite, self.progress = resume, overwrite, progress and self.writer
         self.epoch = 0  # epochs completed
         self.step = 0  # updates completed
         self.history: list[dict[str, Any]] = []  # the metrics.jsonl records of this run
@@ -101,6 +115,8 @@ class Trainer:
         self._first_loss: float | None = None
         self._interrupted = False
         self._unwritten_steps: list[dict[str, Any]] = []  # step records since the last write
+        self._prepared: dict[str, Any] | None = None  # what prepare() checked, for fit() to use
+        self._good: tuple[int, int, int] | None = None  # (epoch, step, batch) of the last good checkpoint
 
     # ------------------------------------------------------------------ public
     @property
@@ -115,30 +131,65 @@ class Trainer:
         """Train up to ``epochs`` and return the summary (also written to ``summary.json``).
 
         ``resume=True`` (default: the constructor's ``resume``) continues from
-        ``out/checkpoint.pt``. Raises :class:`~trainlab.errors.DivergenceError` when the
-        loss becomes non-finite or exceeds ``1e3 ×`` the first loss, and re-raises
+        ``out/checkpoint.pt``. The run directory is locked for the whole call and checked
+        (:meth:`prepare`) before anything is written. Raises
+        :class:`~trainlab.errors.DivergenceError` when the loss becomes non-finite or exceeds
+        ``1e3 ×`` the first loss, or a checkpoint would hold non-finite values (the previous
+        checkpoint is kept, and the message says which epoch it holds), and re-raises
         ``KeyboardInterrupt`` after saving a checkpoint at the last completed step.
         """
         resume = self.resume if resume is None else resume
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(self.seed)
-            position = self._restore() if resume else self._start()
-            self._call("on_fit_start")
-            with self._deferred_interrupt(), self._progress_bar() as bar:
-                try:
-                    while self.epoch < self.epochs and not self.stop_training:
-                        self._run_epoch(bar, *position)
-                        position = (None, 0, None)
-                except DivergenceError:
-                    self._finish("diverged")
-                    raise
-                except KeyboardInterrupt:
-                    self._finish("interrupted")
-                    raise
-        summary = self._finish("completed")
-        self._call("on_fit_end", summary)
+        if resume:
+            self._checkpoint_to_resume()  # before locking, which would create a missing directory
+        with self._locked():
+            if self._prepared is None or self._prepared["resume"] != resume:
+                self.prepare(resume)
+            prepared, self._prepared = self._prepared, None
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self.seed)
+                position = self._restore(prepared) if resume else self._start()
+                self._call("on_fit_start")
+                with self._deferred_interrupt(), self._progress_bar() as bar:
+                    try:
+                        while self.epoch < self.epochs and not self.stop_training:
+                            self._run_epoch(bar, *position)
+                            position = (None, 0, None)
+                    except DivergenceError:
+                        self._finish("diverged")
+                        raise
+                    except KeyboardInterrupt:
+                        self._finish("interrupted")
+                        raise
+            summary = self._finish("completed")
+            self._call("on_fit_end", summary)
         return summary
+
+    def prepare(self, resume: bool | None = None) -> None:
+        """Check the run directory without writing to it; :meth:`fit` calls this itself.
+
+        A fresh run: ``out`` holds none of :data:`TRAINER_FILES` (unless ``overwrite``). A
+        resume: ``checkpoint.pt`` loads, has every key, fits the model and optimizer (same
+        keys and shapes) and is finite, and ``metrics.jsonl``/``steps.jsonl`` have no damaged
+        line but a torn last one. Raises :class:`ConfigError`/:class:`DataError` otherwise.
+        Calling it before ``fit`` (as :func:`trainlab.train.run.train` does, holding the
+        directory's lock) lets a caller write its own files only once the run will start.
+        """
+        resume = self.resume if resume is None else resume
+        prepared: dict[str, Any] = {"resume": resume}
+        if not resume:
+            if self.out is not None:
+                rundir.check_fresh(self.out, TRAINER_FILES, self.overwrite)
+        else:
+            path = self._checkpoint_to_resume()
+            state = checkpoint.load(path, map_location=self.device, require=STATE_KEYS)
+            self._check_state(state, path)
+            prepared["state"] = state
+            if self.writer:
+                prepared["metrics"] = rundir.read_log(self.out / "metrics.jsonl", "epoch")
+                prepared["steps"] = rundir.read_log(self.out / "steps.jsonl", "step")
+        self._prepared = prepared
+        return None
 
     @torch.no_grad()
     def evaluate(self, data: Dataset) -> dict[str, float | None]:
@@ -213,7 +264,7 @@ class Trainer:
         self._write_lines("metrics.jsonl", [record])
         self._call("on_epoch_end", record)
         if epoch % self.checkpoint_every == 0 or epoch == self.epochs or self.stop_training:
-            self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None)
+            self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None, record=record)
         bar.set_postfix(_postfix(record), refresh=False)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, tally: dict[str, Any]) -> dict[str, Any]:
@@ -247,30 +298,64 @@ class Trainer:
             return
         what = f"loss became {loss}" if not math.isfinite(loss) else (
             f"loss {loss:.4g} exceeded {DIVERGENCE_FACTOR:g} × the first loss {self._first_loss:.4g}")
-        kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
-        where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
         raise DivergenceError(
             f"training diverged at step {self.step + 1} (epoch {self.epoch + 1}): {what}; "
-            f"try a lower learning rate (now {_lr(self.optimizer):g}) or a warm-up schedule; {where}",
-            step=self.step + 1, loss=loss, checkpoint=str(kept) if kept else None)
+            f"try a lower learning rate (now {_lr(self.optimizer):g}) or a warm-up schedule; {self._kept()}",
+            step=self.step + 1, loss=loss, checkpoint=str(self.checkpoint_path) if self._good else None)
 
     # ------------------------------------------------------------------ run directory
-    def _start(self) -> tuple[None, int, None]:
-        if self.out is not None:
-            check_fresh(self.out)
-        if self.out is not None and self.writer:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for name in ("metrics.jsonl", "steps.jsonl", "summary.json"):
-                (self.out / name).unlink(missing_ok=True)
-        return None, 0, None
+    def _locked(self) -> contextlib.AbstractContextManager[Any]:
+        if self.out is None or not self.writer:
+            return contextlib.nullcontext()
+        return rundir.locked(self.out)
 
-    def _restore(self) -> tuple[torch.Tensor | None, int, dict[str, Any] | None]:
+    def _checkpoint_to_resume(self) -> Path:
         path = self.checkpoint_path
         if path is None:
             raise ConfigError("resume=True needs an output directory (out=...) holding checkpoint.pt")
+        rundir.check_directory(self.out)
         if not path.exists():
             raise ConfigError(f"cannot resume: no checkpoint.pt in {str(self.out)!r}")
-        state = checkpoint.load(path, map_location=self.device)
+        return path
+
+    def _check_state(self, state: dict[str, Any], path: Path) -> None:
+        """Everything :meth:`_restore` will load, checked before any of it is."""
+        where = repr(str(path))
+        checkpoint.check_module_state(state["model"], self.module, path)
+        checkpoint.check_optimizer_state(state["optimizer"], self.optimizer, path)
+        bad = checkpoint.non_finite({"model": state["model"], "optimizer": state["optimizer"]})
+        if bad is not None:
+            raise DataError(f"checkpoint {where} holds non-finite values in {_tensor_name(bad)}; it is not a good"
+                            " checkpoint to resume from")
+        counts = [state[k] for k in ("epoch", "step", "batch")]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counts):
+            raise DataError(f"checkpoint {where} is damaged: epoch, step and batch must be integers >= 0, not {counts}")
+        first = state["first_loss"]
+        if first is not None and (not isinstance(first, float) or not math.isfinite(first)):
+            raise DataError(f"checkpoint {where} is damaged: first_loss = {first!r} is not a finite number")
+        if state["batch"] > 0 and not (isinstance(state["partial"], dict) and
+                                       {"loss_sum", "correct", "seen", "seconds", "grad_norm_sum"} <= set(state["partial"])):
+            raise DataError(f"checkpoint {where} is damaged: it stops inside an epoch but lacks the epoch's tally")
+        if state["scheduler"] is not None and not isinstance(state["scheduler"], dict):
+            raise DataError(f"checkpoint {where} is damaged: its scheduler state is not a dict")
+        rng = state["rng"]
+        sizes = {"torch": torch.get_rng_state().numel(), "shuffle": self._generator.get_state().numel()}
+        if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                                and rng[k].numel() == n for k, n in sizes.items()):
+            raise DataError(f"checkpoint {where} is damaged: its random states (rng.torch, rng.shuffle) are missing"
+                            " or of the wrong size")
+
+    def _start(self) -> tuple[None, int, None]:
+        if self.out is not None and self.writer:
+            rundir.check_fresh(self.out, TRAINER_FILES, self.overwrite)  # again, now that we hold the lock
+            if self.overwrite:
+                for name in TRAINER_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+        return None, 0, None
+
+    def _restore(self, prepared: dict[str, Any]) -> tuple[torch.Tensor | None, int, dict[str, Any] | None]:
+        """Load what :meth:`prepare` checked; drop log records of work that is about to be redone."""
+        state = prepared["state"]
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -284,21 +369,29 @@ class Trainer:
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self._generator.set_state(rng["shuffle"].cpu())
+        self._good = (self.epoch, self.step, state["batch"])
         if self.writer:  # records written after the checkpoint belong to work that is about to be redone
-            kept = [r for r in self._read_lines("metrics.jsonl")
-                    if (r["step"] <= self.step if "event" in r else r["epoch"] <= self.epoch)]
+            metrics, torn = prepared["metrics"]
+            kept = [r for r in metrics if (r["step"] <= self.step if "event" in r else r["epoch"] <= self.epoch)]
             self.history = [r for r in kept if "event" not in r]
             self.events = [r for r in kept if "event" in r]
-            self._rewrite_lines("metrics.jsonl", kept)
-            self._rewrite_lines("steps.jsonl", [r for r in self._read_lines("steps.jsonl") if r["step"] <= self.step])
+            if torn or len(kept) < len(metrics):
+                self._rewrite_lines("metrics.jsonl", kept)
+            steps, torn = prepared["steps"]
+            kept = [r for r in steps if r["step"] <= self.step]
+            if torn or len(kept) < len(steps):
+                self._rewrite_lines("steps.jsonl", kept)
         if state["batch"] == 0:
             return None, 0, None
         return rng["shuffle"].cpu(), state["batch"], state["partial"]
 
-    def _save(self, rng_shuffle: torch.Tensor, batch: int, partial: dict[str, Any] | None) -> None:
+    def _save(self, rng_shuffle: torch.Tensor, batch: int, partial: dict[str, Any] | None,
+              record: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint, or raise :class:`DivergenceError` and keep the previous one
+        when this state is not a good one (a non-finite tensor or loss)."""
         if self.out is None or not self.writer:
             return
-        checkpoint.save({
+        state = {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -307,7 +400,34 @@ class Trainer:
             "first_loss": self._first_loss,
             "rng": {"shuffle": rng_shuffle, "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
-        }, self.checkpoint_path)
+        }
+        self._check_good(state, record)
+        checkpoint.save(state, self.checkpoint_path)
+        self._good = (self.epoch, self.step, batch)
+
+    def _check_good(self, state: dict[str, Any], record: dict[str, Any] | None) -> None:
+        losses = {k: record[k] for k in ("train_loss", "eval_loss") if record is not None and record[k] is not None}
+        if state["partial"] is not None:
+            losses["loss"] = state["partial"]["loss_sum"]
+        bad_loss = next((k for k, v in losses.items() if not math.isfinite(v)), None)
+        bad = checkpoint.non_finite({"model": state["model"], "optimizer": state["optimizer"]})
+        if bad_loss is None and bad is None:
+            return
+        what = f"{bad_loss} became {losses[bad_loss]}" if bad_loss else f"{_tensor_name(bad)} holds non-finite values"
+        raise DivergenceError(
+            f"training diverged by step {self.step} (epoch {self.epoch + (record is None)}): {what}, so it was not"
+            f" checkpointed; try a lower learning rate (now {_lr(self.optimizer):g}) or a warm-up schedule;"
+            f" {self._kept()}",
+            step=self.step, loss=float(losses.get(bad_loss, math.nan)) if bad_loss else math.nan,
+            checkpoint=str(self.checkpoint_path) if self._good else None)
+
+    def _kept(self) -> str:
+        """Which checkpoint survives a divergence, and what it holds."""
+        if self.checkpoint_path is None or self._good is None:
+            return "no checkpoint was written yet"
+        epoch, step, batch = self._good
+        when = f"epoch {epoch}, step {step}" if batch == 0 else f"step {step}, inside epoch {epoch + 1}"
+        return f"the last good checkpoint is {self.checkpoint_path} (it holds {when})"
 
     def _finish(self, status: str) -> dict[str, Any]:
         self._flush_steps()  # an interrupted or diverged epoch's steps are the ones worth reading
@@ -336,23 +456,18 @@ class Trainer:
 
     def _write_lines(self, name: str, records: list[dict[str, Any]]) -> None:
         if self.out is not None and records and self.writer:
-            with open(self.out / name, "a") as f:
-                f.writelines(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
-
-    def _read_lines(self, name: str) -> list[dict[str, Any]]:
-        path = self.out / name
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
+            path = self.out / name
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a crash; the checkpoint decides
-                break
-        return records
+                with open(path, "a") as f:
+                    f.writelines(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
+            except OSError as e:
+                if e.filename is None and e.errno is not None:  # a failed write() names no file; the user needs to know which
+                    e.filename = str(path)
+                raise
 
     def _rewrite_lines(self, name: str, records: list[dict[str, Any]]) -> None:
-        checkpoint.write_text("".join(json.dumps(r) + "\n" for r in records), self.out / name)
+        text = "".join(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
+        checkpoint.write_text(text, self.out / name)
 
     # ------------------------------------------------------------------ plumbing
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -403,11 +518,10 @@ class Trainer:
                     disable=not self.progress, dynamic_ncols=True, leave=True)
 
 
-def check_fresh(out: str | Path) -> None:
-    """Refuse to start a new run over one that has a checkpoint: no lost work."""
-    if (Path(out) / "checkpoint.pt").exists():
-        raise ConfigError(f"output directory {str(out)!r} already holds a run (checkpoint.pt);"
-                          " resume it (resume=True, --resume) or choose another directory")
+def _tensor_name(dotted: str) -> str:
+    """``model.1.weight`` → ``the model's '1.weight'``; ``optimizer.state.0.exp_avg`` likewise."""
+    owner, _, name = dotted.partition(".")
+    return f"the {owner}'s {name!r}" if name else repr(dotted)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
