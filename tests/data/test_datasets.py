@@ -80,3 +80,17 @@ def test_unknown_name_lists_what_is_allowed():
 def test_test_fraction_zero_gives_empty_test_split():
     train, test = tl.data.load("iris", test_fraction=0.0)
     assert len(train) == 150 and len(test) == 0
+
+
+def test_import_trainlab_loads_neither_scikit_learn_nor_scipy():
+    import subprocess
+    import sys
+
+    code = "import sys, trainlab; print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bundled_sets_carry_their_class_count():
+    train, test = tl.data.load("iris")
+    assert train.num_classes == test.num_classes == 3

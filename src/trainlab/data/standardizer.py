@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainlab.errors import DataError
+
 
 class Standardizer(nn.Module):
     def __init__(self) -> None:
@@ -34,11 +36,14 @@ class Standardizer(nn.Module):
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> "Standardizer":
         """Per-feature mean and standard deviation of ``x`` ``(n_samples, ...)``, computed in
-        float64 and stored in ``x``'s floating dtype."""
+        float64 and stored in ``x``'s floating dtype. Bad inputs (no samples, complex, NaN or
+        Inf) raise :class:`~trainlab.errors.DataError`, a ``ValueError``."""
         if x.dim() < 1 or len(x) == 0:
-            raise ValueError(f"Standardizer.fit needs at least one sample; got shape {tuple(x.shape)}")
+            raise DataError(f"Standardizer.fit needs at least one sample; got shape {tuple(x.shape)}")
+        if x.is_complex():
+            raise DataError(f"Standardizer.fit got complex inputs ({x.dtype}); expected real numbers")
         if not torch.isfinite(x).all():
-            raise ValueError("Standardizer.fit got NaN or Inf; inputs must be finite")
+            raise DataError("Standardizer.fit got NaN or Inf; inputs must be finite")
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         x64 = x.double()
         mean = x64.mean(0)
@@ -66,7 +71,7 @@ class Standardizer(nn.Module):
         if not self.fitted:
             raise RuntimeError("Standardizer is not fitted; call fit(training_inputs) first")
         if x.shape[1:] != self.mean.shape:
-            raise ValueError(f"Standardizer was fitted on features of shape {tuple(self.mean.shape)};"
+            raise DataError(f"Standardizer was fitted on features of shape {tuple(self.mean.shape)};"
                              f" got inputs of shape {tuple(x.shape)}")
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
