@@ -22,6 +22,7 @@ import argparse
 import importlib
 import os
 import pickle
+import re
 import shutil
 import sys
 import textwrap
@@ -37,11 +38,12 @@ if TYPE_CHECKING:  # torch and the analyses load only when the command runs
 
 LOSS_NAMES = ("cross_entropy", "mse")
 
-COST = ("Cost: models with at most 2,000 parameters get the exact Hessian, one Hessian-vector product (HVP) per"
-        " parameter and n²×8 bytes of memory; larger ones get Lanczos for the extreme eigenvalues (typically a few"
-        " hundred HVPs, at most 5,000) and the spectral density for the counts (10 probes × 80 steps = 800 HVPs;"
-        " --density costs another 800). One HVP costs about two gradient evaluations over the samples analysed:"
-        " bound the time with --max-samples and --max-hvp.")
+COST = ("Cost, in Hessian-vector products (HVPs; one costs about two gradient evaluations over the samples"
+        " analysed): a model with at most 2,000 parameters gets the exact Hessian, one HVP per parameter, 3·n²×8"
+        " bytes of memory and an O(n³) eigendecomposition, when its time estimate is under 60 s; otherwise Lanczos"
+        " finds the extreme eigenvalues (typically a few hundred HVPs, at most 5,000) and the spectral density"
+        " estimates the counts (10 probes × 80 steps = 800 HVPs; --density draws it with another 800)."
+        " --max-samples and --max-hvp bound the time; a progress bar shows after 2 s.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,14 +81,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="feed the raw features (default: standardised with the training split's mean and"
                           " standard deviation, as trainlab.data.load does)")
     p.add_argument("--k", type=int, default=20,
-                   help="eigenpairs at each end of the spectrum for large models (default 20; above the parameter"
-                        " count it is clamped, with a note)")
+                   help="eigenpairs at each end of the spectrum for large models (default 20; more than half the"
+                        " parameter count is clamped to it, with a note)")
     p.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="analyse only the first N training samples (default: all); the loss, its gradient and"
                         " every HVP are then of those N")
     p.add_argument("--max-hvp", type=int, default=None, metavar="N",
-                   help="stop the eigensolvers after N Hessian-vector products in all (default: no cap); an"
-                        " eigenvalue not converged by then is marked so in the result")
+                   help="a budget of N Hessian-vector products for the whole analysis (default: none beyond"
+                        " the solvers' own); at most half goes to the density; an eigenvalue not converged within"
+                        " it is marked, and a verdict resting on it says so")
     p.add_argument("--density", action="store_true", help="also estimate and draw the spectral density (800 HVPs)")
     p.add_argument("--out", metavar="FILE",
                    help="where to write the figure (default: spectrum.png in the run directory; with --model: none)")
@@ -96,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _wrap(text: str) -> str:
     """``text`` filled to the terminal's width, as argparse fills the options' help."""
-    return textwrap.fill(text, width=min(100, max(40, shutil.get_terminal_size((100, 24)).columns - 2)))
+    return textwrap.fill(text, width=max(40, shutil.get_terminal_size().columns - 2))
 
 
 @dataclass
@@ -204,6 +207,8 @@ def _build(spec: str) -> nn.Module:
         raise ConfigError(f"--model {spec!r} is not allowed; expected MODULE:FACTORY, e.g. mynet:build")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # a module next to the user imports, as with `python -m`
+    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ in the user's folder
+    importlib.invalidate_caches()  # the module may be newer than this process
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -213,6 +218,8 @@ def _build(spec: str) -> nn.Module:
         raise ConfigError(f"--model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
     except (Exception, SystemExit) as e:  # the user's module may fail in any way while it runs
         raise ConfigError(f"--model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
+    finally:
+        sys.dont_write_bytecode = writes
     factory: Any = module
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -244,9 +251,15 @@ def _read_weights(path: Path) -> dict[str, Any]:
         raise DataError(f"--weights {str(path)!r} is empty (0 bytes); expected a state_dict saved with torch.save")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refuses pickled objects: running them could run any code
-        raise DataError(f"--weights {str(path)!r} holds pickled Python objects (a whole model?), which"
-                        " torch.load(weights_only=True) refuses to run; save model.state_dict() instead") from None
+    except pickle.UnpicklingError as e:
+        # weights_only refuses pickled objects (unpickling them could run any code) and foreign bytes
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise DataError(f"--weights {str(path)!r} holds a pickled {found.group(1)} (a whole model?), which"
+                            " torch.load(weights_only=True) refuses to run; save model.state_dict() instead") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.S)
+        raise DataError(f"--weights {str(path)!r} cannot be read by torch.load (not written by torch.save, or"
+                        f" truncated): {' '.join((reason.group(1) if reason else _one_line(e)).split())}") from None
     except Exception as e:  # truncated or foreign files fail in many ways inside torch.load
         raise DataError(f"--weights {str(path)!r} cannot be read by torch.load (not written by torch.save, or"
                         f" truncated): {_one_line(e)}") from None
@@ -324,9 +337,11 @@ def _names(keys: list[str], show: int = 4) -> str:
     return f"key{'s' if len(keys) > 1 else ''} " + ", ".join(repr(k) for k in keys[:show]) + more
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one line: its type and the first line of its message, shortened."""
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one line: its type and message, cut to the first sentence when long."""
     text = " ".join(str(e).split()) or "(no message)"
+    if len(text) > limit and ". " in text[:limit]:
+        text = text[:text.index(". ") + 1]
     text = text if len(text) <= limit else text[:limit - 1] + "…"
     return f"{type(e).__name__}: {text}"
 
@@ -345,7 +360,7 @@ def _analyse(target: Target, args: argparse.Namespace) -> int:
     d = curvature.diagnose(target.model, target.loss_fn, data, k=args.k, **options, **hvp_cap)
     if rank != 0:
         if args.density:
-            curvature.density(target.model, target.loss_fn, data, **options)  # every rank joins the products
+            curvature.density(target.model, target.loss_fn, data, **options, **hvp_cap)  # every rank joins
         return 0
     print(target.title + (f", {world} processes" if world > 1 else ""))
     print(d)
@@ -362,7 +377,7 @@ def _analyse(target: Target, args: argparse.Namespace) -> int:
         return 0
     grid = density = None
     if args.density:
-        spectrum = curvature.density(target.model, target.loss_fn, data, **options)
+        spectrum = curvature.density(target.model, target.loss_fn, data, **options, **hvp_cap)
         grid, density = spectrum.grid.tolist(), torch.clamp(spectrum.density, min=1e-12).tolist()
     if out is None:
         return 0
