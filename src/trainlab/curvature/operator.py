@@ -34,8 +34,8 @@ tensor, batch and sample); a non-finite loss at the analysed point (``DataError`
 batch, and a non-finite parameter if there is one); a loss that is not a mean over the batch
 (:class:`~trainlab.errors.ConfigError`): ``reduction='sum'`` or ``'none'`` on a torch loss
 module, or, for any loss, the scale check ``L(batch) ≈ L(first half) + L(second half)`` where
-a mean gives the halves' weighted mean — a sum would scale every eigenvalue by the batch size
-and void ``grad_tol``.
+a mean gives the halves' weighted mean (on at most :data:`SCALE_CHECK_SAMPLES` samples of the
+first batch) — a sum would scale every eigenvalue by the batch size and void ``grad_tol``.
 
 Mode rule: the model is analysed in ``eval()`` mode by default — BatchNorm uses its running
 statistics, dropout is off — and everything it holds is restored afterwards
@@ -65,6 +65,8 @@ MODES = ("eval", "train")
 DEFAULT_GRAPH_BYTES = 2 * 2**30
 #: The graph's size is measured on this many samples of the first batch, and on twice as many.
 GRAPH_PROBE_SAMPLES = 16
+#: The sum-or-mean scale check looks at most at this many samples of the first batch.
+SCALE_CHECK_SAMPLES = 256
 
 
 @contextlib.contextmanager
@@ -187,6 +189,8 @@ class HessianOperator:
             raise ConfigError(f"loss_fn is {type(self.loss_fn).__name__}(reduction={reduction!r}), not a mean over the"
                               f" batch: every eigenvalue and the gradient would scale with the batch size; {advice}")
         batch, n = self.batches[0], self.sizes[0]
+        if n > SCALE_CHECK_SAMPLES:  # a slice tells a sum from a mean as well, in bounded memory
+            batch, n = take(batch, 0, SCALE_CHECK_SAMPLES), SCALE_CHECK_SAMPLES
         least = 2 if self.model.training and _has_batch_norm(self.model) else 1  # a BatchNorm needs 2 per batch
         if n < 2 * least:
             return

@@ -40,11 +40,12 @@ def gradient(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     Parameters: ``model``, ``loss_fn`` (``(outputs, targets) -> mean loss``, or ``None`` with
     ``batch_loss``), ``data``; ``mode`` "eval" (default) or "train"; ``distributed``/``group``
     for ``torch.distributed``; ``batch_loss``, ``max_samples``, ``max_graph_bytes`` (module
-    docstring). Cost: one forward and backward pass over the data (no product).
+    docstring). Cost: one forward and backward pass over the data (no product); in
+    ``mode="train"`` two (determinism check).
     """
     with analysis_mode(model, mode):
-        op = HessianOperator(model, loss_fn, data, keep_graph=False, distributed=distributed, group=group,
-                             batch_loss=batch_loss, max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+        op = _operator(model, loss_fn, data, mode, distributed, group, keep_graph=False, batch_loss=batch_loss,
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         return op.gradient()
 
 

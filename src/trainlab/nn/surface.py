@@ -53,7 +53,8 @@ def filter_normalized_direction(model: nn.Module, generator: torch.Generator | N
             d.zero_()
         else:
             dims = tuple(range(1, p.dim()))
-            d.mul_(p.detach().norm(dim=dims, keepdim=True) / d.norm(dim=dims, keepdim=True).clamp_min(1e-12))
+            norm = torch.linalg.vector_norm  # over every dimension of a filter (a conv's are 3)
+            d.mul_(norm(p.detach(), dim=dims, keepdim=True) / norm(d, dim=dims, keepdim=True).clamp_min(1e-12))
         direction.append(d)
     return direction
 
@@ -81,12 +82,11 @@ def slice2d(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], to
     d1, d2 = (_as_param_list(d, params, name) for d, name in zip(directions, ("directions[0]", "directions[1]")))
     (a0, a1), (b0, b1) = ((-span, span), (-span, span)) if isinstance(span, (int, float)) else span
     alphas, betas = torch.linspace(a0, a1, steps), torch.linspace(b0, b1, steps)
-    data = list(as_batches(data, batch_loss))  # walked steps² times
-
     def batch_mean(batch: Any) -> torch.Tensor:
         return batch_loss(model, batch) if batch_loss is not None else loss_fn(model(batch[0]), batch[1])
 
-    with preserved(model):
+    with preserved(model):  # (a DataLoader's iterator draws from the global random state, too)
+        data = list(as_batches(data, batch_loss))  # walked steps² times
         model.eval()
         origin = [p.detach().clone() for p in params]
         center = _loss(batch_mean, data)
