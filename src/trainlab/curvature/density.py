@@ -21,14 +21,16 @@ a few eigenvalues dominate, as in a network's Hessian.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from trainlab.curvature import progress as progress_bar
+from trainlab.curvature.eigs import check_max_hvp
 from trainlab.curvature.lanczos import _unit, step
-from trainlab.curvature.operator import HessianOperator, LossFn, Timer, analysis_mode
+from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
 from trainlab.data.batches import Batch
 from trainlab.errors import ConfigError
@@ -36,10 +38,22 @@ from trainlab.errors import ConfigError
 TRACE_METHODS = ("hutch++", "hutchinson")
 
 
-@dataclass
+@dataclass(repr=False)
 class Density:
-    """Smoothed spectral density on ``grid`` (integrates to 1), its standard error, and the
-    quadrature it comes from: ``nodes[p]``, ``weights[p]`` for probe ``p``."""
+    """The spectral density of the Hessian, ``(1/n) Σ_j δ(λ − λ_j)``, smoothed.
+
+    Fields:
+        grid: ``(grid_points,)`` eigenvalue axis, a little wider than the nodes' range.
+        density: the smoothed density on ``grid`` (integrates to 1); stderr: its standard error
+            over the probes (NaN with one probe).
+        nodes, weights: ``(probes, steps)`` quadrature of each probe: ``nodes[p]`` ascending Ritz
+            values, ``weights[p]`` summing to 1 — the estimate itself, before smoothing.
+        sigma: the Gaussian smoothing width; n_hvp: products used; seconds: wall time.
+        notes: what was changed from the request (fewer probes/steps under ``max_hvp``).
+
+    :meth:`fraction` gives the share of eigenvalues in any interval, with its standard error
+    and the quadrature's resolution bounds.
+    """
 
     grid: torch.Tensor
     density: torch.Tensor
@@ -49,6 +63,20 @@ class Density:
     sigma: float
     n_hvp: int
     seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        probes, steps = self.nodes.shape
+        negative, positive = self.fraction(high=0.0), self.fraction(low=0.0)
+        lines = [f"Density: spectral density of the Hessian from {probes} probe(s) × {steps} Lanczos step(s),"
+                 f" smoothed with sigma {self.sigma:.3g}; {self.n_hvp} Hessian-vector products, {self.seconds:.2f} s",
+                 f"  eigenvalues within ≈ [{float(self.nodes.min()):.4g}, {float(self.nodes.max()):.4g}]",
+                 f"  share negative (λ ≤ 0): {_share(negative)}; share positive (λ > 0): {_share(positive)}",
+                 "  .fraction(low, high) gives the share in any interval; .grid and .density the curve"]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    __repr__ = __str__
 
     def fraction(self, low: float = -math.inf, high: float = math.inf) -> Share:
         """Share of eigenvalues in ``(low, high]``: each node's weight is spread evenly over its
@@ -66,11 +94,17 @@ class Density:
 
 @dataclass
 class Share:
-    """An estimated share of the spectrum: ``value ± stderr`` over probes, within ``bounds``."""
+    """An estimated share of the spectrum: ``value ± stderr`` (standard error over the probes),
+    and ``bounds = (lower, upper)``: the shares of quadrature cells wholly inside the interval
+    and touching it — the quadrature's resolution, which dominates near a cluster."""
 
     value: float
     stderr: float
     bounds: tuple[float, float]
+
+
+def _share(share: Share) -> str:
+    return f"{share.value:.3f} ± {share.stderr:.3f} (quadrature bounds {share.bounds[0]:.3f}–{share.bounds[1]:.3f})"
 
 
 def _cells(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,33 +116,80 @@ def _cells(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return left, right
 
 
-@dataclass
+@dataclass(repr=False)
 class Trace:
+    """``tr H ≈ value ± stderr`` (standard error over the random probes).
+
+    Fields: value, stderr, n_hvp (products used), seconds (wall time), method
+    (``"hutch++"`` or ``"hutchinson"``), notes (fewer samples under ``max_hvp``).
+    """
+
     value: float
     stderr: float
     n_hvp: int
     seconds: float
+    method: str = "hutch++"
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"Trace: tr H ≈ {self.value:.6g} ± {self.stderr:.2g} ({self.method}, {self.n_hvp} Hessian-vector"
+                 f" products, {self.seconds:.2f} s)"]
+        return "\n".join(lines + [f"  note: {note}" for note in self.notes])
+
+    __repr__ = __str__
 
 
-def density(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], probes: int = 10, steps: int = 80,
+def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], probes: int = 10, steps: int = 80,
             sigma: float | None = None, grid_points: int = 1000, seed: int = 0, mode: str = "eval",
-            distributed: bool | None = None, group: object = None) -> Density:
-    """Spectral density of ``H`` from ``probes`` Lanczos runs of ``steps`` products each."""
+            distributed: bool | None = None, group: object = None, *, batch_loss: Any = None,
+            max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None,
+            progress: bool = True) -> Density:
+    """Spectral density of the Hessian by stochastic Lanczos quadrature (module docstring).
+
+    Parameters:
+        model, loss_fn, data: the loss over the batches of ``data`` (see :func:`trainlab.curvature.eigs`).
+        probes: random probes (10); more probes, smaller standard errors (``∝ 1/√probes``).
+        steps: Lanczos steps per probe (80; at most the parameter count) — the resolution: each
+            probe places ``steps`` nodes.
+        sigma: Gaussian smoothing width (``None``: 1% of the nodes' range).
+        grid_points: points of ``grid`` (1000).
+        seed: seed of the probes (0); mode: ``"eval"`` (default) or ``"train"``.
+        distributed, group: ``torch.distributed`` sharding (see :class:`HessianOperator`).
+        batch_loss, max_samples, max_graph_bytes: as for :func:`trainlab.curvature.eigs`.
+        max_hvp: at most this many products (``None``: ``probes × steps``); a smaller budget
+            shrinks probes and steps together (at least 2 probes while the budget allows),
+            with a note.
+        progress: a progress bar when the call runs longer than 2 s (True).
+
+    Returns:
+        :class:`Density` — ``grid``, ``density``, ``stderr``, ``nodes``, ``weights``, ``sigma``,
+        ``n_hvp``, ``seconds``, ``notes``; ``.fraction(low, high)`` for shares.
+
+    Cost:
+        one gradient and ``probes × steps`` Hessian-vector products (fewer when a probe's
+        Krylov space is exhausted), ≤ ``max_hvp``.
+    """
     timer = Timer()
+    _check_positive(probes=probes, steps=steps, grid_points=grid_points)
+    check_max_hvp(max_hvp)
     with analysis_mode(model, mode):
-        return density_of(_operator(model, loss_fn, data, mode, distributed, group), probes, steps, sigma, grid_points,
-                          seed, timer)
+        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+        planned = math.prod(fit_budget(probes, min(steps, op.n), max_hvp)[:2])
+        with progress_bar.counting(op, planned, "density", progress):
+            return density_of(op, probes, steps, sigma, grid_points, seed, timer, max_hvp)
 
 
 def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: float | None = None,
-               grid_points: int = 1000, seed: int = 0, timer: Timer | None = None) -> Density:
+               grid_points: int = 1000, seed: int = 0, timer: Timer | None = None,
+               max_hvp: int | None = None) -> Density:
+    """:func:`density` of an operator already built (the caller holds :func:`analysis_mode`)."""
     timer = timer or Timer()
-    for name, value in (("probes", probes), ("steps", steps), ("grid_points", grid_points)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r} is not allowed; expected a positive integer")
+    _check_positive(probes=probes, steps=steps, grid_points=grid_points)
+    check_max_hvp(max_hvp)
     before = op.n_hvp
     gen = torch.Generator().manual_seed(seed)
-    steps = min(steps, op.n)
+    probes, steps, notes = fit_budget(probes, min(steps, op.n), max_hvp)
     nodes, weights = [], []
     for _ in range(probes):
         theta, tau = _quadrature(op, _rademacher(op, 1, gen)[0], steps)
@@ -122,39 +203,90 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
     kernel = torch.exp(-((grid[None, None, :] - nodes[:, :, None]) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
     per_probe = (weights[:, :, None] * kernel).sum(1)
     stderr = per_probe.std(0) / math.sqrt(probes) if probes > 1 else torch.full_like(grid, math.nan)
-    return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds)
+    return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds, notes)
 
 
-def trace(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], samples: int = 30,
+def fit_budget(probes: int, steps: int, max_hvp: int | None) -> tuple[int, int, list[str]]:
+    """Probes and steps within ``max_hvp`` products: both shrink by the same factor
+    ``√(max_hvp / (probes·steps))``, keeping two probes (a standard error) while the budget allows."""
+    if max_hvp is None or probes * steps <= max_hvp:
+        return probes, steps, []
+    factor = math.sqrt(max_hvp / (probes * steps))
+    fewer = min(max(min(probes, 2), int(probes * factor)), max_hvp)
+    shorter = max(1, min(steps, max_hvp // fewer))
+    return fewer, shorter, [f"max_hvp={max_hvp:,} allows {fewer} probe(s) of {shorter} step(s) instead of"
+                            f" {probes} of {steps}: a coarser density with larger standard errors"]
+
+
+def _check_positive(**values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r} is not allowed; expected a positive integer")
+
+
+def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], samples: int = 30,
           method: str = "hutch++", seed: int = 0, mode: str = "eval", distributed: bool | None = None,
-          group: object = None) -> Trace:
-    """``tr H`` from ``samples`` products, with a standard error."""
+          group: object = None, *, batch_loss: Any = None, max_samples: int | None = None,
+          max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None, progress: bool = True) -> Trace:
+    """``tr H`` (the sum of the Hessian's eigenvalues) by Hutch++ or Hutchinson, with a standard error.
+
+    Parameters:
+        model, loss_fn, data: the loss over the batches of ``data`` (see :func:`trainlab.curvature.eigs`).
+        samples: Hessian-vector products to spend (30; at least 3 for Hutch++, 2 for Hutchinson).
+        method: ``"hutch++"`` (default: a third of the products sketch the top of the spectrum, whose
+            trace is then exact) or ``"hutchinson"`` (``E[zᵀHz]`` over Rademacher ``z``).
+        seed: seed of the probes (0); mode: ``"eval"`` (default) or ``"train"``.
+        distributed, group: ``torch.distributed`` sharding (see :class:`HessianOperator`).
+        batch_loss, max_samples, max_graph_bytes: as for :func:`trainlab.curvature.eigs`.
+        max_hvp: at most this many products: ``samples`` is lowered to it, with a note (``None``: no limit).
+        progress: a progress bar when the call runs longer than 2 s (True).
+
+    Returns:
+        :class:`Trace` — ``value``, ``stderr``, ``n_hvp``, ``seconds``, ``method``, ``notes``.
+
+    Cost:
+        one gradient and ``samples`` Hessian-vector products (≤ ``max_hvp``).
+    """
     timer = Timer()
+    _check_trace(samples, method, max_hvp)
     with analysis_mode(model, mode):
-        return trace_of(_operator(model, loss_fn, data, mode, distributed, group), samples, method, seed, timer)
+        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+        with progress_bar.counting(op, min(samples, max_hvp or samples), "trace", progress):
+            return trace_of(op, samples, method, seed, timer, max_hvp)
 
 
 def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", seed: int = 0,
-             timer: Timer | None = None) -> Trace:
+             timer: Timer | None = None, max_hvp: int | None = None) -> Trace:
+    """:func:`trace` of an operator already built (the caller holds :func:`analysis_mode`)."""
     timer = timer or Timer()
-    if method not in TRACE_METHODS:
-        raise ConfigError(f"method={method!r} is not allowed; use one of: {', '.join(TRACE_METHODS)}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < (3 if method == "hutch++" else 2):
-        raise ConfigError(f"samples={samples!r} is not allowed; expected an integer >= "
-                          f"{3 if method == 'hutch++' else 2} for {method}")
+    _check_trace(samples, method, max_hvp)
+    notes = []
+    if max_hvp is not None and samples > max_hvp:
+        notes.append(f"max_hvp={max_hvp:,} allows {max_hvp} samples instead of {samples}: a larger standard error")
+        samples = max_hvp
     before = op.n_hvp
     gen = torch.Generator().manual_seed(seed)
     if method == "hutchinson":
         z = _rademacher(op, samples, gen)
         terms = (z * op.matmat(z)).sum(1).double().cpu()
-        return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds)
+        return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes)
     third = samples // 3
     Q, _ = torch.linalg.qr(op.matmat(_rademacher(op, third, gen)).T)  # (n, third), orthonormal columns
     exact = float((Q.T * op.matmat(Q.T)).sum())  # tr(Qᵀ H Q)
     g = _rademacher(op, samples - 2 * third, gen)
     g = g - (g @ Q) @ Q.T  # project out the sketched subspace
     terms = (g * op.matmat(g)).sum(1).double().cpu()
-    return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds)
+    return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes)
+
+
+def _check_trace(samples: int, method: str, max_hvp: int | None) -> None:
+    if method not in TRACE_METHODS:
+        raise ConfigError(f"method={method!r} is not allowed; use one of: {', '.join(TRACE_METHODS)}")
+    least = 3 if method == "hutch++" else 2
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
+        raise ConfigError(f"samples={samples!r} is not allowed; expected an integer >= {least} for {method}")
+    check_max_hvp(max_hvp, least)
 
 
 def _quadrature(op: HessianOperator, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:

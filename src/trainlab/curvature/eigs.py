@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from trainlab.curvature.lanczos import lanczos
-from trainlab.curvature.operator import HessianOperator, LossFn, Timer, analysis_mode
+from trainlab.curvature import progress as progress_bar
+from trainlab.curvature.lanczos import WHICH, lanczos
+from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
 from trainlab.data.batches import Batch
+from trainlab.errors import ConfigError
+
+#: How many values a summary shows at each end.
+SHOWN = 5
 
 
-@dataclass
+@dataclass(repr=False)
 class Eigs:
-    """Eigenpairs ``H xᵢ ≈ λᵢ xᵢ``, largest ``λ`` first, with the evidence for each:
-    ``residuals[i] = ‖H xᵢ − λᵢ xᵢ‖`` and ``converged[i]`` (residual ≤ ``tol · max|λ|``)."""
+    """Eigenpairs ``H xᵢ ≈ λᵢ xᵢ`` of the Hessian with the evidence for each.
+
+    Order: ``values`` are always **descending** (largest first). For ``which="largest"``
+    ``values[0]`` is ``λ_max``; for ``which="smallest"`` the **last** value is the most
+    negative (``values[-1] = λ_min``); for ``which="both"`` the ``k`` largest come first, then
+    the ``k`` smallest, still descending.
+
+    Fields:
+        values: ``(k,)`` float64 eigenvalues, descending (above).
+        vectors: ``(k, n)`` unit eigenvectors, row ``i`` for ``values[i]``, in the model's dtype and
+            device; :meth:`as_params` reshapes one like the parameters.
+        residuals: ``(k,)`` float64, ``‖H xᵢ − λᵢ xᵢ‖``.
+        converged: ``(k,)`` bool, ``residuals[i] ≤ tol · max|λ|``. An unconverged value still lies
+            inside the spectrum (``λ_min ≤ values[i] ≤ λ_max``) but is not yet an eigenvalue.
+        which: ``"largest"``, ``"smallest"`` or ``"both"``, as asked.
+        n_hvp: Hessian-vector products used; seconds: wall time.
+        notes: what was changed from the request (``k`` clamped, budget reached).
+    """
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -25,30 +46,115 @@ class Eigs:
     converged: torch.Tensor
     n_hvp: int
     seconds: float
-    _shapes: list[tuple[str, torch.Size]] = field(default_factory=list, repr=False)
+    _shapes: list[tuple[str, torch.Size]] = field(default_factory=list)
+    which: str = "largest"
+    notes: list[str] = field(default_factory=list)
 
     def as_params(self, i: int) -> dict[str, torch.Tensor]:
         """Eigenvector ``i`` as ``{parameter name: tensor}``, shaped like the parameters."""
         chunks = self.vectors[i].split([s.numel() for _, s in self._shapes])
         return {name: c.view(shape) for (name, shape), c in zip(self._shapes, chunks)}
 
+    def __str__(self) -> str:
+        k, done = len(self.values), int(self.converged.sum())
+        order = {"largest": "largest first", "smallest": "descending: the last is the most negative",
+                 "both": "descending: the largest, then the smallest"}[self.which]
+        lines = [f"Eigs: {k} eigenvalue(s) of the Hessian, which={self.which!r} ({order}); {done}/{k} converged;"
+                 f" {self.n_hvp} Hessian-vector products, {self.seconds:.2f} s",
+                 f"  values:    {_listing(self.values)}",
+                 f"  residuals: {_listing(self.residuals, '.1e')}"]
+        if done < k:
+            lines.append(f"  not converged: {_listing(torch.nonzero(~self.converged).flatten(), 'd')} (indices)")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
 
-def eigs(model: nn.Module, loss_fn: LossFn, data: Batch | Iterable[Batch], k: int = 10, which: str = "largest",
-         tol: float = 1e-6, max_hvp: int | None = None, basis_size: int | None = None, seed: int = 0,
-         mode: str = "eval", distributed: bool | None = None, group: object = None) -> Eigs:
-    """The ``k`` largest (``which="largest"``), ``k`` most negative (``"smallest"``), or both
-    (``k`` of each) eigenpairs of ``H``, by thick-restart Lanczos on the model's device."""
+    __repr__ = __str__
+
+
+def _listing(values: torch.Tensor, fmt: str = ".6g") -> str:
+    """At most :data:`SHOWN` values from each end, ``…`` between."""
+    items = [format(v, fmt) for v in values.tolist()]
+    if len(items) > 2 * SHOWN:
+        items = items[:SHOWN] + [f"… ({len(items) - 2 * SHOWN} more)"] + items[-SHOWN:]
+    return ", ".join(items) or "none"
+
+
+def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], k: int = 10,
+         which: str = "largest", tol: float = 1e-6, max_hvp: int | None = None, basis_size: int | None = None,
+         seed: int = 0, mode: str = "eval", distributed: bool | None = None, group: object = None, *,
+         batch_loss: Any = None, max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES,
+         progress: bool = True) -> Eigs:
+    """The ``k`` largest, ``k`` most negative, or both, eigenpairs of the Hessian ``H`` of the
+    loss, by thick-restart Lanczos (:mod:`trainlab.curvature.lanczos`) on the model's device.
+
+    Parameters:
+        model, loss_fn, data: the loss ``L = Σ_b (n_b/N) loss_fn(model(x_b), y_b)`` over the batches
+            of ``data`` (an ``(x, y)`` pair, a list of batches, a DataLoader or a Dataset).
+        k: eigenpairs wanted (10); above the parameter count ``n`` it is clamped to ``n``
+            (``ceil(n/2)`` for ``"both"``) with a note.
+        which: ``"largest"`` (default), ``"smallest"`` (most negative) or ``"both"`` (``k`` of each).
+        tol: a pair has converged when ``‖H x − λ x‖ ≤ tol · max|λ|`` (1e-6).
+        max_hvp: at most this many products (``None``: 5,000); when it runs out, the values found
+            so far are returned with ``converged`` False.
+        basis_size: Lanczos basis size (``None``: up to 300 vectors, fewer to fit 1 GiB).
+        seed: seed of the random start vector (0).
+        mode: ``"eval"`` (default) or ``"train"`` (allowed when deterministic).
+        distributed, group: ``torch.distributed`` sharding (see :class:`HessianOperator`).
+        batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs;
+            then ``loss_fn`` may be ``None``.
+        max_samples: analyse only the first ``max_samples`` samples of ``data`` (``None``: all).
+        max_graph_bytes: bound on the kept autograd graph (2 GiB); beyond, products stream the batches.
+        progress: show a progress bar (counting products) when the call runs longer than 2 s (True).
+
+    Returns:
+        :class:`Eigs` — ``values`` (descending), ``vectors``, ``residuals``, ``converged``, ``n_hvp``,
+        ``seconds``, ``notes``.
+
+    Cost:
+        one gradient, then typically a few times ``k`` Hessian-vector products for well-separated
+        extremes (``which="largest"``); the most negative eigenvalues of a network take more.
+        Never more than ``max_hvp``.
+    """
     timer = Timer()
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group)
-        return eigs_of(op, k, which, tol, max_hvp, basis_size, seed, timer)
+        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+        with progress_bar.counting(op, max_hvp, "eigs", progress):
+            return eigs_of(op, k, which, tol, max_hvp, basis_size, seed, timer)
 
 
 def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | None = None,
             basis_size: int | None = None, seed: int = 0, timer: Timer | None = None) -> Eigs:
+    """:func:`eigs` of an operator already built (the caller holds :func:`analysis_mode`)."""
     timer = timer or Timer()
+    check_max_hvp(max_hvp)
+    k, notes = clamp_k(k, which, op.n)
     before = op.n_hvp
     r = lanczos(op.matvec, op.n, k, which, tol, max_hvp, basis_size, seed, op.device, op.dtype, sync=op.broadcast)
+    wanted = min(op.n, k * (2 if which == "both" else 1))
+    if len(r.values) < wanted or not bool(r.converged.all()):
+        notes.append(f"{int(r.converged.sum())} of the {wanted} eigenpairs wanted converged within"
+                     f" {r.n_matvec} products" + (f" (max_hvp={max_hvp})" if max_hvp is not None else ""))
     names = {id(p): name for name, p in op.model.named_parameters()}
     shapes = [(names[id(p)], p.shape) for p in op.params]
-    return Eigs(r.values, r.vectors, r.residuals, r.converged, op.n_hvp - before, timer.seconds, shapes)
+    return Eigs(r.values, r.vectors, r.residuals, r.converged, op.n_hvp - before, timer.seconds, shapes, which, notes)
+
+
+def clamp_k(k: int, which: str, n: int) -> tuple[int, list[str]]:
+    """``k`` checked and clamped to the ``n`` eigenvalues there are (``ceil(n/2)`` of each end
+    for ``which="both"``), with a note saying so."""
+    if which not in WHICH:
+        raise ConfigError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k={k!r} is not allowed; expected a positive integer")
+    most = -(-n // 2) if which == "both" else n
+    if k <= most:
+        return k, []
+    each = " of each end" if which == "both" else ""
+    return most, [f"k={k:,} clamped to {most:,}{each}: the Hessian has {n:,} eigenvalues (one per parameter)"]
+
+
+def check_max_hvp(max_hvp: int | None, least: int = 1) -> None:
+    """``max_hvp`` must be ``None`` or an integer ≥ ``least``."""
+    if max_hvp is not None and (isinstance(max_hvp, bool) or not isinstance(max_hvp, int) or max_hvp < least):
+        raise ConfigError(f"max_hvp={max_hvp!r} is not allowed; expected None (no limit) or an integer >= {least}")

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from trainlab.errors import ConfigError
+
 WHICH = ("largest", "smallest", "both")
 #: Memory for the Lanczos basis; the default basis shrinks to fit.
 BASIS_BYTES = 2**30
@@ -46,26 +48,43 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
             sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LanczosResult:
     """The ``k`` largest, ``k`` smallest, or both (``k`` of each), eigenpairs of the symmetric
-    operator ``v ↦ matvec(v)`` on ``R^n``, in at most ``max_matvecs`` products (default 5,000).
+    operator ``v ↦ matvec(v)`` on ``R^n``.
 
-    ``basis_size`` defaults to 300 vectors, fewer when ``n`` is small or the basis would
-    exceed :data:`BASIS_BYTES`; convergence is checked every few products, so an easy
-    problem stops long before the basis is full. ``sync`` is applied to every random vector
-    drawn (under ``torch.distributed``: a broadcast from rank 0, so that all ranks hold the
-    same basis; every other step is deterministic given the same products).
+    Parameters:
+        matvec: ``v ↦ H v`` for a flat ``(n,)`` vector; n: the dimension.
+        k: pairs wanted at each end asked for (10); more than ``n`` in all gives all ``n``.
+        which: ``"largest"`` (default), ``"smallest"`` or ``"both"``.
+        tol: converged when the residual is ``≤ tol · max|θ|`` (1e-6).
+        max_matvecs: at most this many products (``None``: 5,000); then the pairs found so far
+            are returned, unconverged ones flagged.
+        basis_size: ``None`` (default) 300 vectors, fewer when ``n`` is small or the basis would
+            exceed :data:`BASIS_BYTES`. Convergence is checked every few products, so an easy
+            problem stops long before the basis is full.
+        seed: seed of the random start vector (0); device, dtype: where the vectors live.
+        sync: applied to every random vector drawn (under ``torch.distributed``: a broadcast from
+            rank 0, so that all ranks hold the same basis; every other step is deterministic
+            given the same products). ``None``: identity.
+
+    Returns:
+        :class:`LanczosResult` — ``values`` descending (float64), ``vectors`` (rows), ``residuals``,
+        ``converged``, ``n_matvec``. Fewer than wanted when ``max_matvecs`` ran out first.
+
+    Cost:
+        ``n_matvec`` products (≤ ``max_matvecs``; ``n`` when all ``n`` pairs are wanted), plus
+        ``O(m·n)`` work per product for the reorthogonalisation.
     """
     sync = sync or (lambda v: v)
     if which not in WHICH:
-        raise ValueError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
+        raise ConfigError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r} is not allowed; expected a positive integer")
+        raise ConfigError(f"k={k!r} is not allowed; expected a positive integer")
     if not tol > 0:
-        raise ValueError(f"tol={tol!r} is not allowed; expected a number > 0")
+        raise ConfigError(f"tol={tol!r} is not allowed; expected a number > 0")
     wanted = min(n, k * (2 if which == "both" else 1))
     itemsize = torch.empty((), dtype=dtype).element_size()
     m = min(n, basis_size or max(min(300, BASIS_BYTES // (n * itemsize) - 1), 2 * wanted + 10))
     if m <= wanted and m < n:
-        raise ValueError(f"basis_size={basis_size} must exceed the {wanted} eigenpairs wanted")
+        raise ConfigError(f"basis_size={basis_size} must exceed the {wanted} eigenpairs wanted")
     keep = min(m - 1, wanted + max(wanted // 2, 8))
     max_matvecs = max_matvecs or 5000
     gen = torch.Generator().manual_seed(seed)
