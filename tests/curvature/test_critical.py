@@ -68,9 +68,13 @@ def test_away_from_a_critical_point_and_its_negative_curvature_still_reported():
     B = torch.diag(torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64))
     d = diagnose(Point(theta), quadratic(B), DUMMY)
     assert d.verdict == "not_critical" and d.grad_norm == pytest.approx(1.0)
-    assert d.negative_curvature  # the way out of a saddle's neighbourhood
-    e = escape(Point(theta), quadratic(B), DUMMY, d)
-    assert e.accepted and e.loss_after < e.loss_before
+    assert d.negative_curvature  # reported, though away from a critical point the gradient is the way down
+    model = Point(theta)
+    with pytest.raises(ConfigError, match=r"escape refused: the gradient norm 1 is above grad_tol=0.001.*force=True"):
+        escape(model, quadratic(B), DUMMY, d)
+    assert torch.equal(model.theta.detach(), theta)
+    e = escape(model, quadratic(B), DUMMY, d, force=True)
+    assert e.accepted and e.loss_after < e.loss_before and "forced" in str(e)
 
 
 def test_flat_directions_are_counted_and_allowed_at_a_minimum():
