@@ -1,5 +1,6 @@
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,3 +18,15 @@ def test_dumps_is_read_back_by_tomllib(config):
 
 def test_nan_is_written_as_toml_nan():
     assert math.isnan(_toml.loads(_toml.dumps({"x": math.nan}))["x"])
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(scalars, st.dictionaries(st.text(max_size=8), scalars,
+                                                                                         max_size=3)), max_size=4))
+def test_any_key_is_written_so_that_it_reads_back(config):
+    assert _toml.loads(_toml.dumps(config)) == config
+
+
+@pytest.mark.parametrize("value", ["\udcff", "a\ud800b"])
+def test_a_string_that_is_not_utf8_is_refused_not_written_broken(value):
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        _toml.dumps({"name": value})
