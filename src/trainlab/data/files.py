@@ -95,7 +95,9 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{str(path)!r} holds no data rows; expected one sample per line, the label last")
     width = len(rows[0][1])
     if width < 2:
-        raise DataError(f"{str(path)!r} has {width} column; expected at least one feature column and a label column")
+        other = next((d for d in ";\t| " if d in rows[0][1][0].strip()), None)
+        hint = f" (its values look separated by {other!r}; trainlab reads commas)" if other else ""
+        raise DataError(f"{str(path)!r} has {width} column{hint}; expected at least one feature column and a label column")
     values = np.empty((len(rows), width), dtype=np.float64)
     for r, (line, row) in enumerate(rows):
         if len(row) != width:
