@@ -64,9 +64,10 @@ def load(path: str | Path, map_location: str | torch.device | None = None,
     except OSError:
         raise
     except Exception as e:
-        empty = Path(path).is_file() and Path(path).stat().st_size == 0
-        why = "it is empty (0 bytes)" if empty else f"{type(e).__name__}; it is truncated or not a trainlab checkpoint"
-        raise DataError(f"checkpoint {where} cannot be read: {why}") from None
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise DataError(f"checkpoint {where} is empty (0 bytes), so it holds no run to load") from None
+        raise DataError(f"checkpoint {where} cannot be read ({type(e).__name__}): it is truncated, damaged or not"
+                        " a checkpoint written by trainlab") from None
     if not isinstance(state, dict):
         raise DataError(f"checkpoint {where} is not a trainlab checkpoint: it holds a {type(state).__name__},"
                         " not a dict of states")

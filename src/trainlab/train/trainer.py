@@ -333,8 +333,8 @@ class Trainer:
         first = state["first_loss"]
         if first is not None and (not isinstance(first, float) or not math.isfinite(first)):
             raise DataError(f"checkpoint {where} is damaged: first_loss = {first!r} is not a finite number")
-        if state["batch"] > 0 and not (isinstance(state["partial"], dict) and
-                                       {"loss_sum", "correct", "seen", "seconds", "grad_norm_sum"} <= set(state["partial"])):
+        tally = {"loss_sum", "correct", "seen", "seconds", "grad_norm_sum"}
+        if state["batch"] > 0 and not (isinstance(state["partial"], dict) and tally <= set(state["partial"])):
             raise DataError(f"checkpoint {where} is damaged: it stops inside an epoch but lacks the epoch's tally")
         if state["scheduler"] is not None and not isinstance(state["scheduler"], dict):
             raise DataError(f"checkpoint {where} is damaged: its scheduler state is not a dict")
@@ -418,7 +418,7 @@ class Trainer:
             f"training diverged by step {self.step} (epoch {self.epoch + (record is None)}): {what}, so it was not"
             f" checkpointed; try a lower learning rate (now {_lr(self.optimizer):g}) or a warm-up schedule;"
             f" {self._kept()}",
-            step=self.step, loss=float(losses.get(bad_loss, math.nan)) if bad_loss else math.nan,
+            step=self.step, loss=losses.get(bad_loss, math.nan),
             checkpoint=str(self.checkpoint_path) if self._good else None)
 
     def _kept(self) -> str:
@@ -461,7 +461,7 @@ class Trainer:
                 with open(path, "a") as f:
                     f.writelines(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
             except OSError as e:
-                if e.filename is None and e.errno is not None:  # a failed write() names no file; the user needs to know which
+                if e.filename is None and e.errno is not None:  # a failed write() names no file; say which
                     e.filename = str(path)
                 raise
 
