@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trainlab as tl
 from trainlab.errors import ConfigError, DataError
@@ -305,3 +307,36 @@ def test_bool_labels_are_two_classes(tmp_path, xy):
     np.savez(tmp_path / "d.npz", x=x, y=(y == 1))
     train, test = tl.data.load(tmp_path / "d.npz")
     assert tl.data.num_classes(train, test) == 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(labels=st.lists(st.integers(0, 12), min_size=1, max_size=40), declared=st.one_of(st.none(), st.integers(2, 15)))
+def test_classes_against_the_definition(labels, declared):
+    """Accepted exactly when the labels are 0…C−1 with every class present (C inferred), or all
+    below the declared C; fewer than two distinct labels never."""
+    import warnings
+
+    from trainlab.data import files
+
+    y = np.array(labels, dtype=np.int64)
+    present = set(labels)
+    if declared is None:
+        ok = len(present) >= 2 and present == set(range(max(labels) + 1))
+    else:
+        ok = len(present) >= 2 and max(labels) < declared
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        if not ok:
+            with pytest.raises(DataError):
+                files.classes(y, "y", declared)
+            return
+        count = files.classes(y, "y", declared)
+    assert count == (declared or max(labels) + 1)
+    assert len(record) == (declared is not None and len(present) < declared)
+
+
+def test_ranges_reads_as_runs():
+    from trainlab.data.files import _ranges
+
+    assert _ranges(np.array([0, 1, 2, 5, 7, 8])) == "0…2, 5, 7…8"
+    assert _ranges(np.arange(0, 40, 2)) == "0, 2, 4, 6, 8, 10, … (20 in all)"

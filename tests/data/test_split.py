@@ -30,3 +30,14 @@ def test_split_depends_on_seed():
 def test_split_refuses_fraction_outside_unit_interval(fraction):
     with pytest.raises(ConfigError, match="test_fraction"):
         stratified_split(np.zeros(10), fraction, 0)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64, 1.0, True, "0", None])
+def test_split_refuses_seeds_torch_or_toml_cannot_take(seed):
+    with pytest.raises(ConfigError, match=r"seed=.* is not allowed; expected an integer >= 0 and <= 9223372036854775807"):
+        stratified_split(np.zeros(10), 0.2, seed)
+
+
+def test_split_takes_the_largest_seed_and_numpy_integers():
+    y = np.repeat(np.arange(2), 5)
+    assert np.array_equal(stratified_split(y, 0.2, 2**63 - 1)[1], stratified_split(y, 0.2, np.int64(2**63 - 1))[1])

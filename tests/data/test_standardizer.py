@@ -41,3 +41,14 @@ def test_errors():
         Standardizer().fit(torch.zeros(2, 3))(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="NaN or Inf"):
         Standardizer().fit(torch.tensor([[0.0], [float("nan")]]))
+
+
+def test_bad_inputs_are_data_errors():
+    from trainlab.errors import DataError
+
+    with pytest.raises(DataError, match=r"complex inputs \(torch.complex64\)"):
+        Standardizer().fit(torch.zeros(3, 2, dtype=torch.complex64))
+    with pytest.raises(DataError, match="at least one sample"):
+        Standardizer().fit(torch.zeros(0, 2))
+    with pytest.raises(DataError, match="fitted on features of shape"):
+        Standardizer().fit(torch.zeros(2, 3))(torch.zeros(2, 4))
