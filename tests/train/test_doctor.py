@@ -147,3 +147,66 @@ def test_local_minimum_is_named_and_left_alone():
     assert "re-initialise" in events[0]["message"] and "larger model" in events[0]["message"]
     assert torch.equal(w.detach(), torch.ones(2, dtype=torch.float64))
     assert len(events) <= 3  # it waits four windows after a finding it cannot act on
+
+
+def _state(model: torch.nn.Module) -> str:
+    """A hash of everything a diagnosis could change: parameters, buffers, ``.grad``,
+    ``training`` and ``requires_grad`` flags, and the torch, NumPy and Python random states."""
+    import hashlib
+    import random
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(name.encode() + t.detach().cpu().numpy().tobytes() + bytes([t.requires_grad]))
+    for name, p in model.named_parameters():
+        h.update(b"grad-none" if p.grad is None else p.grad.cpu().numpy().tobytes())
+    h.update(bytes(m.training for m in model.modules()))
+    h.update(torch.get_rng_state().numpy().tobytes())
+    h.update(repr(np.random.get_state()).encode() + repr(random.getstate()).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("source", ["pair", "dataset", "shuffling_loader"])
+def test_a_diagnosis_that_changes_nothing_leaves_no_trace(source):
+    """BatchNorm and dropout in training mode, gradients present, one frozen parameter: after
+    the doctor suspects, confirms and diagnoses a stall (act=False), every bit is as before."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 4, generator=gen), torch.randint(0, 3, (96,), generator=gen)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.3), torch.nn.Linear(8, 3))
+    model(x).sum().backward()  # running statistics moved, .grad present
+    model[0].bias.requires_grad_(False)
+    data = {"pair": (x, y), "dataset": torch.utils.data.TensorDataset(x, y),
+            "shuffling_loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32,
+                                                            shuffle=True)}[source]
+    doctor = StallDoctor(window=10, act=False, max_samples=64)
+    before = _state(model)
+    events = [doctor.after_step(model, 1.0, F.cross_entropy, data) for _ in range(20)]  # a flat loss: a stall
+    found = [e for e in events if e]
+    assert len(found) == 1 and not found[0]["applied"] and found[0]["samples"] == 64
+    assert _state(model) == before
+    assert model.training and model[0].bias.grad is not None
+
+
+def test_escape_in_a_saddles_neighbourhood():
+    """``L = ½w₁² + ¼(w₂² − 1)²`` at ``w = (0.05, 0)``: the gradient (0.05) is above grad_tol, so
+    the point is not critical, but ``∂²L/∂w₂² = −1`` there. The doctor still escapes (plain
+    ``escape`` refuses away from a critical point) and the loss drops."""
+    w = torch.nn.Parameter(torch.tensor([0.05, 0.0], dtype=torch.float64))
+    model = torch.nn.Module()
+    model.w = w
+    model.forward = lambda x: w
+    loss_fn = lambda out, _: 0.5 * out[0] ** 2 + 0.25 * (out[1] ** 2 - 1) ** 2  # noqa: E731
+    batch = (torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ConfigError, match="escape refused"):
+        tl.escape(model, loss_fn, batch, tl.diagnose(model, loss_fn, batch, grad_tol=1e-2, progress=False))
+    assert w.tolist() == [0.05, 0.0]
+    doctor = StallDoctor(window=10)
+    before = loss_fn(w, None).item()
+    events = [e for e in (doctor.after_step(model, before, loss_fn, batch) for _ in range(20)) if e]
+    assert events[0]["verdict"] == "not_critical" and events[0]["negative_curvature"]
+    assert events[0]["action"] == "escape" and events[0]["applied"] and "\n" not in events[0]["message"]
+    assert "neighbourhood" in events[0]["message"]
+    assert loss_fn(w, None).item() < before - 0.1

@@ -20,6 +20,12 @@ bounded sample of the training data (``max_samples``) and treats what it finds:
 * **local minimum** — says so, with the remedies that fit (re-initialise, a larger model,
   more batch noise), and changes nothing.
 
+The diagnosis itself leaves the model exactly as it was (parameters, buffers such as BatchNorm
+statistics, flags, gradients and the global random states); only a treatment applied with
+``act=True`` changes anything. An escape is taken in a saddle's neighbourhood too, where the
+gradient is small but not below ``grad_tol`` (``escape(..., force=True)``), since its line search
+accepts a step only when the loss measurably drops.
+
 Every finding is an event: a dict with the step, verdict, numbers and action, logged by the
 Trainer to ``metrics.jsonl`` (lines with an ``"event"`` key), to the progress bar and to the
 summary. After an event the window starts afresh; after one that changed nothing the doctor
@@ -40,6 +46,7 @@ from torch.utils.data import Dataset, TensorDataset
 from trainlab.curvature import analysis_mode, diagnose, escape
 from trainlab.data.batches import as_batches
 from trainlab.errors import ConfigError
+from trainlab.state import preserved
 from trainlab.train.callbacks import Callback
 
 
@@ -127,15 +134,19 @@ class StallDoctor(Callback):
 
     @torch.no_grad()
     def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> float:
-        x, y = bounded_sample(batch_source, self.max_samples)
-        with analysis_mode(model, "eval"):
+        with analysis_mode(model, "eval"):  # also undoes the random draws of a shuffling DataLoader
+            x, y = bounded_sample(batch_source, self.max_samples)
             return float(loss_fn(model(x), y))
 
     def _treat(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any
                ) -> dict[str, Any]:
-        sample = bounded_sample(batch_source, self.max_samples)
-        d = diagnose(model, loss_fn, sample, grad_tol=self.grad_tol, eig_tol=self.eig_tol, eig_floor=self.eig_floor,
-                     k=self.k, seed=self.seed)
+        # The diagnosis leaves no trace: diagnose() restores the model itself, and preserved() also
+        # undoes the random draws of a shuffling DataLoader. Only the treatment below may act.
+        with preserved(model, parameters=False):
+            sample = bounded_sample(batch_source, self.max_samples)
+            # progress=False: the Trainer's own bar is on screen, and a second one would tear it
+            d = diagnose(model, loss_fn, sample, grad_tol=self.grad_tol, eig_tol=self.eig_tol,
+                         eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False)
         event = {"event": "stall", "verdict": d.verdict, "loss": d.loss, "grad_norm": d.grad_norm,
                  "lambda_max": float(d.eigenvalues[0]), "lambda_min": float(d.eigenvalues[-1]),
                  "negative_curvature": d.negative_curvature, "samples": len(sample[1]), "method": d.method,
@@ -159,10 +170,15 @@ class StallDoctor(Callback):
             return {"action": "escape (not applied)",
                     "message": f"{where}: negative curvature λ_min = {float(d.eigenvalues[-1]):.3g}; trainlab.escape"
                                " would step along it (act=False)"}
-        e = escape(model, loss_fn, sample, d)
+        # force=True: the doctor steps in a saddle's *neighbourhood* too, where the gradient is small
+        # but above grad_tol (that is what a stall looks like), and plain escape() refuses there.
+        # The step stays safe: each negative eigenvector is taken with the sign that goes against
+        # the gradient, and a step is accepted only when the measured loss drops by a fraction of
+        # the predicted change (Armijo); otherwise the parameters are put back.
+        e = escape(model, loss_fn, sample, d, force=True)
         return {"action": "escape", "applied": e.accepted, "loss_after": e.loss_after, "escape_step": e.step,
                 "predicted_change": e.predicted_change, "directions": e.n_directions,
-                "message": f"{where}: λ_min = {float(d.eigenvalues[-1]):.3g}; " + str(e)}
+                "message": f"{where}: λ_min = {float(d.eigenvalues[-1]):.3g}; " + str(e).splitlines()[0]}
 
     def _perturb(self, model: nn.Module) -> dict[str, Any]:
         message = ("degenerate point: gradient and Hessian both vanish, so second order shows no way out; remedy:"
