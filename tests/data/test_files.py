@@ -336,7 +336,18 @@ def test_classes_against_the_definition(labels, declared):
 
 
 def test_ranges_reads_as_runs():
-    from trainlab.data.files import _ranges
+    from trainlab.data.files import _classes, _missing, _ranges
 
     assert _ranges(np.array([0, 1, 2, 5, 7, 8])) == "0…2, 5, 7…8"
     assert _ranges(np.arange(0, 40, 2)) == "0, 2, 4, 6, 8, 10, … (20 in all)"
+    assert _classes(_missing(np.array([1, 4, 9]), 12)) == "classes 0, 2…3, 5…8, 10…11"
+    assert _classes(_missing(np.array([0, 2]), 3)) == "class 1"
+
+
+def test_a_huge_label_is_named_without_listing_its_gaps(tmp_path, xy):
+    x, y = xy
+    y = y.astype(np.float64)
+    y[5] = 1e15
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"label 1000000000000000 at sample 5 leaves classes 3…999999999999999 empty"):
+        tl.data.load(tmp_path / "d.npz")

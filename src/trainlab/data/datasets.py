@@ -133,11 +133,11 @@ def _check_num_classes(num_classes: int | None) -> int | None:
 
 def _check_every_class_trains(y: np.ndarray, train_idx: np.ndarray, test_fraction: float, source: str) -> None:
     """A class with no training sample cannot be learnt; its test samples would only count as errors."""
-    for c in np.unique(y):
-        if not np.any(y[train_idx] == c):
-            n_c = int(np.sum(y == c))
-            raise DataError(f"{source}: test_fraction={test_fraction} puts all {n_c} sample(s) of class {int(c)}"
-                            " in the test split; lower data.test_fraction or add samples of that class")
+    untrained = np.setdiff1d(np.unique(y), np.unique(y[train_idx]))
+    if len(untrained):
+        c = int(untrained[0])
+        raise DataError(f"{source}: test_fraction={test_fraction} puts all {int(np.sum(y == c))} sample(s) of class"
+                        f" {c} in the test split; lower data.test_fraction or add samples of that class")
 
 
 def _tensors(x: torch.Tensor, y: np.ndarray, count: int) -> TensorDataset:

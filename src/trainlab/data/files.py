@@ -186,39 +186,60 @@ def classes(y: np.ndarray, source: str, num_classes: int | None = None) -> int:
     if len(present) < 2:
         raise DataError(f"{source}: every label is {int(present[0])}, a single class;"
                         " classification needs samples of at least two classes")
-    largest = present[-1]
+    largest = int(present[-1])
     row = int(np.flatnonzero(y == largest)[0])
     if num_classes is None:
         if largest != len(present) - 1:
-            empty = np.setdiff1d(np.arange(int(largest)), present)
-            raise DataError(f"{source}: labels must be 0…C−1 with every class present; label {int(largest)} at"
+            empty = _missing(present, largest)
+            raise DataError(f"{source}: labels must be 0…C−1 with every class present; label {largest} at"
                             f" sample {row} leaves {_classes(empty)} empty (present: {_ranges(present)});"
-                            f" if intended, set data.num_classes = {int(largest) + 1}")
+                            f" if intended, set data.num_classes = {largest + 1}")
         return len(present)
     if largest >= num_classes:
-        raise DataError(f"{source}: label {int(largest)} at sample {row} is not below data.num_classes ="
+        raise DataError(f"{source}: label {largest} at sample {row} is not below data.num_classes ="
                         f" {num_classes}; labels must be integers in [0, {num_classes})")
-    empty = np.setdiff1d(np.arange(num_classes), present)
-    if len(empty):
+    empty = _missing(present, num_classes)
+    if empty:
         warnings.warn(f"{source}: {_classes(empty)} of data.num_classes = {num_classes} have no samples;"
                       " the model still gets an output for each", UserWarning, stacklevel=3)
     return num_classes
 
 
-def _classes(labels: np.ndarray) -> str:
-    return ("class " if len(labels) == 1 else "classes ") + _ranges(labels)
+Runs = list[tuple[int, int]]
 
 
-def _ranges(labels: np.ndarray, limit: int = 6) -> str:
-    """Sorted integer labels as runs: ``[0, 1, 2, 5, 7, 8] → "0…2, 5, 7…8"``; past ``limit`` runs, a count."""
-    labels = [int(v) for v in labels]
-    runs: list[list[int]] = []
-    for v in labels:
+def _missing(present: np.ndarray, upper: int) -> Runs:
+    """The integers in ``[0, upper)`` absent from sorted ``present``, as runs ``(first, last)``;
+    never materialised, since one label of 10¹⁵ leaves that many gaps."""
+    runs, expected = [], 0
+    for v in (int(p) for p in present if p < upper):
+        if v > expected:
+            runs.append((expected, v - 1))
+        expected = v + 1
+    if expected < upper:
+        runs.append((expected, upper - 1))
+    return runs
+
+
+def _classes(runs: Runs) -> str:
+    single = len(runs) == 1 and runs[0][0] == runs[0][1]
+    return ("class " if single else "classes ") + _text(runs)
+
+
+def _ranges(labels: np.ndarray) -> str:
+    """Sorted distinct integer labels as runs: ``[0, 1, 2, 5, 7, 8] → "0…2, 5, 7…8"``."""
+    runs: Runs = []
+    for v in (int(label) for label in labels):
         if runs and v == runs[-1][1] + 1:
-            runs[-1][1] = v
+            runs[-1] = (runs[-1][0], v)
         else:
-            runs.append([v, v])
+            runs.append((v, v))
+    return _text(runs)
+
+
+def _text(runs: Runs, limit: int = 6) -> str:
+    """Runs as ``"0…2, 5"``; past ``limit`` runs, the rest as a count."""
     text = [str(a) if a == b else f"{a}…{b}" for a, b in runs[:limit]]
     if len(runs) > limit:
-        text.append(f"… ({len(labels)} in all)")
+        text.append(f"… ({sum(b - a + 1 for a, b in runs)} in all)")
     return ", ".join(text)
