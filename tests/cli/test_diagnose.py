@@ -43,6 +43,10 @@ def frozen():
     m.requires_grad_(False)
     return m
 
+def wide():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 300), nn.Tanh(), nn.Linear(300, 3))  # 2,403 parameters: Lanczos
+
 NOT_CALLABLE = 3
 """
 
@@ -185,6 +189,18 @@ def test_model_options_reach_the_analysis(user, tmp_path, capsys):
     x, y = tl.data.load("iris")[0].tensors
     direct = tl.diagnose(model, tl.nn.mse_onehot, (x[:10], y[:10]), progress=False)
     assert f"loss {direct.loss:.6g}" in printed
+
+
+def test_k_is_clamped_and_max_hvp_bounds_the_cost(user, tmp_path, capsys):
+    torch.save(sys.modules[user].wide().state_dict(), tmp_path / "wide.pt")
+    assert main(["diagnose", "--model", f"{user}:wide", "--weights", "wide.pt", "--data", "iris", "--k", "5000",
+                 "--max-hvp", "120", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Lanczos" in printed and "k=5,000 clamped to 1,202" in printed and "max_hvp=" in printed
+    n_hvp = int(printed.split("cost: ")[1].split(" Hessian-vector")[0])
+    assert n_hvp <= 120
+    counts = printed.split("eigenvalues: ")[1].split("\n")[0].replace("≈", "").replace(",", "").split()
+    assert int(counts[0]) + int(counts[2]) + int(counts[4]) == 2403  # positive + negative + flat
 
 
 def test_run_directory_then_checkpoint_faults(tmp_path, capsys):
