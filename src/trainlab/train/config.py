@@ -56,13 +56,13 @@ instead of deep inside PyTorch. The limits, and why:
   at most 1000 every such factor (``<= 10⁶``) is far inside float32 (``3.4·10³⁸``), where
   PyTorch holds them, while useful values are ``10⁻⁵…10`` and ``0…1``. ``1e300`` is a typo.
 - ``momentum``, ``alpha``, each of ``betas`` in ``[0, 1)``: moving-average weights; at 1
-  the average never forgets (Adam's bias correction divides by ``1 − β^t = 0``).
+  the average never takes in a new gradient (Adam's bias correction divides by ``1 − β^t = 0``).
   ``schedule.gamma`` in ``(0, 1]``: a decay factor.
 - step counts (``warmup_steps``, ``total_steps``, ``step_size``, ``decay_steps``) at most
   ``10¹²``, a million updates a second for eleven days; ``train.epochs`` and
   ``train.checkpoint_every`` at most ``10⁶``; ``train.batch_size`` at most ``2**31 − 1``
   (larger than any data set; a batch beyond the data set is the whole set anyway).
-- ``model.hidden``: 1 to 64 layers of width 1 to 65,536; one 65,536 × 65,536 layer is
+- ``model.hidden``: 0 (a linear model) to 64 layers of width 1 to 65,536; one 65,536 × 65,536 layer is
   already 4.3·10⁹ parameters. ``schedule.d_model`` at most 65,536 likewise.
 - ``data.num_classes``: 0 (infer) or 2 to 1,000,000 (:data:`trainlab.data.datasets.MAX_CLASSES`).
 - ``train.device``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``; whether that device
@@ -74,7 +74,6 @@ instead of deep inside PyTorch. The limits, and why:
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import types
 import typing
