@@ -23,7 +23,7 @@ Memory: the kept graph grows with the sample count, so it is kept only while it 
 ``max_graph_bytes`` (default :data:`DEFAULT_GRAPH_BYTES`). Its size is measured, not
 guessed: the tensors autograd saves while building ``∇L`` on a slice of the first batch are
 summed (``torch.autograd.graph.saved_tensors_hooks``, each storage once, the parameters and
-data excluded) at two slice sizes, giving ``bytes(n) ≈ a + b n`` per batch. Above the budget
+data excluded) on two slices of it, giving ``bytes(n) ≈ a + b n`` per batch. Above the budget
 each product streams the batches (two backward passes per batch, one graph alive at a time),
 and a batch whose own graph exceeds the budget is split into chunks — exact in ``eval`` mode,
 where samples do not interact; in ``train`` mode with BatchNorm a chunk would change the
@@ -212,20 +212,22 @@ class HessianOperator:
         bad = next((names.get(id(p), "?") for p in self.params if not bool(torch.isfinite(p).all())), None)
         why = (f"parameter {bad!r} holds non-finite values (a diverged run?)" if bad is not None else
                "the parameters and data are finite, so the model or the loss overflows at these parameters")
-        raise DataError(f"the loss on batch {index} is {float(loss)} at the analysed point: {why}; no curvature can be"
+        raise DataError(f"the loss on batch {index} is {float(loss.detach())} at the analysed point: {why}; no curvature can be"
                         " computed there")
 
     def _measure_graph(self) -> "_GraphSize":
-        """``bytes(n) ≈ a + b n`` of one batch's kept gradient graph, measured on slices of the
-        first batch of ``GRAPH_PROBE_SAMPLES`` and twice as many samples (or on all of it)."""
+        """``bytes(n) ≈ a + b n`` of one batch's kept gradient graph, fitted to the graphs of
+        slices of the first batch of ``m`` and ``m/2`` samples, ``m = min(n, 2·GRAPH_PROBE_SAMPLES)``."""
         batch, n = self.batches[0], self.sizes[0]
+        large = min(n, 2 * GRAPH_PROBE_SAMPLES)
+        small = large // 2
         with preserved(self.model, parameters=False):  # a train-mode forward moves BatchNorm statistics
-            if n <= 2 * GRAPH_PROBE_SAMPLES:
-                return _GraphSize(0.0, self._graph_bytes(batch) / max(n, 1))
-            small = self._graph_bytes(take(batch, 0, GRAPH_PROBE_SAMPLES))
-            large = self._graph_bytes(take(batch, 0, 2 * GRAPH_PROBE_SAMPLES))
-        per = max(large - small, 0) / GRAPH_PROBE_SAMPLES
-        return _GraphSize(max(small - per * GRAPH_PROBE_SAMPLES, 0.0), per)
+            whole = self._graph_bytes(take(batch, 0, large) if large < n else batch)
+            if small < (2 if self.model.training and _has_batch_norm(self.model) else 1):
+                return _GraphSize(0.0, whole / large)
+            half = self._graph_bytes(take(batch, 0, small))
+        per = max(whole - half, 0) / (large - small)
+        return _GraphSize(max(half - per * small, 0.0), per)
 
     def _graph_bytes(self, batch: Any) -> int:
         """Bytes of the tensors autograd keeps for ``∇L_b`` with ``create_graph=True``: each
