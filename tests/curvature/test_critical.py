@@ -138,3 +138,124 @@ def test_mode_is_restored_and_bad_options_named(small_mlp_problem):
         diagnose(model, F.cross_entropy, (x, y), method="exact")
     with pytest.raises(ConfigError, match="grad_tol=-1 is not allowed"):
         diagnose(model, F.cross_entropy, (x, y), grad_tol=-1)
+
+
+# ---------------------------------------------------------------- counts, budgets, convergence
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from trainlab.curvature import critical  # noqa: E402
+
+
+def reference_eigenvalues(model, loss_fn, x, y):
+    """All eigenvalues of H by torch.func.hessian of the loss as a function of the flat parameters."""
+    names, params = zip(*[(name, p.detach()) for name, p in model.named_parameters()])
+
+    def loss(flat):
+        chunks = flat.split([p.numel() for p in params])
+        weights = {name: c.view_as(p) for name, c, p in zip(names, chunks, params)}
+        return loss_fn(torch.func.functional_call(model, weights, (x,)), y)
+
+    H = torch.func.hessian(loss)(torch.cat([p.reshape(-1) for p in params]))
+    return torch.linalg.eigvalsh(H)
+
+
+@settings(max_examples=25, deadline=None)
+@given(inputs=st.integers(1, 4), hidden=st.integers(1, 6), outputs=st.integers(1, 3), k=st.integers(1, 120),
+       method=st.sampled_from(["auto", "dense", "lanczos"]), max_hvp=st.one_of(st.none(), st.integers(2, 80)),
+       seed=st.integers(0, 3))
+def test_counts_add_up_to_the_parameter_count_and_k_is_clamped(inputs, hidden, outputs, k, method, max_hvp, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, inputs, generator=gen, dtype=torch.float64)
+    y = torch.randn(12, outputs, generator=gen, dtype=torch.float64)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, outputs)).double()
+    n = sum(p.numel() for p in model.parameters())
+    try:
+        d = diagnose(model, F.mse_loss, (x, y), method=method, k=k, max_hvp=max_hvp, probes=4, steps=20,
+                     progress=False)
+    except ConfigError as refusal:  # only the exact path asked for explicitly, beyond the budget
+        assert method == "dense" and max_hvp is not None and max_hvp < n + 5, refusal
+        return
+    counts = (d.n_positive, d.n_negative, d.n_flat)
+    assert all(c == int(c) and c >= 0 for c in counts) and sum(counts) == n == d.n_params
+    assert max_hvp is None or d.n_hvp <= max_hvp
+    assert len(d.residuals) == len(d.converged) == len(d.eigenvalues)
+    assert d.minimum_ratio_bounds[0] <= d.minimum_ratio <= d.minimum_ratio_bounds[1]
+    if d.method == "lanczos" and k > -(-n // 2):
+        assert f"k={k:,} clamped to {-(-n // 2):,}" in " ".join(d.notes)
+    if d.method == "dense" or len(d.eigenvalues) == n:  # every eigenvalue known: counts exact
+        exact = reference_eigenvalues(model, F.mse_loss, x, y)
+        torch.testing.assert_close(d.eigenvalues, exact.flip(0), rtol=1e-9, atol=1e-9)
+        t = d.flat_threshold
+        assert counts == (float((exact > t).sum()), float((exact < -t).sum()), float((exact.abs() <= t).sum()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=st.floats(0, 1), q=st.floats(0, 1), proven=st.tuples(st.integers(0, 60), st.integers(0, 60)),
+       n=st.integers(1, 200))
+def test_reconciled_counts_are_whole_respect_the_proven_ones_and_sum_to_n(p, q, proven, n):
+    if p + q > 1 or sum(proven) > n:
+        return
+    counts = critical._whole(critical._reconciled((p, q), proven, n), n)
+    assert sum(counts) == n and min(counts) >= 0
+    assert counts[0] >= proven[0] and counts[1] >= proven[1]
+
+
+def test_k_above_the_parameter_count_on_the_lanczos_path_computes_every_eigenvalue(small_mlp_problem):
+    model, x, y = small_mlp_problem  # 57 parameters
+    d = diagnose(model, F.cross_entropy, (x, y), method="lanczos", k=100_000, progress=False)
+    assert "k=100,000 clamped to 29 of each end" in d.notes[0] and len(d.eigenvalues) == 57
+    torch.testing.assert_close(d.eigenvalues, reference_eigenvalues(model, F.cross_entropy, x, y).flip(0),
+                               rtol=1e-9, atol=1e-9)
+    assert d.n_hvp <= 57 and d.minimum_ratio_stderr == 0 and "clamped" in str(d)
+
+
+def test_the_exact_path_refuses_past_its_time_and_memory_budget(small_mlp_problem, monkeypatch):
+    model, x, y = small_mlp_problem
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ConfigError, match=r"the exact path on 57 parameters would take about .* s .* above"
+                                          r" max_seconds=1e-09.*use method='lanczos'"):
+        diagnose(model, F.cross_entropy, (x, y), method="dense", max_seconds=1e-9, progress=False)
+    d = diagnose(model, F.cross_entropy, (x, y), max_seconds=1e-9, k=3, progress=False)  # auto: falls back
+    assert d.method == "lanczos" and "the Lanczos path is used instead" in d.notes[0]
+    monkeypatch.setattr(critical, "DENSE_MAX_BYTES", 1000)
+    with pytest.raises(ConfigError, match=r"above the memory limit DENSE_MAX_BYTES=.*use method=.lanczos."):
+        diagnose(model, F.cross_entropy, (x, y), method="dense", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_max_hvp_below_the_exact_path_cost(small_mlp_problem):
+    model, x, y = small_mlp_problem
+    with pytest.raises(ConfigError, match=r"needs 62 Hessian-vector products .* more than max_hvp=40"):
+        diagnose(model, F.cross_entropy, (x, y), method="dense", max_hvp=40, progress=False)
+    d = diagnose(model, F.cross_entropy, (x, y), max_hvp=40, progress=False)
+    assert d.method == "lanczos" and d.n_hvp <= 40 and "more than max_hvp=40" in d.notes[0]
+    with pytest.raises(ConfigError, match="max_hvp=0 is not allowed"):
+        diagnose(model, F.cross_entropy, (x, y), max_hvp=0)
+
+
+@pytest.fixture
+def least_squares_minimum():
+    """Linear least squares at its solution: g = 0, H = 2XᵀX/n positive definite (a minimum)."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 120, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 3, 120, dtype=torch.float64)
+    t = torch.randn(400, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(120, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(X, t).solution.T)
+    return model, (X, t)
+
+
+def test_a_verdict_on_an_unconverged_eigenvalue_says_so(least_squares_minimum):
+    model, data = least_squares_minimum
+    rushed = diagnose(model, F.mse_loss, data, method="lanczos", k=3, max_hvp=8, progress=False)
+    assert rushed.verdict == "local_minimum" and rushed.n_hvp <= 8
+    assert not bool(rushed.converged[-1]) and float(rushed.residuals[-1]) > 0 and not rushed.certain
+    assert "uncertain: λ_min has not converged, so negative curvature may be missed" in str(rushed)
+    assert "not converged: residual" in str(rushed) and any("uncertain" in note for note in rushed.notes)
+    settled = diagnose(model, F.mse_loss, data, method="lanczos", k=3, progress=False)
+    assert settled.verdict == "local_minimum" and settled.certain and settled.converged.all()
+    assert "uncertain" not in str(settled)
+    exact = diagnose(model, F.mse_loss, data, progress=False)
+    assert exact.certain and exact.converged.all() and (exact.residuals == 0).all()

@@ -57,3 +57,27 @@ def test_bad_arguments(least_squares):
         trace(model, F.mse_loss, data, method="exact")
     with pytest.raises(ConfigError, match="probes=0 is not allowed"):
         density(model, F.mse_loss, data, probes=0)
+
+
+@pytest.mark.parametrize("max_hvp", [7, 100, 1000])
+def test_density_within_max_hvp(least_squares, max_hvp):
+    model, data, exact = least_squares
+    d = density(model, F.mse_loss, data, probes=10, steps=80, max_hvp=max_hvp, progress=False)
+    assert d.n_hvp <= max_hvp
+    probes, steps = d.nodes.shape
+    if max_hvp < 10 * 80:
+        assert probes >= 2 and d.notes[0].startswith(f"max_hvp={max_hvp:,} allows {probes} probe(s) of {steps} step(s)")
+        assert "max_hvp" in str(d)
+    else:
+        assert (probes, steps) == (10, 80) and d.notes == []
+    share = d.fraction(low=3.0)  # still an honest estimate, if a coarser one
+    assert share.bounds[0] - 4 * share.stderr <= float((exact > 3.0).double().mean()) <= share.bounds[1] + 4 * share.stderr
+
+
+def test_trace_within_max_hvp(least_squares):
+    model, data, exact = least_squares
+    t = trace(model, F.mse_loss, data, samples=60, max_hvp=24, progress=False)
+    assert t.n_hvp == 24 and "allows 24 samples instead of 60" in t.notes[0]
+    assert abs(t.value - float(exact.sum())) <= 4 * t.stderr
+    with pytest.raises(ConfigError, match="max_hvp=2 is not allowed"):
+        trace(model, F.mse_loss, data, max_hvp=2)  # Hutch++ needs 3

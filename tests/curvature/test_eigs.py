@@ -8,6 +8,7 @@ from torch import nn
 import trainlab as tl
 from trainlab.curvature import eigs, hessian
 from trainlab.curvature.lanczos import lanczos
+from trainlab.errors import ConfigError
 
 
 def matrix_with_spectrum(values, seed=0):
@@ -86,3 +87,28 @@ def test_bad_arguments():
         lanczos(lambda v: A @ v, 5, 0)
     with pytest.raises(ValueError, match="basis_size=3 must exceed the 4 eigenpairs wanted"):
         lanczos(lambda v: A @ v, 50, 4, basis_size=3)
+
+
+def test_k_above_the_parameter_count_is_clamped_with_a_note(small_mlp_problem):
+    model, x, y = small_mlp_problem  # 57 parameters
+    H = torch.func.hessian(lambda flat: F.cross_entropy(torch.func.functional_call(
+        model, dict(zip([n for n, _ in model.named_parameters()],
+                        [c.view_as(p) for c, p in zip(flat.split([p.numel() for p in model.parameters()]),
+                                                      model.parameters())])), (x,)), y))(
+        torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    found = eigs(model, F.cross_entropy, (x, y), k=1000, progress=False)
+    assert found.notes[0].startswith("k=1,000 clamped to 57") and "clamped to 57" in str(found)
+    torch.testing.assert_close(found.values, torch.linalg.eigvalsh(H).flip(0), rtol=1e-9, atol=1e-9)
+    assert found.n_hvp <= 57
+    both = eigs(model, F.cross_entropy, (x, y), k=1000, which="both", progress=False)
+    assert "clamped to 29 of each end" in both.notes[0] and len(both.values) == 57
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_max_hvp_is_respected_and_unconverged_pairs_flagged(which, small_mlp_problem):
+    model, x, y = small_mlp_problem
+    found = eigs(model, F.cross_entropy, (x, y), k=5, which=which, max_hvp=7, progress=False)
+    assert found.n_hvp <= 7 and not found.converged.all()
+    assert "converged within 7 products (max_hvp=7)" in found.notes[-1]
+    with pytest.raises(ConfigError, match="max_hvp=0 is not allowed"):
+        eigs(model, F.cross_entropy, (x, y), max_hvp=0)

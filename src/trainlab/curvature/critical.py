@@ -68,6 +68,8 @@ VERDICTS = ("not_critical", "saddle", "local_minimum", "local_maximum", "degener
 METHODS = ("auto", "dense", "lanczos")
 #: Memory the exact path may use: the Hessian, its symmetrised copy and the eigenvectors, n² float64 each.
 DENSE_MAX_BYTES = 8 * 2**30
+#: Products the exact path spends to time one product before it commits to ``n`` of them.
+TIMING_PRODUCTS = 5
 
 
 @dataclass(repr=False)
@@ -254,7 +256,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         max_hvp: a total budget of Hessian-vector products (``None``: the Lanczos default of 5,000
             plus ``probes × steps``). On the Lanczos path at most half goes to the density
             (fewer probes/steps, with a note), the rest to the extreme eigenvalues; the exact path
-            needs ``n`` (more than the budget: ``"auto"`` takes the Lanczos path, ``"dense"`` refuses).
+            needs ``n + 5`` (more than the budget: ``"auto"`` takes the Lanczos path, ``"dense"`` refuses).
         max_seconds: the exact path's time budget (60 s; ``None``: none), estimated before it runs
             along with its memory (``3 n² × 8`` bytes, at most :data:`DENSE_MAX_BYTES`). Over budget,
             ``method="dense"`` raises :class:`~trainlab.errors.ConfigError` naming the estimate;
@@ -273,7 +275,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         ``n_hvp``, ``seconds``, ``notes``.
 
     Cost:
-        one gradient, then exact path: ``n`` products (plus a few to time them) and an ``O(n³)``
+        one gradient, then exact path: ``n`` products (plus :data:`TIMING_PRODUCTS` to time them) and an ``O(n³)``
         ``eigh``; Lanczos path: the extremes (typically a few hundred products) and
         ``probes × steps`` for the density (800), all ≤ ``max_hvp``; ``mode="train"`` one more
         gradient.
@@ -286,8 +288,10 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     chosen = method
     if method == "auto":
         chosen = "dense" if n <= dense_max_params else "lanczos"
-    if chosen == "dense" and max_hvp is not None and max_hvp < n:
-        reason = (f"the exact path needs {n:,} Hessian-vector products (one per parameter), more than"
+    needed = n + min(n, TIMING_PRODUCTS)
+    if chosen == "dense" and max_hvp is not None and max_hvp < needed:
+        reason = (f"the exact path needs {needed:,} Hessian-vector products (one per parameter, and a few to time"
+                  f" them), more than"
                   f" max_hvp={max_hvp:,}")
         if method == "dense":
             raise ConfigError(f"{reason}; use method='lanczos' (extreme eigenvalues and estimated counts), or raise"
@@ -382,7 +386,7 @@ def _check_dense_budget(op: HessianOperator, max_seconds: float | None) -> None:
 def _seconds_per_product(op: HessianOperator) -> float:
     """Wall time of one product, measured on a block of a few, as the exact path makes them,
     after one product to warm up (the first pays one-off costs, 100× a product on a small MLP)."""
-    rows = torch.eye(min(op.n, 5), op.n, device=op.device, dtype=op.dtype)
+    rows = torch.eye(min(op.n, TIMING_PRODUCTS), op.n, device=op.device, dtype=op.dtype)
     op.matmat(rows[:1])
     start = time.perf_counter()
     op.matmat(rows[1:] if len(rows) > 1 else rows)
