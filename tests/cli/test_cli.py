@@ -309,6 +309,7 @@ FAULTS = [  # (id, what to break, exit code, fragment)
     ("disk full writing the checkpoint", lambda mp: mp.setattr(torch, "save", _enospc), "checkpoint.pt"),
     ("disk full appending to metrics.jsonl",
      lambda mp: mp.setattr(trainer_mod, "open", lambda *a, **k: _FullFile(), raising=False), "steps.jsonl"),
+    ("disk full taking the lock", lambda mp: mp.setattr(os, "write", _enospc), ".trainlab.lock"),
     ("permission denied on the lock file",
      lambda mp: mp.setattr(rundir.os, "open", _deny_lock), ".trainlab.lock"),
     ("read-only parent directory",

@@ -453,9 +453,13 @@ def test_a_failed_write_names_its_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("content", [b"", b"text", b"PK\x03\x04 not really a zip"])
-def test_load_raises_data_error_naming_the_path(tmp_path, content):
-    (tmp_path / "c.pt").write_bytes(content)
+@pytest.mark.parametrize("cut", [0, 0.1, 0.5, 0.9, 0.99, "text", "zip header"])
+def test_load_raises_data_error_naming_the_path(tmp_path, cut):
+    """Cut anywhere (torch reports some cuts as OSError EINVAL), or not a checkpoint at all."""
+    checkpoint.save({"w": torch.ones(1000), "step": 3}, tmp_path / "c.pt")
+    whole = (tmp_path / "c.pt").read_bytes()
+    content = {"text": b"text", "zip header": b"PK\x03\x04 not really a zip"}.get(cut)
+    (tmp_path / "c.pt").write_bytes(content if content is not None else whole[:int(cut * len(whole))])
     with pytest.raises(DataError, match=f"checkpoint '{tmp_path / 'c.pt'}'"):
         checkpoint.load(tmp_path / "c.pt")
 
@@ -465,3 +469,18 @@ def test_load_passes_environment_faults_through(tmp_path):
         checkpoint.load(tmp_path / "missing.pt")
     with pytest.raises(IsADirectoryError):
         checkpoint.load(tmp_path)
+
+
+def test_a_full_disk_when_taking_the_lock_names_the_lock_file_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as e:
+        with rundir.locked(tmp_path):
+            pass
+    monkeypatch.undo()
+    assert e.value.filename == str(tmp_path / rundir.LOCK_NAME)
+    assert list(tmp_path.iterdir()) == []
+    with rundir.locked(tmp_path):  # and the lock is free
+        pass

@@ -13,6 +13,7 @@ the path; :func:`check_module_state`, :func:`check_optimizer_state` and
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -57,17 +58,15 @@ def load(path: str | Path, map_location: str | torch.device | None = None,
     :class:`OSError` (missing file, no permission) passes through: it is the environment's.
     """
     where = repr(str(path))
-    try:
-        with warnings.catch_warnings():  # torch's own warnings would add lines to a one-line error
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:
-        if Path(path).is_file() and Path(path).stat().st_size == 0:
-            raise DataError(f"checkpoint {where} is empty (0 bytes), so it holds no run to load") from None
-        raise DataError(f"checkpoint {where} cannot be read ({type(e).__name__}): it is truncated, damaged or not"
-                        " a checkpoint written by trainlab") from None
+    with open(path, "rb") as f:  # the environment's faults (missing, no permission, a directory) are raised here
+        try:
+            with warnings.catch_warnings():  # torch's own warnings would add lines to a one-line error
+                warnings.simplefilter("ignore")
+                state = torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EIO:  # the disk failed, not the file's contents
+                raise
+            raise _unreadable(path, e) from None
     if not isinstance(state, dict):
         raise DataError(f"checkpoint {where} is not a trainlab checkpoint: it holds a {type(state).__name__},"
                         " not a dict of states")
@@ -75,6 +74,14 @@ def load(path: str | Path, map_location: str | torch.device | None = None,
     if missing:
         raise DataError(f"checkpoint {where} is incomplete: it lacks {', '.join(map(repr, missing))}")
     return state
+
+
+def _unreadable(path: str | Path, error: Exception) -> DataError:
+    # Why an OSError can land here: torch reports a zip archive cut short as EINVAL from a seek.
+    if Path(path).stat().st_size == 0:
+        return DataError(f"checkpoint {str(path)!r} is empty (0 bytes), so it holds no run to load")
+    return DataError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}): it is truncated, damaged or"
+                     " not a checkpoint written by trainlab")
 
 
 def check_module_state(state: Any, module: nn.Module, path: str | Path) -> None:

@@ -147,8 +147,14 @@ def _acquire(out: Path) -> int:
         if here is not None and (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev):
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:  # who holds it, for the message another process gets
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:
+        _release(out, fd)
+        if e.filename is None:
+            e.filename = str(path)
+        raise
     return fd
 
 
