@@ -205,7 +205,7 @@ HOSTILE = [
     ("ragged-csv", "d.csv", _bytes(b"1,2,0\n3,4,1\n5,1\n"), {}, DataError, "line 3: 2 columns where the first data"),
     ("ragged-long-csv", "d.csv", _bytes(b"1,2,0\n3,4,1,7\n"), {}, DataError, "line 2: 4 columns"),
     ("latin1-csv", "d.csv", _bytes("1,2,0\n3,\u00e9,1\n".encode("latin-1")), {}, DataError,
-     r"is not UTF-8 text \(byte 0xe9 at offset 8\); save it as UTF-8"),
+     r"is not UTF-8 text \(byte 0xe9 on line 2, offset 8\); save it as UTF-8"),
     ("utf16-csv", "d.csv", _bytes("1,2,0\n".encode("utf-16")), {}, DataError, "is not UTF-8 text"),
     ("nul-csv", "d.csv", _bytes(b"1,2,0\n3,\x00,1\n"), {}, DataError, r"line 2, column 2: '\\x00' is not a number"),
     ("typo-in-first-line-is-no-header", "d.csv", _bytes(b"1,2,oops\n3,4,1\n"), {}, DataError,
@@ -351,3 +351,12 @@ def test_a_huge_label_is_named_without_listing_its_gaps(tmp_path, xy):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(DataError, match=r"label 1000000000000000 at sample 5 leaves classes 3…999999999999999 empty"):
         tl.data.load(tmp_path / "d.npz")
+
+
+def test_a_bad_byte_far_into_a_file_is_located_exactly(tmp_path):
+    lines = [f"{i},{i % 2}" for i in range(5000)]
+    data = b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n7,\xff\n"
+    (tmp_path / "d.csv").write_bytes(data)
+    offset = data.index(b"\xff")
+    with pytest.raises(DataError, match=rf"byte 0xff on line 5001, offset {offset}\)"):
+        tl.data.load(tmp_path / "d.csv")

@@ -8,7 +8,9 @@ opening the file) is left as the ``OSError`` it is, so the CLI can tell the two 
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import warnings
 import zipfile
 import zlib
@@ -79,14 +81,10 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     a number is taken as a header; one that mixes numbers and text is a data line with a
     bad cell (taking it for a header would silently drop a sample).
     """
-    with open(path, "rb"):  # an OSError here is the environment's, not the data's
-        pass
+    text = _utf8_text(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start});"
-                        " save it as UTF-8") from None
+        rows = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)
+                if any(c.strip() for c in row)]
     except csv.Error as e:
         raise DataError(f"{str(path)!r} is not a readable .csv file ({e})") from None
     if rows and not any(_is_number(c) for c in rows[0][1]):
@@ -107,6 +105,20 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"{str(path)!r}, line {line}, column {c + 1}: {_short(cell.strip())} is not a number")
             values[r, c] = float(cell)
     return values[:, :-1], values[:, -1]
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped; otherwise a DataError
+    naming the first bad byte, its line and its offset in the file."""
+    data = path.read_bytes()  # an OSError here is the environment's, not the data's
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        line = data.count(b"\n", 0, at) + 1
+        raise DataError(f"{str(path)!r} is not UTF-8 text (byte 0x{data[at]:02x} on line {line}, offset {at});"
+                        " save it as UTF-8") from None
 
 
 def _is_number(cell: str) -> bool:

@@ -73,6 +73,7 @@ instead of deep inside PyTorch. The limits, and why:
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import re
 import types
@@ -247,12 +248,17 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a directory; expected a TOML file")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset"
-                          f" {e.start}), so it is not valid TOML") from None
+        at = bom + e.start
+        line = data.count(b"\n", 0, at) + 1
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte 0x{data[at]:02x} on line {line},"
+                          f" offset {at}), so it is not valid TOML") from None
     try:
         return _toml.loads(text)
     except _toml.TOMLDecodeError as e:
