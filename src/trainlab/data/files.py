@@ -96,14 +96,14 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         other = next((d for d in ";\t| " if d in rows[0][1][0].strip()), None)
         hint = f" (its values look separated by {other!r}; trainlab reads commas)" if other else ""
         raise DataError(f"{str(path)!r} has {width} column{hint}; expected at least one feature column and a label column")
-    values = np.empty((len(rows), width), dtype=np.float64)
-    for r, (line, row) in enumerate(rows):
+    for line, row in rows:
         if len(row) != width:
             raise DataError(f"{str(path)!r}, line {line}: {len(row)} columns where the first data line has {width}")
-        for c, cell in enumerate(row):
-            if not _is_number(cell):
-                raise DataError(f"{str(path)!r}, line {line}, column {c + 1}: {_short(cell.strip())} is not a number")
-            values[r, c] = float(cell)
+    try:  # NumPy parses each cell as float() does, in one pass
+        values = np.array([row for _, row in rows], dtype=np.float64)
+    except ValueError:
+        line, c, cell = next((line, c, cell) for line, row in rows for c, cell in enumerate(row) if not _is_number(cell))
+        raise DataError(f"{str(path)!r}, line {line}, column {c + 1}: {_short(cell.strip())} is not a number") from None
     return values[:, :-1], values[:, -1]
 
 
