@@ -189,7 +189,6 @@ class Trainer:
                 prepared["metrics"] = rundir.read_log(self.out / "metrics.jsonl", "epoch")
                 prepared["steps"] = rundir.read_log(self.out / "steps.jsonl", "step")
         self._prepared = prepared
-        return None
 
     @torch.no_grad()
     def evaluate(self, data: Dataset) -> dict[str, float | None]:
@@ -388,8 +387,9 @@ class Trainer:
     def _save(self, rng_shuffle: torch.Tensor, batch: int, partial: dict[str, Any] | None,
               record: dict[str, Any] | None = None) -> None:
         """Write the checkpoint, or raise :class:`DivergenceError` and keep the previous one
-        when this state is not a good one (a non-finite tensor or loss)."""
-        if self.out is None or not self.writer:
+        when this state is not a good one (a non-finite tensor or loss). Every rank checks
+        (their states are equal), so all of them stop together; rank 0 writes."""
+        if self.out is None:
             return
         state = {
             "model": self.module.state_dict(),
@@ -402,7 +402,8 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
         }
         self._check_good(state, record)
-        checkpoint.save(state, self.checkpoint_path)
+        if self.writer:
+            checkpoint.save(state, self.checkpoint_path)
         self._good = (self.epoch, self.step, batch)
 
     def _check_good(self, state: dict[str, Any], record: dict[str, Any] | None) -> None:
