@@ -289,6 +289,8 @@ RESUME_DAMAGE = [
     ("missing model", _tamper(lambda s: s.pop("model")), "lacks 'model'"),
     ("missing scheduler key", _tamper(lambda s: s.pop("scheduler")), "lacks 'scheduler'"),
     ("extra model key", _tamper(lambda s: s["model"].update(extra=torch.ones(1))), "has 'extra'"),
+    ("a weight that is not a tensor", _tamper(lambda s: s["model"].update({"2.bias": [0.0] * 10})),
+     "'2.bias' is a list there, not a tensor"),
     ("wrong bias shape", _tamper(lambda s: s["model"].update({"2.bias": torch.zeros(11)})),
      r"'2.bias' has shape \(11,\)"),
     ("optimizer for other parameters", _tamper(lambda s: s["optimizer"]["param_groups"][0]["params"].pop()),
@@ -484,3 +486,19 @@ def test_a_full_disk_when_taking_the_lock_names_the_lock_file_and_leaves_nothing
     assert list(tmp_path.iterdir()) == []
     with rundir.locked(tmp_path):  # and the lock is free
         pass
+
+
+def test_a_modules_extra_state_is_left_to_the_module(tmp_path):
+    class WithExtra(nn.Linear):
+        def get_extra_state(self):
+            return {"note": "kept"}
+
+        def set_extra_state(self, state):
+            self.note = state["note"]
+
+    model = nn.Sequential(WithExtra(3, 2))
+    checkpoint.save({"model": model.state_dict()}, tmp_path / "c.pt")
+    state = checkpoint.load(tmp_path / "c.pt", require=["model"])
+    checkpoint.check_module_state(state["model"], model, tmp_path / "c.pt")
+    model.load_state_dict(state["model"])
+    assert model[0].note == "kept"

@@ -89,7 +89,7 @@ def check_module_state(state: Any, module: nn.Module, path: str | Path) -> None:
     whole: other keys, or a tensor of another shape."""
     where = repr(str(path))
     expected = module.state_dict()
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict):
         raise DataError(f"checkpoint {where} does not hold a model state (a dict of tensors)")
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
@@ -98,6 +98,11 @@ def check_module_state(state: Any, module: nn.Module, path: str | Path) -> None:
         raise DataError(f"checkpoint {where} does not fit the model: it {what}"
                         f" ({len(missing)} missing, {len(extra)} unexpected keys)")
     for k, v in expected.items():
+        if not isinstance(v, torch.Tensor):  # a module's extra state: its own load_state_dict judges it
+            continue
+        if not isinstance(state[k], torch.Tensor):
+            raise DataError(f"checkpoint {where} does not fit the model: {k!r} is a {type(state[k]).__name__} there,"
+                            " not a tensor")
         if state[k].shape != v.shape:
             raise DataError(f"checkpoint {where} does not fit the model: {k!r} has shape {tuple(state[k].shape)}"
                             f" there and {tuple(v.shape)} in the model")
