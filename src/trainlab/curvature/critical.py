@@ -129,6 +129,7 @@ class Diagnosis:
 
     @property
     def exact(self) -> bool:
+        """Whether every eigenvalue was computed in float64 from the dense Hessian (``method="dense"``)."""
         return self.method == "dense"
 
     @property

@@ -82,7 +82,11 @@ class Density:
         """Share of eigenvalues in ``(low, high]``: each node's weight is spread evenly over its
         cell (up to the midpoints to its neighbours), the point estimate takes the part of each
         cell inside the interval, and ``bounds`` count the cells wholly inside (lower) and
-        touching it (upper) — the quadrature's own resolution, which dominates near a cluster."""
+        touching it (upper) — the quadrature's own resolution, which dominates near a cluster.
+
+        Parameters: ``low`` (−∞), ``high`` (+∞). Returns :class:`Share` (``value``, ``stderr``,
+        ``bounds``). Cost: no products.
+        """
         left, right = _cells(self.nodes)
         width = (right - left).clamp_min(1e-300)
         inside = ((right.clamp(max=high) - left.clamp(min=low)) / width).clamp(0, 1)
@@ -183,7 +187,12 @@ def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
 def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: float | None = None,
                grid_points: int = 1000, seed: int = 0, timer: Timer | None = None,
                max_hvp: int | None = None) -> Density:
-    """:func:`density` of an operator already built (the caller holds :func:`analysis_mode`)."""
+    """:func:`density` of an operator already built (the caller holds :func:`analysis_mode`).
+
+    Parameters: ``op`` a :class:`HessianOperator`; ``probes`` (10), ``steps`` (80), ``sigma``
+    (``None``), ``grid_points`` (1000), ``seed`` (0), ``max_hvp`` (``None``) as for :func:`density`;
+    ``timer`` (``None``: started here). Returns :class:`Density`. Cost: ``probes × steps`` products, ≤ ``max_hvp``.
+    """
     timer = timer or Timer()
     _check_positive(probes=probes, steps=steps, grid_points=grid_points)
     check_max_hvp(max_hvp)
@@ -208,7 +217,11 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
 
 def fit_budget(probes: int, steps: int, max_hvp: int | None) -> tuple[int, int, list[str]]:
     """Probes and steps within ``max_hvp`` products: both shrink by the same factor
-    ``√(max_hvp / (probes·steps))``, keeping two probes (a standard error) while the budget allows."""
+    ``√(max_hvp / (probes·steps))``, keeping two probes (a standard error) while the budget allows.
+
+    Parameters: ``probes``, ``steps`` as asked; ``max_hvp`` the budget (``None``: none).
+    Returns ``(probes, steps, notes)`` with ``probes × steps ≤ max_hvp``. Cost: none.
+    """
     if max_hvp is None or probes * steps <= max_hvp:
         return probes, steps, []
     factor = math.sqrt(max_hvp / (probes * steps))
@@ -258,7 +271,12 @@ def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
 
 def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", seed: int = 0,
              timer: Timer | None = None, max_hvp: int | None = None) -> Trace:
-    """:func:`trace` of an operator already built (the caller holds :func:`analysis_mode`)."""
+    """:func:`trace` of an operator already built (the caller holds :func:`analysis_mode`).
+
+    Parameters: ``op`` a :class:`HessianOperator`; ``samples`` (30), ``method`` (``"hutch++"``),
+    ``seed`` (0), ``max_hvp`` (``None``) as for :func:`trace`; ``timer`` (``None``: started here).
+    Returns :class:`Trace`. Cost: ``samples`` products, ≤ ``max_hvp``.
+    """
     timer = timer or Timer()
     _check_trace(samples, method, max_hvp)
     notes = []

@@ -125,7 +125,12 @@ def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], 
 
 def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | None = None,
             basis_size: int | None = None, seed: int = 0, timer: Timer | None = None) -> Eigs:
-    """:func:`eigs` of an operator already built (the caller holds :func:`analysis_mode`)."""
+    """:func:`eigs` of an operator already built (the caller holds :func:`analysis_mode`).
+
+    Parameters: ``op`` a :class:`HessianOperator`; ``k``, ``which``, ``tol``, ``max_hvp``
+    (``None``: 5,000), ``basis_size`` (``None``), ``seed`` (0) as for :func:`eigs`; ``timer``
+    (``None``: started here) for ``seconds``. Returns :class:`Eigs`. Cost: as :func:`eigs`, ≤ ``max_hvp``.
+    """
     timer = timer or Timer()
     check_max_hvp(max_hvp)
     k, notes = clamp_k(k, which, op.n)
@@ -142,7 +147,12 @@ def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | 
 
 def clamp_k(k: int, which: str, n: int) -> tuple[int, list[str]]:
     """``k`` checked and clamped to the ``n`` eigenvalues there are (``ceil(n/2)`` of each end
-    for ``which="both"``), with a note saying so."""
+    for ``which="both"``), with a note saying so.
+
+    Parameters: ``k`` (a positive integer), ``which`` (``"largest"``, ``"smallest"``, ``"both"``),
+    ``n`` the parameter count. Returns ``(k, notes)``. Raises ConfigError for a bad ``k`` or
+    ``which``. Cost: none.
+    """
     if which not in WHICH:
         raise ConfigError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -155,6 +165,6 @@ def clamp_k(k: int, which: str, n: int) -> tuple[int, list[str]]:
 
 
 def check_max_hvp(max_hvp: int | None, least: int = 1) -> None:
-    """``max_hvp`` must be ``None`` or an integer ≥ ``least``."""
+    """Raise ConfigError unless ``max_hvp`` is ``None`` or an integer ≥ ``least`` (default 1). Cost: none."""
     if max_hvp is not None and (isinstance(max_hvp, bool) or not isinstance(max_hvp, int) or max_hvp < least):
         raise ConfigError(f"max_hvp={max_hvp!r} is not allowed; expected None (no limit) or an integer >= {least}")

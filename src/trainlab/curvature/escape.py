@@ -59,6 +59,7 @@ class Escape:
 
     @property
     def change(self) -> float:
+        """``loss_after − loss_before`` (negative when the loss fell)."""
         return self.loss_after - self.loss_before
 
     def __str__(self) -> str:

@@ -36,6 +36,9 @@ BASIS_BYTES = 2**30
 
 @dataclass
 class LanczosResult:
+    """Ritz pairs found by :func:`lanczos`: ``values`` (descending), ``vectors`` (rows),
+    ``residuals`` ``‖H x − θ x‖``, ``converged`` flags, and ``n_matvec`` products used."""
+
     values: torch.Tensor  # (k,) float64, descending
     vectors: torch.Tensor  # (k, n), operator dtype and device
     residuals: torch.Tensor  # (k,) float64, ‖H x − θ x‖
@@ -148,7 +151,11 @@ def step(matvec: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor, T: tor
          ) -> tuple[torch.Tensor, float, bool]:
     """One Lanczos step from basis vector ``j``: ``w = H vⱼ`` orthogonalised against
     ``v₀ … vⱼ``, whose coefficients fill column (and row) ``j`` of ``T``. Returns ``w``, ``‖w‖``
-    and whether the Krylov space is exhausted (``‖w‖`` negligible next to ``T``)."""
+    and whether the Krylov space is exhausted (``‖w‖`` negligible next to ``T``).
+
+    Parameters: ``matvec``; ``V`` the ``(m+1, n)`` basis (rows ``0…j`` filled); ``T`` the
+    ``(m, m)`` projected matrix, written in place; ``j`` the step. Cost: one product.
+    """
     w = matvec(V[j])
     h = _orthogonalise(w, V[:j + 1]).double().cpu()
     T[:j + 1, j] = h

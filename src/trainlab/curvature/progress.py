@@ -26,6 +26,10 @@ def counting(op: Any, total: int | None, desc: str, enabled: bool = True) -> Ite
     because every analysis reaches the products through one of them, whichever path
     (Lanczos, quadrature, dense blocks) makes them; the bar reads the operator's own count, so
     nothing is counted twice when one calls the other.
+
+    Parameters: ``op`` a :class:`~trainlab.curvature.operator.HessianOperator`; ``total`` the
+    products expected (``None``: unknown); ``desc`` the bar's label; ``enabled`` (True) — False
+    shows nothing. Cost: none beyond the bar.
     """
     if not enabled or (getattr(op, "distributed", False) and dist.rank(getattr(op, "group", None)) != 0):
         yield
