@@ -502,3 +502,33 @@ def test_a_modules_extra_state_is_left_to_the_module(tmp_path):
     checkpoint.check_module_state(state["model"], model, tmp_path / "c.pt")
     model.load_state_dict(state["model"])
     assert model[0].note == "kept"
+
+
+class Counter(Callback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, trainer, record):
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+def test_a_callback_state_it_cannot_load_is_refused_before_any_write(digits, tmp_path):
+    out = tmp_path / "run"
+    make(digits[0], out, callbacks=[Counter()]).fit()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["callbacks"] == [{"steps": 58}]
+    state["callbacks"] = [{"count": 58}]
+    torch.save(state, out / "checkpoint.pt")
+    before = snapshot(out)
+    model = small_model(seed=3)
+    untouched = model_state(model)
+    with pytest.raises(DataError, match=r"callback Counter cannot load \(KeyError: 'steps'\)"):
+        make(digits[0], out, epochs=3, model=model, callbacks=[Counter()], resume=True).fit()
+    assert snapshot(out) == before
+    assert all(torch.equal(v, untouched[k]) for k, v in model.state_dict().items())

@@ -337,6 +337,8 @@ class Trainer:
             raise DataError(f"checkpoint {where} is damaged: it stops inside an epoch but lacks the epoch's tally")
         if state["scheduler"] is not None and not isinstance(state["scheduler"], dict):
             raise DataError(f"checkpoint {where} is damaged: its scheduler state is not a dict")
+        if not isinstance(state.get("callbacks", []), (list, type(None))):
+            raise DataError(f"checkpoint {where} is damaged: its callback states are not a list")
         rng = state["rng"]
         sizes = {"torch": torch.get_rng_state().numel(), "shuffle": self._generator.get_state().numel()}
         if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
@@ -355,13 +357,17 @@ class Trainer:
     def _restore(self, prepared: dict[str, Any]) -> tuple[torch.Tensor | None, int, dict[str, Any] | None]:
         """Load what :meth:`prepare` checked; drop log records of work that is about to be redone."""
         state = prepared["state"]
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks") or []):  # first: only they can refuse now
+            if cb_state is not None and hasattr(cb, "load_state_dict"):
+                try:
+                    cb.load_state_dict(cb_state)
+                except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                    raise DataError(f"checkpoint {str(self.checkpoint_path)!r} holds a state that callback"
+                                    f" {type(cb).__name__} cannot load ({type(e).__name__}: {' '.join(str(e).split())})") from None
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
-            if cb_state is not None and hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(cb_state)
         self.epoch, self.step, self._first_loss = state["epoch"], state["step"], state["first_loss"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
