@@ -532,3 +532,39 @@ def test_a_callback_state_it_cannot_load_is_refused_before_any_write(digits, tmp
         make(digits[0], out, epochs=3, model=model, callbacks=[Counter()], resume=True).fit()
     assert snapshot(out) == before
     assert all(torch.equal(v, untouched[k]) for k, v in model.state_dict().items())
+
+
+KILLED_RUN = """
+import os, signal, sys
+import torch, torch.nn.functional as F
+from torch import nn
+import trainlab as tl
+from trainlab.train import Callback, Trainer
+
+class Kill(Callback):
+    def on_step_end(self, trainer, record):
+        if record["step"] == 40:  # after epoch 1's checkpoint, in the middle of epoch 2
+            os.kill(os.getpid(), signal.SIGKILL)
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), F.cross_entropy, tl.data.load_digits()[0],
+        batch_size=50, epochs=3, out=sys.argv[1], progress=False, device="cpu", callbacks=[Kill()]).fit()
+"""
+
+
+def test_a_killed_run_leaves_a_stale_lock_and_resumes_bit_for_bit(digits, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out)], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (out / rundir.LOCK_NAME).exists()  # left behind, but no process holds it any more
+    assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1
+    whole = make(digits[0], tmp_path / "whole", epochs=3)
+    whole.fit()
+    resumed = make(digits[0], out, epochs=3, model=small_model(seed=5), resume=True)
+    resumed.fit()
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+    assert read_jsonl(out / "steps.jsonl") == read_jsonl(tmp_path / "whole" / "steps.jsonl")
+    assert not (out / rundir.LOCK_NAME).exists()
