@@ -98,6 +98,9 @@ def bad_cases():
         (["--model", "{m}", *own], "expected MODULE:FACTORY"),
         (["--model", ":build", *own], "expected MODULE:FACTORY"),
         (["--model", "no_such_module_xyz:build", *own], "no module named 'no_such_module_xyz'"),
+        (["--model", "{m}.py:build", *own], "not a file path; run from the folder that holds {m}.py and give"
+                                            " --model {m}:build"),
+        (["--model", "sub/{m}:build", *own], "not a file path"),
         (["--model", "broken_{m}:build", *own], "importing 'broken_{m}' failed: SyntaxError"),
         (["--model", "{m}:nope", *own], "has no attribute 'nope'"),
         (["--model", "{m}:NOT_CALLABLE", *own], "'NOT_CALLABLE' is of type int, not a callable"),

@@ -205,6 +205,10 @@ def _build(spec: str) -> nn.Module:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--model {spec!r} is not allowed; expected MODULE:FACTORY, e.g. mynet:build")
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        stem = Path(module_name).with_suffix("").name if module_name.endswith(".py") else Path(module_name).name
+        raise ConfigError(f"--model {spec!r}: MODULE is a module name, not a file path; run from the folder that"
+                          f" holds {stem}.py and give --model {stem}:{attr}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # a module next to the user imports, as with `python -m`
     writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ in the user's folder
