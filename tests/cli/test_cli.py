@@ -400,7 +400,7 @@ def test_a_failed_run_leaves_no_empty_default_directory(tmp_path, capsys, monkey
     assert list((tmp_path / "runs").iterdir()) == []
 
 
-def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
+def test_a_second_run_is_refused_while_another_process_holds_the_directory(tmp_path, capsys):
     """A real second process: the first run is held at its first step until the test has tried."""
     run = tmp_path / "run"
     go = tmp_path / "go"
@@ -424,13 +424,12 @@ def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
     try:
         assert first.stdout.readline().strip() == "holding"
         before = snapshot(run)
-        second = subprocess.run([sys.executable, "-m", "trainlab", "train", "--set", "train.epochs=1", "--set",
-                                 "data.name=iris", "--no-progress", "--out", str(run), "--overwrite"],
-                                capture_output=True, text=True, env=env)
+        code = main(["train", "--set", "train.epochs=1", "--set", "data.name=iris", "--no-progress", "--out", str(run),
+                     "--overwrite"])
         assert snapshot(run) == before
     finally:
         go.write_text("")
         first.wait(timeout=120)
-    assert second.returncode == 2 and second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
-    assert f"is in use by another trainlab run (pid {first.pid})" in second.stderr
+    line = error_line(capsys, code, 2)
+    assert f"is in use by another trainlab run (pid {first.pid})" in line
     assert first.returncode == 0 and sorted(p.name for p in run.iterdir()) == RUN_FILES
