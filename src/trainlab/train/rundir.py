@@ -34,9 +34,9 @@ except ImportError:  # Windows: no flock; runs there go unlocked
 RUN_FILES = ("config.toml", "metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt")
 LOCK_NAME = ".trainlab.lock"
 
-# Locks this process holds: resolved directory -> [fd, depth, owning thread]. Why: run.train
-# locks the directory before writing config.toml, and the Trainer it calls locks it again.
-_held: dict[str, list[Any]] = {}
+# Locks this process holds: resolved directory -> the thread holding it. Why: run.train locks
+# the directory before writing config.toml, and the Trainer it calls locks it again.
+_held: dict[str, int] = {}
 _held_guard = threading.Lock()
 
 
@@ -99,21 +99,15 @@ def locked(out: str | Path) -> Iterator[Path]:
     out.mkdir(parents=True, exist_ok=True)
     key = str(out.resolve())
     with _held_guard:
-        held = _held.get(key)
-        if held is not None and held[2] != threading.get_ident():
-            raise ConfigError(_busy(out, None))
-        if held is not None:
-            held[1] += 1
-    if held is not None:
-        try:
-            yield out
-        finally:
-            with _held_guard:
-                held[1] -= 1
+        holder = _held.get(key)
+    if holder == threading.get_ident():  # the outer holder releases it
+        yield out
         return
+    if holder is not None:
+        raise ConfigError(_busy(out, None))
     fd = _acquire(out)
     with _held_guard:
-        _held[key] = [fd, 1, threading.get_ident()]
+        _held[key] = threading.get_ident()
     try:
         yield out
     finally:
