@@ -568,3 +568,14 @@ def test_a_killed_run_leaves_a_stale_lock_and_resumes_bit_for_bit(digits, tmp_pa
         assert torch.equal(p, q)
     assert read_jsonl(out / "steps.jsonl") == read_jsonl(tmp_path / "whole" / "steps.jsonl")
     assert not (out / rundir.LOCK_NAME).exists()
+
+
+def test_a_file_system_without_flock_names_the_lock_file(tmp_path, monkeypatch):
+    def unsupported(fd, op):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with pytest.raises(OSError) as e:
+        with rundir.locked(tmp_path):
+            pass
+    assert e.value.filename == str(tmp_path / rundir.LOCK_NAME)

@@ -128,8 +128,10 @@ def _acquire(out: Path) -> int:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise ConfigError(_busy(out, holder)) from None
-        except BaseException:
+        except BaseException as e:
             os.close(fd)
+            if isinstance(e, OSError) and e.filename is None:  # e.g. a file system without flock
+                e.filename = str(path)
             raise
         # Why: the previous holder unlinks the file on release; if it did so between our open
         # and our flock, we hold a lock on a file nobody else will see. Take the new one.
