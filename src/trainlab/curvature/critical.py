@@ -155,6 +155,7 @@ class Diagnosis:
             f"  minimum ratio (share of positive eigenvalues): {ratio}",
             f"  negative curvature: {'yes' if self.negative_curvature else 'no'}"
             + (f" — {len(self.escape_eigenvalues)} escape direction(s), trainlab.curvature.escape can step along them"
+               + (" (with force=True: this is not a critical point)" if self.verdict == "not_critical" else "")
                if len(self.escape_eigenvalues) else ""),
             f"  cost: {self.n_hvp:,} Hessian-vector products, {self.seconds:.2f} s",
         ]
@@ -181,7 +182,7 @@ def _doubt(d: Diagnosis) -> str | None:
         reasons.append("λ_min has not converged, so negative curvature may be missed")
     if not reasons:
         return None
-    return "; ".join(reasons) + " — raise max_hvp, or use method='dense' for a small model"
+    return "; ".join(reasons)
 
 
 def verdict(grad_norm: float, has_positive: bool, has_negative: bool, grad_tol: float) -> str:
@@ -330,7 +331,8 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         escape_eigenvalues=s.escape_values.double().cpu(), notes=notes)
     doubt = _doubt(d)
     if doubt:
-        notes.append(f"the verdict {d.verdict.replace('_', ' ')!r} is uncertain: {doubt}")
+        notes.append(f"the verdict {d.verdict.replace('_', ' ')!r} rests on an unconverged eigenvalue: {doubt};"
+                     " raise max_hvp, or use method='dense' for a small model")
     return d
 
 
@@ -374,6 +376,8 @@ def _check_dense_budget(op: HessianOperator, max_seconds: float | None) -> None:
     n = op.n
     memory = 3 * n * n * 8
     seconds = _seconds_per_product(op) * n + _eigh_seconds(n)
+    # every rank must take the same decision, or the others would wait for its products forever
+    seconds = float(op.broadcast(torch.tensor([seconds], dtype=torch.float64, device=op.device))[0])
     over = []
     if max_seconds is not None and seconds > max_seconds:
         over.append(f"max_seconds={max_seconds:g}")
