@@ -259,3 +259,46 @@ def test_a_verdict_on_an_unconverged_eigenvalue_says_so(least_squares_minimum):
     assert "uncertain" not in str(settled)
     exact = diagnose(model, F.mse_loss, data, progress=False)
     assert exact.certain and exact.converged.all() and (exact.residuals == 0).all()
+
+
+def test_every_analysis_takes_batch_loss_and_max_samples(small_mlp_problem):
+    """Dict batches through batch_loss, cut at max_samples, against the plain (x, y) pair of those samples."""
+    model, x, y = small_mlp_problem
+    batches = [{"inputs": x[i:i + 8], "labels": y[i:i + 8], "ids": torch.arange(i, i + 8)} for i in range(0, 40, 8)]
+
+    def batch_loss(m, batch):
+        return F.cross_entropy(m(batch["inputs"]), batch["labels"])
+
+    hooked = dict(batch_loss=batch_loss, max_samples=20, progress=False)
+    plain = (x[:20], y[:20])
+    torch.testing.assert_close(tl.curvature.eigs(model, None, batches, k=3, **hooked).values,
+                               tl.curvature.eigs(model, F.cross_entropy, plain, k=3, progress=False).values)
+    torch.testing.assert_close(tl.curvature.density(model, None, batches, probes=2, steps=10, **hooked).nodes,
+                               tl.curvature.density(model, F.cross_entropy, plain, probes=2, steps=10,
+                                                    progress=False).nodes)
+    assert tl.curvature.trace(model, None, batches, samples=6, **hooked).value == pytest.approx(
+        tl.curvature.trace(model, F.cross_entropy, plain, samples=6, progress=False).value, rel=1e-9)
+    for method in ("dense", "lanczos"):
+        got = diagnose(model, None, batches, method=method, k=3, **hooked)
+        want = diagnose(model, F.cross_entropy, plain, method=method, k=3, progress=False)
+        assert got.verdict == want.verdict and got.loss == pytest.approx(want.loss, rel=1e-12)
+        torch.testing.assert_close(got.eigenvalues, want.eigenvalues)
+
+
+def test_escape_takes_batch_loss():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)).double()
+    for p in model.parameters():
+        nn.init.zeros_(p)
+    batches = [{"x": x[i:i + 16], "y": y[i:i + 16]} for i in range(0, 64, 16)]
+
+    def batch_loss(m, batch):
+        return F.mse_loss(m(batch["x"]), batch["y"])
+
+    d = diagnose(model, None, batches, batch_loss=batch_loss, progress=False)
+    e = escape(model, None, batches, d, batch_loss=batch_loss)
+    assert d.verdict == "saddle" and e.accepted
+    with torch.no_grad():
+        assert e.loss_after == pytest.approx(float(F.mse_loss(model(x), y)), rel=1e-12)
