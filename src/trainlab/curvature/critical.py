@@ -143,7 +143,8 @@ class Diagnosis:
         approx = "" if counted else "≈ "
         ratio = (f"{self.minimum_ratio:.3f}" if counted
                  else f"≈ {self.minimum_ratio:.3f} ± {self.minimum_ratio_stderr:.3f} (estimated; ± is the standard error"
-                      f" over the density's probes), bounds {low:.3f}–{high:.3f} (the quadrature's resolution)")
+                      f" over the density's probes)\n    bounds {low:.3f}–{high:.3f}: the quadrature's resolution (the shares of"
+                      " its cells wholly above and touching the flat threshold)")
         doubt = _doubt(self)
         lines = [
             f"verdict: {self.verdict.replace('_', ' ')}" + (f" (uncertain: {doubt})" if doubt else ""),
