@@ -177,6 +177,15 @@ def test_model_from_a_factory_gives_the_direct_analysis(user, tmp_path):
     assert f"training split ({len(y):,} samples, standardised)" in printed
     assert tree(tmp_path) == before  # no figure without --out, no __pycache__ in the user's folder
 
+    # saved from a DistributedDataParallel wrapper: every key prefixed with "module."
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
+    wrapped = subprocess.run([sys.executable, "-m", "trainlab", "diagnose", "--model", f"{user}:build", "--weights",
+                              "ddp.pt", "--data", "iris", "--no-progress"],
+                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert wrapped.returncode == 0 and "'module.' prefix" in wrapped.stdout
+    same = [line for line in printed.splitlines()[1:] if "cost:" not in line]  # all but the seconds
+    assert [line for line in wrapped.stdout.splitlines()[2:] if "cost:" not in line] == same
+
 
 def test_model_options_reach_the_analysis(user, tmp_path, capsys):
     """--max-samples analyses the first N samples, --loss mse the squared error to one-hot

@@ -186,6 +186,11 @@ def _from_factory(args: argparse.Namespace) -> Target:
 
     model = _build(args.model)
     state = _read_weights(Path(args.weights))
+    wrapped = _unwrapped(state, model)
+    if wrapped is not None:
+        print(f"note: --weights {args.weights}: the 'module.' prefix of DistributedDataParallel / DataParallel"
+              " removed from every key")
+        state = wrapped
     _load(model, state, f"--weights {args.weights!r}", f"the model {args.model}() builds")
     train, _ = data_mod.load(args.data, standardize=not args.no_standardize)
     x, y = train.tensors
@@ -274,6 +279,16 @@ def _read_weights(path: Path) -> dict[str, Any]:
         raise DataError(f"--weights {str(path)!r} holds an object of type {type(saved).__name__}, not a state_dict (a dict of"
                         " parameter names to tensors, or a checkpoint with one under 'model')")
     return saved
+
+
+def _unwrapped(state: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
+    """``state`` without the ``module.`` prefix a (Distributed)DataParallel wrapper adds to every
+    key, when that makes it the model's keys exactly; else ``None``."""
+    prefix = "module."
+    if not all(k.startswith(prefix) for k in state):
+        return None
+    stripped = {k[len(prefix):]: v for k, v in state.items()}
+    return stripped if set(stripped) == set(model.state_dict()) else None
 
 
 def _load(model: nn.Module, state: dict[str, Any], source: str, what: str) -> None:
