@@ -310,6 +310,8 @@ class TestStreaming:
             large = HessianOperator(model, tl.nn.cross_entropy, (x, y))
             assert small.keep_graph and large.keep_graph
             assert large.graph_bytes == pytest.approx(4 * small.graph_bytes, rel=0.05)
+            assert large.peak_bytes == pytest.approx(4 * small.peak_bytes, rel=0.05)
+            assert large.graph_bytes < large.peak_bytes < 4 * large.graph_bytes  # a product needs room beside it
             # at least the first convolution's output (ReLU keeps it) and its pooling indices per sample
             assert small.graph_bytes >= 100 * 3 * 8 * 8 * (4 + 8 / 4)
             tight = HessianOperator(model, tl.nn.cross_entropy, (x, y), max_graph_bytes=large.graph_bytes // 3)

@@ -124,3 +124,19 @@ def test_dense_hessian_refuses_large_models():
     model = tl.nn.mlp(64, [128], 10)
     with pytest.raises(ValueError, match="9,610 parameters, above max_params=5,000.*trainlab.curvature.eigs"):
         hessian(model, tl.nn.cross_entropy, (torch.randn(4, 64), torch.zeros(4, dtype=torch.long)), max_params=5_000)
+
+
+def test_dense_hessian_refuses_past_its_time_budget(small_mlp_problem):
+    model, x, y = small_mlp_problem
+    with pytest.raises(ConfigError, match=r"a dense Hessian of 57 parameters needs 57 Hessian-vector products, about"
+                                          r" .* s here .*above max_seconds=1e-09; use trainlab.curvature.eigs"):
+        hessian(model, F.cross_entropy, (x, y), max_seconds=1e-9)
+    assert hessian(model, F.cross_entropy, (x, y), max_seconds=None).shape == (57, 57)
+
+
+def test_products_work_inside_no_grad(small_mlp_problem):
+    model, x, y = small_mlp_problem
+    expected = hessian(model, F.cross_entropy, (x, y))
+    with torch.no_grad():
+        torch.testing.assert_close(hessian(model, F.cross_entropy, (x, y)), expected, rtol=0, atol=0)
+        assert gradient(model, F.cross_entropy, (x, y)).shape == (57,)

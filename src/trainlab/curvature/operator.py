@@ -20,14 +20,18 @@ there the rows are looped (``HessianOperator(batched=...)``; ``benchmarks/hvp_ba
 times both).
 
 Memory: the kept graph grows with the sample count, so it is kept only while it fits
-``max_graph_bytes`` (default :data:`DEFAULT_GRAPH_BYTES`). Its size is measured, not
-guessed: the tensors autograd saves while building ``∇L`` on a slice of the first batch are
-summed (``torch.autograd.graph.saved_tensors_hooks``, each storage once, the parameters and
-data excluded) on two slices of it, giving ``bytes(n) ≈ a + b n`` per batch. Above the budget
-each product streams the batches (two backward passes per batch, one graph alive at a time),
-and a batch whose own graph exceeds the budget is split into chunks — exact in ``eval`` mode,
-where samples do not interact; in ``train`` mode with BatchNorm a chunk would change the
-batch statistics, so that case is refused. ``benchmarks/analysis_memory.py`` measures it.
+``max_graph_bytes`` (default :data:`DEFAULT_GRAPH_BYTES`) — the graph together with a product
+running through it, which on a CNN takes about 1.8× the graph alone. Both are measured, not
+guessed, on two slices of the first batch (``m`` and ``m/2`` samples, ``m ≤ 32``), giving
+``bytes(n) ≈ a + b n`` per batch: the graph as the tensors autograd saves while building
+``∇L`` (``torch.autograd.graph.saved_tensors_hooks``, each storage once), the peak as the
+tensors the operations create, alive at once at the worst moment (a ``TorchDispatchMode``);
+parameters, buffers and data are left out of both. Above the budget each product streams the
+batches (two backward passes per batch, one graph alive at a time), and a batch whose own
+peak exceeds the budget is split into chunks — exact in ``eval`` mode, where samples do not
+interact; in ``train`` mode with BatchNorm a chunk would change the batch statistics, so that
+case is refused. The process's own peak adds the allocator's slack and the kernels'
+workspaces on top (``benchmarks/analysis_memory.py`` measures it).
 
 Checks (``check=True``): non-finite data (:class:`~trainlab.errors.DataError` naming the
 tensor, batch and sample); a non-finite loss at the analysed point (``DataError`` naming the
@@ -53,6 +57,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from trainlab import distributed as dist
 from trainlab.data.batches import Batch, BatchLoss, as_batches, batch_size_of, named_tensors, take, to_device
@@ -108,12 +115,14 @@ class HessianOperator:
             ``(x, y)`` pairs (dicts, extra fields) or models that compute their own loss.
         max_samples: use only the first ``max_samples`` samples of ``data`` (of this rank's
             shard), the last batch used cut to fit; ``None`` (default) uses all.
-        max_graph_bytes: bound on the kept autograd graph, default 2 GiB (module docstring).
+        max_graph_bytes: bound on the kept autograd graph at its peak, with a product running
+            through it; default 2 GiB (module docstring).
         check: check the data and the loss (module docstring); one extra forward pass over the
             first batch. ``True`` by default.
 
     Attributes: ``n`` (parameters), ``samples`` (over all ranks), ``n_hvp``, ``loss``,
-    ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph, or ``None``).
+    ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph) and ``peak_bytes``
+    (its peak with a product running through it), both ``None`` with ``keep_graph=True``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
@@ -144,8 +153,10 @@ class HessianOperator:
                 self._check_data()
                 self._check_mean()
         self._graph_size = self._measure_graph() if keep_graph is not True and self.batches else None
-        self.graph_bytes = self._graph_size.total(self.sizes) if self._graph_size else None
-        self.keep_graph = self.graph_bytes <= max_graph_bytes if keep_graph is None and self.graph_bytes is not None \
+        size = self._graph_size
+        self.graph_bytes = size.total(self.sizes, "graph") if size else None
+        self.peak_bytes = size.total(self.sizes) if size else None
+        self.keep_graph = self.peak_bytes <= max_graph_bytes if keep_graph is None and size is not None \
             else bool(keep_graph if keep_graph is not None else True)
         # (batch, samples, index of the user's batch, first sample in it): chunks of over-large batches
         self.pieces = self._pieces()
@@ -172,13 +183,10 @@ class HessianOperator:
         for index, batch in enumerate(self.batches):
             for name, t in named_tensors(batch):
                 if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-                    bad = ~torch.isfinite(t)
-                    sample = int(bad.reshape(len(t), -1).any(1).nonzero()[0]) if t.dim() > 0 else 0
-                    value = t.reshape(len(t), -1)[sample][bad.reshape(len(t), -1)[sample]][0] if t.dim() > 0 \
-                        else t
-                    raise DataError(f"the data hold a non-finite value ({float(value.real) if value.is_complex() else float(value)})"
-                                    f" in {name} of batch {index}, sample {sample} (sample {offset + sample} of the"
-                                    " data): remove or repair it before the analysis")
+                    sample, value = _first_non_finite(t)
+                    raise DataError(f"the data hold a non-finite value ({value}) in {name} of batch {index}, sample"
+                                    f" {sample} (sample {offset + sample} of the data): remove or repair it before"
+                                    " the analysis")
             offset += self.sizes[index]
 
     def _check_mean(self) -> None:
@@ -186,8 +194,10 @@ class HessianOperator:
         advice = "use reduction='mean' or divide by the batch size"
         reduction = getattr(self.loss_fn, "reduction", None) if isinstance(self.loss_fn, nn.Module) else None
         if self.batch_loss is None and reduction in ("sum", "none"):
+            effect = ("every eigenvalue and the gradient would scale with the batch size" if reduction == "sum" else
+                      "it returns one loss per sample")
             raise ConfigError(f"loss_fn is {type(self.loss_fn).__name__}(reduction={reduction!r}), not a mean over the"
-                              f" batch: every eigenvalue and the gradient would scale with the batch size; {advice}")
+                              f" batch: {effect}; {advice}")
         batch, n = self.batches[0], self.sizes[0]
         if n > SCALE_CHECK_SAMPLES:  # a slice tells a sum from a mean as well, in bounded memory
             batch, n = take(batch, 0, SCALE_CHECK_SAMPLES), SCALE_CHECK_SAMPLES
@@ -216,22 +226,23 @@ class HessianOperator:
                         " computed there")
 
     def _measure_graph(self) -> "_GraphSize":
-        """``bytes(n) ≈ a + b n`` of one batch's kept gradient graph, fitted to the graphs of
-        slices of the first batch of ``m`` and ``m/2`` samples, ``m = min(n, 2·GRAPH_PROBE_SAMPLES)``."""
+        """Graph and peak bytes of one batch as ``a + b n``, fitted to slices of the first batch
+        of ``m`` and ``m/2`` samples, ``m = min(n, 2·GRAPH_PROBE_SAMPLES)``."""
         batch, n = self.batches[0], self.sizes[0]
         large = min(n, 2 * GRAPH_PROBE_SAMPLES)
         small = large // 2
         with preserved(self.model, parameters=False):  # a train-mode forward moves BatchNorm statistics
             whole = self._graph_bytes(take(batch, 0, large) if large < n else batch)
             if small < (2 if self.model.training and _has_batch_norm(self.model) else 1):
-                return _GraphSize(0.0, whole / large)
+                return _GraphSize(_Affine(0.0, whole[0] / large), _Affine(0.0, whole[1] / large))
             half = self._graph_bytes(take(batch, 0, small))
-        per = max(whole - half, 0) / (large - small)
-        return _GraphSize(max(half - per * small, 0.0), per)
+        return _GraphSize(*(_Affine.through(small, h, large, w) for h, w in zip(half, whole)))
 
-    def _graph_bytes(self, batch: Any) -> int:
-        """Bytes of the tensors autograd keeps for ``∇L_b`` with ``create_graph=True``: each
-        storage once, leaving out those alive anyway (parameters, data)."""
+    def _graph_bytes(self, batch: Any) -> tuple[int, int]:
+        """Bytes of the gradient graph of ``L_b`` (``create_graph=True``) and the peak bytes of
+        building it and running one product through it. The graph: the tensors autograd saves,
+        each storage once. The peak: every tensor the operations create, alive at once at the
+        worst moment. Both leave out tensors alive anyway (parameters, buffers, data)."""
         held = {_storage_key(t) for t in [*self.model.parameters(), *self.model.buffers()]}
         held |= {_storage_key(t) for _, t in named_tensors(batch)}
         saved: dict[tuple, int] = {}
@@ -242,11 +253,14 @@ class HessianOperator:
                 saved[key] = t.untyped_storage().nbytes()
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), \
+                _LiveBytes(held) as live:
             loss = self.batch_loss_of(batch)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        del loss, grads
-        return sum(saved.values())
+            grad = _flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True), self.params)
+            if grad.requires_grad:
+                torch.autograd.grad(grad, self.params, torch.ones_like(grad), allow_unused=True)
+        del loss, grad
+        return sum(saved.values()), live.peak
 
     def _pieces(self) -> list[tuple[Any, int, int, int]]:
         if self.keep_graph or self._graph_size is None:
@@ -279,6 +293,7 @@ class HessianOperator:
             self.gradient()
         return self._loss
 
+    @torch.enable_grad()  # (also when the caller is inside torch.no_grad())
     def gradient(self) -> torch.Tensor:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
@@ -316,6 +331,7 @@ class HessianOperator:
         """``H v`` for a flat ``(n,)`` vector."""
         return self.matmat(v.reshape(1, -1))[0]
 
+    @torch.enable_grad()
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``(H vᵢ)ᵢ`` for the rows of an ``(m, n)`` block, together (see ``_products``)."""
         if vectors.dim() != 2 or vectors.shape[1] != self.n:
@@ -361,24 +377,60 @@ class HessianOperator:
                 " mode='eval' (the default), or remove the randomness")
 
 
-class _GraphSize:
-    """Bytes of one batch's kept gradient graph as ``a + b n`` for ``n`` samples."""
+class _Affine:
+    """``a + b n`` bytes for a batch of ``n`` samples."""
 
     def __init__(self, constant: float, per_sample: float):
         self.constant, self.per_sample = constant, per_sample
 
-    def bytes(self, n: int) -> float:
+    @classmethod
+    def through(cls, n1: int, b1: float, n2: int, b2: float) -> "_Affine":
+        per = max(b2 - b1, 0) / (n2 - n1)
+        return cls(max(b1 - per * n1, 0.0), per)
+
+    def __call__(self, n: int) -> float:
         return self.constant + self.per_sample * n
 
-    def total(self, sizes: list[int]) -> int:
-        """All batches' graphs kept together."""
-        return int(sum(self.bytes(n) for n in sizes))
+
+class _GraphSize:
+    """One batch's kept gradient graph, ``graph(n)``, and the peak of building it and running a
+    product through it, ``bytes(n)`` — what ``max_graph_bytes`` bounds."""
+
+    def __init__(self, graph: _Affine, peak: _Affine):
+        self.graph, self.bytes = graph, peak
+
+    def total(self, sizes: list[int], of: str = "bytes") -> int:
+        """All batches' graphs kept together (their sum)."""
+        return int(sum(getattr(self, of)(n) for n in sizes))
 
     def fitting(self, budget: float) -> int:
-        """The most samples whose graph fits ``budget`` (at least 1)."""
-        if self.per_sample <= 0:
+        """The most samples whose peak fits ``budget`` (at least 1)."""
+        if self.bytes.per_sample <= 0:
             return 2**62
-        return max(1, int((budget - self.constant) // self.per_sample))
+        return max(1, int((budget - self.bytes.constant) // self.bytes.per_sample))
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the storages the operations inside the block create (skipping
+    ``held`` ones) while they are alive, and keeps the peak."""
+
+    def __init__(self, held: set[tuple]):
+        super().__init__()
+        self.held, self.alive, self.live, self.peak = held, {}, 0, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.alive.items() if ref.expired()]:
+            self.live -= self.alive.pop(key)[1]
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                key = _storage_key(t)
+                if key[2] and key not in self.held and key not in self.alive:
+                    nbytes = t.untyped_storage().nbytes()
+                    self.alive[key] = (StorageWeakRef(t.untyped_storage()), nbytes)
+                    self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        return out
 
 
 def _check_options(loss_fn: Any, batch_loss: Any, max_samples: Any, max_graph_bytes: Any) -> None:
@@ -409,6 +461,18 @@ def _load(data: Any, batch_loss: BatchLoss | None, max_samples: int | None, devi
         if max_samples is not None and count >= max_samples:
             break
     return batches
+
+
+def _first_non_finite(t: torch.Tensor) -> tuple[int, float]:
+    """The first sample (leading index) of ``t`` holding a non-finite value, and that value."""
+    if t.dim() == 0:
+        return 0, float(t.real if t.is_complex() else t)
+    rows = t.reshape(len(t), -1)
+    sample = int((~torch.isfinite(rows)).any(1).nonzero()[0])
+    value = rows[sample][~torch.isfinite(rows[sample])][0]
+    if value.is_complex():
+        value = value.real if not torch.isfinite(value.real) else value.imag
+    return sample, float(value)
 
 
 def _has_batch_norm(model: nn.Module) -> bool:
