@@ -579,3 +579,18 @@ def test_a_file_system_without_flock_names_the_lock_file(tmp_path, monkeypatch):
         with rundir.locked(tmp_path):
             pass
     assert e.value.filename == str(tmp_path / rundir.LOCK_NAME)
+
+
+def test_run_train_refuses_a_bad_callback_state_before_rewriting_config_toml(tmp_path):
+    from trainlab.train import config, run
+
+    out = tmp_path / "run"
+    run.train(config.load(None, ["data.name=iris", "train.epochs=1"]), out, progress=False, callbacks=[Counter()])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["callbacks"] = [{"count": 1}]
+    torch.save(state, out / "checkpoint.pt")
+    before = snapshot(out)
+    with pytest.raises(DataError, match="callback Counter cannot load"):
+        run.train(config.load(None, ["data.name=iris", "train.epochs=2"]), out, resume=True, progress=False,
+                  callbacks=[Counter()])
+    assert snapshot(out) == before  # config.toml (train.epochs = 2) not written

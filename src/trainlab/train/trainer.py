@@ -171,7 +171,9 @@ class Trainer:
         A fresh run: ``out`` holds none of :data:`TRAINER_FILES` (unless ``overwrite``). A
         resume: ``checkpoint.pt`` loads, has every key, fits the model and optimizer (same
         keys and shapes) and is finite, and ``metrics.jsonl``/``steps.jsonl`` have no damaged
-        line but a torn last one. Raises :class:`ConfigError`/:class:`DataError` otherwise.
+        line but a torn last one; then the callbacks take their saved states back (the one
+        step that changes anything, and only in memory). Raises
+        :class:`ConfigError`/:class:`DataError` otherwise.
         Calling it before ``fit`` (as :func:`trainlab.train.run.train` does, holding the
         directory's lock) lets a caller write its own files only once the run will start.
         """
@@ -188,7 +190,19 @@ class Trainer:
             if self.writer:
                 prepared["metrics"] = rundir.read_log(self.out / "metrics.jsonl", "epoch")
                 prepared["steps"] = rundir.read_log(self.out / "steps.jsonl", "step")
+            self._load_callbacks(state.get("callbacks") or [], path)  # last: the one check that changes state
         self._prepared = prepared
+
+    def _load_callbacks(self, states: list[Any], path: Path) -> None:
+        """Callbacks' states back from a checkpoint; one a callback refuses is a DataError."""
+        for cb, cb_state in zip(self.callbacks, states):
+            if cb_state is not None and hasattr(cb, "load_state_dict"):
+                try:
+                    cb.load_state_dict(cb_state)
+                except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                    reason = " ".join(f"{type(e).__name__}: {e}".split())
+                    raise DataError(f"checkpoint {str(path)!r} holds a state that callback {type(cb).__name__}"
+                                    f" cannot load ({reason})") from None
 
     @torch.no_grad()
     def evaluate(self, data: Dataset) -> dict[str, float | None]:
@@ -357,13 +371,6 @@ class Trainer:
     def _restore(self, prepared: dict[str, Any]) -> tuple[torch.Tensor | None, int, dict[str, Any] | None]:
         """Load what :meth:`prepare` checked; drop log records of work that is about to be redone."""
         state = prepared["state"]
-        for cb, cb_state in zip(self.callbacks, state.get("callbacks") or []):  # first: only they can refuse now
-            if cb_state is not None and hasattr(cb, "load_state_dict"):
-                try:
-                    cb.load_state_dict(cb_state)
-                except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-                    raise DataError(f"checkpoint {str(self.checkpoint_path)!r} holds a state that callback"
-                                    f" {type(cb).__name__} cannot load ({type(e).__name__}: {' '.join(str(e).split())})") from None
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
