@@ -61,7 +61,7 @@ from trainlab.curvature.density import density_of, fit_budget
 from trainlab.curvature.eigs import check_max_hvp, clamp_k, eigs_of
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator, dense
-from trainlab.data.batches import Batch, as_batches, map_tensors
+from trainlab.data.batches import Batch, BatchLoss, as_batches, map_tensors
 from trainlab.errors import ConfigError
 
 VERDICTS = ("not_critical", "saddle", "local_minimum", "local_maximum", "degenerate")
@@ -142,9 +142,9 @@ class Diagnosis:
         counted = self.minimum_ratio_stderr == 0 and low == high  # exact path, or every eigenvalue computed
         approx = "" if counted else "≈ "
         ratio = (f"{self.minimum_ratio:.3f}" if counted
-                 else f"≈ {self.minimum_ratio:.3f} ± {self.minimum_ratio_stderr:.3f} (estimated; ± is the standard error"
-                      f" over the density's probes)\n    bounds {low:.3f}–{high:.3f}: the quadrature's resolution (the shares of"
-                      " its cells wholly above and touching the flat threshold)")
+                 else f"≈ {self.minimum_ratio:.3f} ± {self.minimum_ratio_stderr:.3f} (estimated; ± is the standard"
+                      f" error over the density's probes)\n    bounds {low:.3f}–{high:.3f}: the quadrature's"
+                      " resolution (the shares of its cells wholly above and touching the flat threshold)")
         doubt = _doubt(self)
         lines = [
             f"verdict: {self.verdict.replace('_', ' ')}" + (f" (uncertain: {doubt})" if doubt else ""),
@@ -236,7 +236,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
              eig_tol: float = 1e-6, eig_floor: float = 1e-10, method: str = "auto", dense_max_params: int = 2_000,
              k: int = 10, tol: float = 1e-6, probes: int = 10, steps: int = 80, seed: int = 0,
              mode: str = "eval", distributed: bool | None = None, group: object = None, *,
-             max_hvp: int | None = None, max_seconds: float | None = 60.0, batch_loss: Any = None,
+             max_hvp: int | None = None, max_seconds: float | None = 60.0, batch_loss: BatchLoss | None = None,
              max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES,
              progress: bool = True) -> Diagnosis:
     """Loss, gradient norm, Hessian spectrum, verdict and minimum ratio at the current parameters.

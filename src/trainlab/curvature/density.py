@@ -32,7 +32,7 @@ from trainlab.curvature.eigs import check_max_hvp
 from trainlab.curvature.lanczos import _unit, step
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
-from trainlab.data.batches import Batch
+from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
 TRACE_METHODS = ("hutch++", "hutchinson")
@@ -145,7 +145,7 @@ class Trace:
 
 def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], probes: int = 10, steps: int = 80,
             sigma: float | None = None, grid_points: int = 1000, seed: int = 0, mode: str = "eval",
-            distributed: bool | None = None, group: object = None, *, batch_loss: Any = None,
+            distributed: bool | None = None, group: object = None, *, batch_loss: BatchLoss | None = None,
             max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None,
             progress: bool = True) -> Density:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (module docstring).
@@ -239,7 +239,7 @@ def _check_positive(**values: Any) -> None:
 
 def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], samples: int = 30,
           method: str = "hutch++", seed: int = 0, mode: str = "eval", distributed: bool | None = None,
-          group: object = None, *, batch_loss: Any = None, max_samples: int | None = None,
+          group: object = None, *, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
           max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None, progress: bool = True) -> Trace:
     """``tr H`` (the sum of the Hessian's eigenvalues) by Hutch++ or Hutchinson, with a standard error.
 

@@ -12,7 +12,7 @@ from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.lanczos import WHICH, lanczos
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
-from trainlab.data.batches import Batch
+from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
 #: How many values a summary shows at each end.
@@ -82,8 +82,8 @@ def _listing(values: torch.Tensor, fmt: str = ".6g") -> str:
 def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], k: int = 10,
          which: str = "largest", tol: float = 1e-6, max_hvp: int | None = None, basis_size: int | None = None,
          seed: int = 0, mode: str = "eval", distributed: bool | None = None, group: object = None, *,
-         batch_loss: Any = None, max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES,
-         progress: bool = True) -> Eigs:
+         batch_loss: BatchLoss | None = None, max_samples: int | None = None,
+         max_graph_bytes: float = DEFAULT_GRAPH_BYTES, progress: bool = True) -> Eigs:
     """The ``k`` largest, ``k`` most negative, or both, eigenpairs of the Hessian ``H`` of the
     loss, by thick-restart Lanczos (:mod:`trainlab.curvature.lanczos`) on the model's device.
 

@@ -29,7 +29,7 @@ from torch import nn
 from trainlab.curvature.critical import Diagnosis
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, LossFn, analysis_mode
 from trainlab.curvature.products import _operator
-from trainlab.data.batches import Batch
+from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
 ARMIJO = 0.1
@@ -89,7 +89,7 @@ def _restore(params: list[torch.Tensor], origin: list[torch.Tensor]) -> None:
 
 def escape(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], diagnosis: Diagnosis,
            max_halvings: int = 40, mode: str = "eval", distributed: bool | None = None, group: object = None, *,
-           force: bool = False, batch_loss: Any = None, max_samples: int | None = None,
+           force: bool = False, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
            max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> Escape:
     """Move ``model``'s parameters along the negative curvature ``diagnosis`` found (module docstring).
 
