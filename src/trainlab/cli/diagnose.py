@@ -182,14 +182,16 @@ def _from_run(args: argparse.Namespace) -> Target:
 # ------------------------------------------------------------------------------------------ --model
 def _from_factory(args: argparse.Namespace) -> Target:
     from trainlab import data as data_mod
+    from trainlab import distributed
     from trainlab.train.run import LOSSES
 
     model = _build(args.model)
     state = _read_weights(Path(args.weights))
     wrapped = _unwrapped(state, model)
     if wrapped is not None:
-        print(f"note: --weights {args.weights}: the 'module.' prefix of DistributedDataParallel / DataParallel"
-              " removed from every key")
+        if distributed.rank() == 0:
+            print(f"note: --weights {args.weights}: the 'module.' prefix of DistributedDataParallel / DataParallel"
+                  " removed from every key")
         state = wrapped
     _load(model, state, f"--weights {args.weights!r}", f"the model {args.model}() builds")
     train, _ = data_mod.load(args.data, standardize=not args.no_standardize)
