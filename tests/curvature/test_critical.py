@@ -217,8 +217,9 @@ def test_the_exact_path_refuses_past_its_time_and_memory_budget(small_mlp_proble
     with pytest.raises(ConfigError, match=r"the exact path on 57 parameters would take about .* s .* above"
                                           r" max_seconds=1e-09.*use method='lanczos'"):
         diagnose(model, F.cross_entropy, (x, y), method="dense", max_seconds=1e-9, progress=False)
-    d = diagnose(model, F.cross_entropy, (x, y), max_seconds=1e-9, k=3, progress=False)  # auto: falls back
+    d = diagnose(model, F.cross_entropy, (x, y), max_seconds=1e-9, k=3, max_hvp=70, progress=False)  # auto: falls back
     assert d.method == "lanczos" and "the Lanczos path is used instead" in d.notes[0]
+    assert d.n_hvp <= 70  # the products timing the exact path count too
     monkeypatch.setattr(critical, "DENSE_MAX_BYTES", 1000)
     with pytest.raises(ConfigError, match=r"above the memory limit DENSE_MAX_BYTES=.*use method=.lanczos."):
         diagnose(model, F.cross_entropy, (x, y), method="dense", progress=False)

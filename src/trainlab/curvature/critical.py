@@ -224,12 +224,13 @@ class _Spectrum:
 
 
 class _OverBudget(ConfigError):
-    """The exact path would take longer, or more memory, than allowed; ``estimate`` says how much."""
+    """The exact path would take longer, or more memory, than allowed; ``estimate`` says how much,
+    ``n_hvp`` how many products measuring it took."""
 
-    def __init__(self, estimate: str):
+    def __init__(self, estimate: str, n_hvp: int):
         super().__init__(f"{estimate}; use method='lanczos' (extreme eigenvalues and estimated counts), or raise"
                          " max_seconds")
-        self.estimate = estimate
+        self.estimate, self.n_hvp = estimate, n_hvp
 
 
 def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], grad_tol: float = 1e-3,
@@ -294,14 +295,13 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     needed = n + min(n, TIMING_PRODUCTS)
     if chosen == "dense" and max_hvp is not None and max_hvp < needed:
         reason = (f"the exact path needs {needed:,} Hessian-vector products (one per parameter, and a few to time"
-                  f" them), more than"
-                  f" max_hvp={max_hvp:,}")
+                  f" them), more than max_hvp={max_hvp:,}")
         if method == "dense":
             raise ConfigError(f"{reason}; use method='lanczos' (extreme eigenvalues and estimated counts), or raise"
                               " max_hvp")
         notes.append(f"{reason}: the Lanczos path is used instead")
         chosen = "lanczos"
-    spectrum = None
+    spectrum, spent = None, 0  # spent: products of an exact path that turned out over budget
     if chosen == "dense":
         try:
             spectrum = _exact(model, loss_fn, data, mode, distributed, group, options, eig_tol, eig_floor,
@@ -310,14 +310,15 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             if method == "dense":
                 raise
             notes.append(f"{refusal.estimate}: the Lanczos path is used instead")
-            chosen = "lanczos"
+            chosen, spent = "lanczos", refusal.n_hvp
     if spectrum is None:
         k, clamped = clamp_k(k, "both", n)
         notes += clamped
         with analysis_mode(model, mode):
             op = _operator(model, loss_fn, data, mode, distributed, group, **options)
-            with progress_bar.counting(op, max_hvp, "diagnose", progress):
-                spectrum = _estimated(op, k, tol, probes, steps, seed, eig_tol, eig_floor, max_hvp, notes)
+            budget = None if max_hvp is None else max_hvp - spent
+            with progress_bar.counting(op, budget, "diagnose", progress):
+                spectrum = _estimated(op, k, tol, probes, steps, seed, eig_tol, eig_floor, budget, notes)
     s = spectrum
     like = next(p for p in model.parameters() if p.requires_grad)  # the caller's device and dtype
     has_positive, has_negative = bool(s.values[0] > s.threshold), bool(s.values[-1] < -s.threshold)
@@ -327,7 +328,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         n_positive=float(s.counts[0]), n_negative=float(s.counts[1]), n_flat=float(s.counts[2]),
         minimum_ratio=s.ratio, minimum_ratio_stderr=s.stderr, minimum_ratio_bounds=s.bounds,
         negative_curvature=has_negative, grad_tol=grad_tol, eig_tol=eig_tol, eig_floor=eig_floor,
-        flat_threshold=s.threshold, method=chosen, n_params=n, n_hvp=s.n_hvp, seconds=timer.seconds,
+        flat_threshold=s.threshold, method=chosen, n_params=n, n_hvp=spent + s.n_hvp, seconds=timer.seconds,
         escape_directions=s.directions.to(device=like.device, dtype=like.dtype),
         escape_eigenvalues=s.escape_values.double().cpu(), notes=notes)
     doubt = _doubt(d)
@@ -386,7 +387,8 @@ def _check_dense_budget(op: HessianOperator, max_seconds: float | None) -> None:
         over.append(f"the memory limit DENSE_MAX_BYTES={_size(DENSE_MAX_BYTES)}")
     if over:
         raise _OverBudget(f"the exact path on {n:,} parameters would take about {seconds:,.0f} s ({n:,} Hessian-vector"
-                          f" products and an eigendecomposition) and {_size(memory)}, above {' and '.join(over)}")
+                          f" products and an eigendecomposition) and {_size(memory)}, above {' and '.join(over)}",
+                          op.n_hvp)
 
 
 def _seconds_per_product(op: HessianOperator) -> float:
