@@ -206,7 +206,8 @@ class TestNonFinite:
         model, x, y = problem
         with torch.no_grad():
             model[2].weight[0, 0] = float("inf")
-        with pytest.raises(DataError, match=r"loss on batch 0 is (nan|inf) at the analysed point: parameter '2.weight'"):
+        with pytest.raises(DataError, match=r"loss on batch 0 is (nan|inf) at the analysed point: parameter"
+                                            r" '2.weight'"):
             hvp(model, F.cross_entropy, (x, y), torch.zeros(57, dtype=torch.float64))
 
     def test_a_loss_that_overflows(self, problem):

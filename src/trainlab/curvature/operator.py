@@ -222,8 +222,8 @@ class HessianOperator:
         bad = next((names.get(id(p), "?") for p in self.params if not bool(torch.isfinite(p).all())), None)
         why = (f"parameter {bad!r} holds non-finite values (a diverged run?)" if bad is not None else
                "the parameters and data are finite, so the model or the loss overflows at these parameters")
-        raise DataError(f"the loss on batch {index} is {float(loss.detach())} at the analysed point: {why}; no curvature can be"
-                        " computed there")
+        raise DataError(f"the loss on batch {index} is {float(loss.detach())} at the analysed point: {why}; no"
+                        " curvature can be computed there")
 
     def _measure_graph(self) -> "_GraphSize":
         """Graph and peak bytes of one batch as ``a + b n``, fitted to slices of the first batch
@@ -302,7 +302,8 @@ class HessianOperator:
                 grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
                 loss, self._grad = total.detach(), _flat(grads, self.params)
             else:
-                flat, loss = torch.zeros(self.n, device=self.device, dtype=self.dtype), torch.zeros((), device=self.device)
+                flat = torch.zeros(self.n, device=self.device, dtype=self.dtype)
+                loss = torch.zeros((), device=self.device)
                 for part in self._weighted_losses():
                     flat += _flat(torch.autograd.grad(part, self.params, allow_unused=True), self.params)
                     loss = loss + part.detach()

@@ -55,6 +55,8 @@ def as_batches(data: Any, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
 def batch_size_of(batch: Any) -> int:
     """The number of samples in ``batch``: ``len(y)`` of an ``(x, y)`` pair; for a dict, tuple
     or list the leading dimension its tensors share (a :class:`DataError` if they disagree)."""
+    if _is_pair(batch) and batch[1].dim() > 0:  # x may be laid out otherwise (time-major sequences)
+        return len(batch[1])
     tensors = [t for t in _tensors(batch) if t.dim() > 0]
     if not tensors:
         raise DataError(f"cannot tell how many samples a batch holds: its {_describe(batch)} has no tensor with a"
@@ -126,8 +128,6 @@ def _named(prefix: str, item: Any) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _tensors(batch: Any) -> list[torch.Tensor]:
-    if _is_pair(batch):
-        return [batch[1], batch[0]]  # y first: a pair's size is len(y)
     return [t for _, t in _named("", batch)]
 
 
