@@ -183,6 +183,32 @@ def test_analysis_refuses_and_leaves_the_model_as_it_was(c, call, error, names):
         assert after == before, "the refused call changed the model, its flags or the random states"
 
 
+# ---------------------------------------------------------------- no side effects on success either
+
+ANALYSES = {
+    "gradient": lambda c, mode: cv.gradient(c.model, c.loss, (c.x, c.y), mode=mode),
+    "hvp": lambda c, mode: cv.hvp(c.model, c.loss, (c.x, c.y), torch.ones(c.n), mode=mode),
+    "hessian": lambda c, mode: cv.hessian(c.model, c.loss, (c.x, c.y), mode=mode),
+    "eigs": lambda c, mode: cv.eigs(c.model, c.loss, (c.x, c.y), k=2, mode=mode, progress=False),
+    "density": lambda c, mode: cv.density(c.model, c.loss, (c.x, c.y), probes=2, steps=10, mode=mode,
+                                          progress=False),
+    "trace": lambda c, mode: cv.trace(c.model, c.loss, (c.x, c.y), samples=6, mode=mode, progress=False),
+    "diagnose": lambda c, mode: cv.diagnose(c.model, c.loss, (c.x, c.y), mode=mode, progress=False),
+}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("analysis", list(ANALYSES))
+def test_analysis_leaves_the_model_as_it_was(c, analysis, mode):
+    """issue 12: with mode="train" the analyses changed BatchNorm's running statistics and
+    num_batches_tracked. (Dropout is switched off for train mode, where its random masks would
+    make the loss a different function at every call.)"""
+    c.model[3].p = 0.0 if mode == "train" else 0.1
+    before = digest(c.model)
+    ANALYSES[analysis](c, mode)
+    assert digest(c.model) == before
+
+
 # ---------------------------------------------------------------- what the issue says must work
 
 

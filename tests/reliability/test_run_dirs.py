@@ -205,8 +205,11 @@ def test_resume_drops_a_torn_last_line(tmp_path):
 # ---------------------------------------------------------------- one writer per directory; unique names
 
 
-def test_default_run_names_are_unique_within_a_second(tmp_path):
-    """issue 12: two runs started in the same second shared the default run directory."""
+def test_default_run_names_are_unique_within_a_second(tmp_path, monkeypatch):
+    """issue 12: two runs started in the same second shared the default run directory. The
+    clock is held at one second for all three runs."""
+    frozen = time.localtime()
+    monkeypatch.setattr(time, "localtime", lambda seconds=None: frozen)
     for _ in range(3):
         result = run_cli(["train", *TINY], tmp_path)
         assert result.code == 0, result.err
