@@ -235,7 +235,8 @@ def test_run_directory_then_checkpoint_faults(tmp_path, capsys):
     good = (tmp_path / "s.png").read_bytes()
     data = (out / "checkpoint.pt").read_bytes()
     for content, fragment in ((data, f"holds non-finite weights in {name}; it is not a usable point to analyse"),
-                              (data[:100], "cannot read checkpoint"), (b"", "cannot read checkpoint")):
+                              (data[:100], "cannot be read by torch.load"), (b"", "is empty (0 bytes)"),
+                              (b"not a checkpoint", "cannot be read by torch.load")):
         (out / "checkpoint.pt").write_bytes(content)
         before = tree(tmp_path)
         code = main(["diagnose", str(out), "--out", str(tmp_path / "s.png")])

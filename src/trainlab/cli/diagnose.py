@@ -151,7 +151,6 @@ def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ a run
 def _from_run(args: argparse.Namespace) -> Target:
-    from trainlab.train import checkpoint
     from trainlab.train import run as run_mod
 
     path = Path(args.path)
@@ -163,10 +162,7 @@ def _from_run(args: argparse.Namespace) -> Target:
                           " directory of `trainlab train`?)")
     config = run_mod.saved_config(run_dir)
     parts = run_mod.build(config)
-    try:
-        saved = checkpoint.load(ckpt, map_location="cpu")
-    except Exception as e:  # truncated, empty or foreign files fail in many ways inside torch.load
-        raise DataError(f"cannot read checkpoint {str(ckpt)!r}: {_one_line(e)}") from None
+    saved = _torch_load(ckpt, f"checkpoint {str(ckpt)!r}")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise DataError(f"checkpoint {str(ckpt)!r} holds no model state (no 'model' entry); it was not written by"
                         " `trainlab train`")
@@ -245,7 +241,8 @@ def _build(spec: str) -> nn.Module:
     except (Exception, SystemExit) as e:
         raise ConfigError(f"--model {spec!r}: calling {attr}() failed: {_one_line(e)}") from None
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {spec!r}: {attr}() returned an object of type {type(model).__name__}, not a torch.nn.Module")
+        raise ConfigError(f"--model {spec!r}: {attr}() returned an object of type {type(model).__name__},"
+                          " not a torch.nn.Module")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"--model {spec!r}: the model has no trainable parameters to analyse")
     return model
@@ -258,29 +255,40 @@ def _read_weights(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"--weights {str(path)!r}: " + ("is a directory, not a file" if path.is_dir()
                                                         else "no such file"))
-    if path.stat().st_size == 0:
-        raise DataError(f"--weights {str(path)!r} is empty (0 bytes); expected a state_dict saved with torch.save")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses pickled objects (unpickling them could run any code) and foreign bytes
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise DataError(f"--weights {str(path)!r} holds a pickled {found.group(1)} (a whole model?), which"
-                            " torch.load(weights_only=True) refuses to run; save model.state_dict() instead") from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.S)
-        raise DataError(f"--weights {str(path)!r} cannot be read by torch.load (not written by torch.save, or"
-                        f" truncated): {' '.join((reason.group(1) if reason else _one_line(e)).split())}") from None
-    except Exception as e:  # truncated or foreign files fail in many ways inside torch.load
-        raise DataError(f"--weights {str(path)!r} cannot be read by torch.load (not written by torch.save, or"
-                        f" truncated): {_one_line(e)}") from None
+    saved = _torch_load(path, f"--weights {str(path)!r}")
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
         saved = saved["model"]
     if not isinstance(saved, dict) or not saved or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                            for k, v in saved.items()):
-        raise DataError(f"--weights {str(path)!r} holds an object of type {type(saved).__name__}, not a state_dict (a dict of"
-                        " parameter names to tensors, or a checkpoint with one under 'model')")
+        raise DataError(f"--weights {str(path)!r} holds an object of type {type(saved).__name__}, not a state_dict"
+                        " (a dict of parameter names to tensors, or a checkpoint with one under 'model')")
     return saved
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; every way the file can be unusable
+    is one sentence naming ``what``. An OSError (permissions, I/O) is the environment's, and
+    passes through for the CLI's exit status 1."""
+    import torch
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{what} is empty (0 bytes); expected a state_dict saved with torch.save")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as e:
+        # weights_only refuses pickled objects (unpickling them could run any code) and foreign bytes
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise DataError(f"{what} holds a pickled {found.group(1)} (a whole model?), which"
+                            " torch.load(weights_only=True) refuses to run; save model.state_dict() instead") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.S)
+        raise DataError(f"{what} cannot be read by torch.load (not written by torch.save, or truncated):"
+                        f" {' '.join((reason.group(1) if reason else _one_line(e)).split())}") from None
+    except Exception as e:  # truncated or foreign files fail in many ways inside torch.load
+        raise DataError(f"{what} cannot be read by torch.load (not written by torch.save, or truncated):"
+                        f" {_one_line(e)}") from None
 
 
 def _unwrapped(state: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
@@ -299,6 +307,10 @@ def _load(model: nn.Module, state: dict[str, Any], source: str, what: str) -> No
     import torch
 
     expected = model.state_dict()
+    foreign = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if foreign:
+        raise DataError(f"{source} does not fit {what}: {_names(foreign)} hold{'s' if len(foreign) == 1 else ''}"
+                        " no tensor")
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
