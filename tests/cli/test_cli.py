@@ -433,3 +433,25 @@ def test_a_second_run_is_refused_while_another_process_holds_the_directory(tmp_p
     line = error_line(capsys, code, 2)
     assert f"is in use by another trainlab run (pid {first.pid})" in line
     assert first.returncode == 0 and sorted(p.name for p in run.iterdir()) == RUN_FILES
+
+
+def test_num_classes_with_an_empty_class_warns_in_one_line_and_builds_that_many_outputs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "three.npz"
+    np.savez(path, x=rng.normal(size=(60, 4)), y=np.repeat([0, 1, 2], 20))
+    out = tmp_path / "run"
+    code = main(["train", "--set", f"data.name={path}", "--set", "data.num_classes=5", "--set", "train.epochs=1",
+                 "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0
+    assert len(err) == 1 and err[0].startswith("trainlab train: warning:") and "3" in err[0] and "4" in err[0]
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    last_bias = [v for k, v in weights.items() if k.endswith("bias")][-1]
+    assert last_bias.shape == (5,)
+
+
+def test_small_cnn_on_data_it_cannot_pool_names_the_key(tmp_path, capsys):
+    code = main(["train", "--set", "data.name=iris", "--set", "model.name=small_cnn", "--no-progress",
+                 "--out", str(tmp_path / "r")])
+    line = one_error_line(capsys, code)
+    assert "model.name = 'small_cnn'" in line and "(4,)" in line and not (tmp_path / "r").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from trainlab import __version__, distributed
@@ -33,8 +34,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        distributed.init()  # under torchrun: join the process group; a no-op in one process
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            distributed.init()  # under torchrun: join the process group; a no-op in one process
+            return args.run(args)
     except (ConfigError, DataError) as e:
         print(f"trainlab {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -47,6 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"trainlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(command: str):
+    """A warning as one line, ``trainlab COMMAND: warning: MESSAGE`` (Python's default shows
+    the file and source line too, which mean nothing to a user of the command line)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"trainlab {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    return show
 
 
 def describe_os_error(e: OSError) -> str:

@@ -61,7 +61,7 @@ def build(config: RunConfig) -> Parts:
     """Data (raw features), and a model whose first module standardises them with the
     training split's statistics, so the checkpointed model takes raw inputs."""
     train_data, test_data = data.load(config.data.name, test_fraction=config.data.test_fraction, seed=config.seed,
-                                      standardize=False)
+                                      standardize=False, num_classes=config.data.num_classes or None)
     network = build_model(config.model, train_data.tensors[0].shape[1:], data.num_classes(train_data, test_data),
                           seed=config.seed)
     model = nn.Sequential(tnn.Standardizer().fit(train_data.tensors[0]), *network)
@@ -94,6 +94,9 @@ def build_model(cfg: config_mod.ModelConfig, input_shape: torch.Size, num_classe
         return tnn.mlp(math.prod(input_shape), cfg.hidden, num_classes, activation=cfg.activation,
                        batch_norm=cfg.batch_norm, seed=seed)
     channels, side = _image_shape(input_shape)
+    if side % 4:  # small_cnn's two pooling blocks each halve the side
+        raise ConfigError(f"model.name = 'small_cnn' needs images whose side is divisible by 4; the data's inputs"
+                          f" have shape {tuple(input_shape)} (side {side}); use model.name = 'mlp' for this data")
     return tnn.small_cnn(channels, side, num_classes, activation=cfg.activation, batch_norm=cfg.batch_norm,
                          seed=seed)
 
