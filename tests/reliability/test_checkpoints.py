@@ -153,7 +153,7 @@ def test_diagnose_a_checkpoint_file_by_path(tmp_path):
 
 DIVERGING = ["--set", "model.hidden=[16]", "--set", "model.activation=identity", "--set", "train.batch_size=8",
              "--set", "optimizer.name=sgd", "--set", "optimizer.lr=10", "--set", "schedule.name=linear_warmup",
-             "--set", "schedule.warmup_steps=80", "--set", "train.epochs=8"]
+             "--set", "schedule.warmup_steps=80", "--set", "train.epochs=8", "--set", "train.device=cpu"]
 
 
 def test_diverged_run_keeps_a_finite_checkpoint_and_names_its_epoch(tmp_path):

@@ -20,7 +20,7 @@ from trainlab.train import config as config_mod
 from trainlab.train import run as run_mod
 
 SETTINGS = ["data.name=iris", "model.hidden=[8]", "model.batch_norm=true", "train.batch_size=16", "train.epochs=3",
-            "schedule.name=warmup_cosine", "schedule.warmup_steps=5", "optimizer.lr=0.01"]
+            "schedule.name=warmup_cosine", "schedule.warmup_steps=5", "optimizer.lr=0.01", "train.device=cpu"]
 STEPS_PER_EPOCH = 8  # 120 training samples in batches of 16
 TIMING = ("seconds", "seconds_per_update", "total_seconds")
 
