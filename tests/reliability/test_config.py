@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliability.conftest import TINY_SETTINGS, refused
+from reliability.conftest import TINY, TINY_SETTINGS, assert_one_line, assert_unchanged, refused, run_cli, tree_hash, unprivileged
 
 BIG = 2**64
 
@@ -78,3 +78,14 @@ def test_bad_config_file_is_refused(tmp_path, text, names, sets):
             overrides += ["--set", f"{key}={value}".replace("'", "")]
     refused(["train", "--config", cfg, *overrides, "--no-progress", "--out", tmp_path / "run"],
             tmp_path, 2, names)
+
+
+def test_unreadable_config_file_is_an_environment_fault(open_tmp):
+    cfg = open_tmp / "run.toml"
+    cfg.write_text("seed = 0\n")
+    cfg.chmod(0o000)
+    before = tree_hash(open_tmp)
+    with unprivileged():
+        result = run_cli(["train", "--config", cfg, *TINY, "--out", open_tmp / "run"], open_tmp)
+    assert_one_line(result, 1, ["run.toml"])
+    assert_unchanged(before, tree_hash(open_tmp))

@@ -192,14 +192,25 @@ def test_resume_refuses_a_damaged_line_in_the_middle_of_a_log(tmp_path, log, tex
             [log, f"line {number}"])
 
 
-def test_resume_drops_a_torn_last_line(tmp_path):
+@pytest.mark.parametrize("log, key", [("metrics.jsonl", "epoch"), ("steps.jsonl", "step")])
+def test_resume_drops_a_torn_last_line(tmp_path, log, key):
+    """A crash mid-write leaves a torn last line: dropped on resume, as before, and nothing else."""
     out = tiny_run(tmp_path / "run", epochs=2)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 3, "train_lo')
+    kept = [json.loads(line)[key] for line in (out / log).read_text().splitlines()]
+    with open(out / log, "a") as f:
+        f.write(f'{{"{key}": 999, "lo')
     result = run_cli(["train", "--resume", "--set", "train.epochs=3", "--no-progress", "--out", out], tmp_path)
     assert result.code == 0, result.err
-    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    values = [json.loads(line)[key] for line in (out / log).read_text().splitlines()]
+    assert values[:len(kept)] == kept and 999 not in values and values == sorted(set(values))
+
+
+def test_resume_with_a_log_that_is_a_directory(tmp_path):
+    out = tiny_run(tmp_path / "run")
+    (out / "steps.jsonl").unlink()
+    (out / "steps.jsonl").mkdir()
+    refused(["train", "--resume", "--set", "train.epochs=2", "--no-progress", "--out", out], tmp_path, 1,
+            ["steps.jsonl"])
 
 
 # ---------------------------------------------------------------- one writer per directory; unique names
