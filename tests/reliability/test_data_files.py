@@ -182,3 +182,13 @@ def test_declared_num_classes_below_a_label_is_refused(tmp_path):
     (tmp_path / "d.npz").write_bytes(npz(x=features(), y=labels()))
     with pytest.raises(DataError, match="2"):
         tl.data.load(tmp_path / "d.npz", num_classes=2)
+
+
+def test_declared_num_classes_warns_in_one_line_from_the_cli(tmp_path):
+    """``data.num_classes`` above the labels present trains, and says which classes are empty in one line."""
+    (tmp_path / "d.npz").write_bytes(npz(x=features(), y=labels()))
+    result = run_cli([*BASE, "--set", f"data.name={tmp_path / 'd.npz'}", "--set", "data.num_classes=5",
+                      "--out", tmp_path / "run"], tmp_path)
+    assert result.code == 0, result.err
+    assert len(result.lines) == 1 and "Traceback" not in result.err, result.err
+    assert "3" in result.lines[0] and "4" in result.lines[0]
