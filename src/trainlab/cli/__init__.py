@@ -20,8 +20,16 @@ from trainlab.errors import ConfigError, DataError, DivergenceError
 SUBCOMMANDS = (demo, train, diagnose, schedule)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line too (exit 2, as argparse's own):
+    ``trainlab train: error: argument --k: invalid int value: 'abc' (see trainlab train --help)``."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="trainlab",
         description="Why won't my network train? Diagnose critical points and apply the standard remedies.")
     p.add_argument("--version", action="version", version=f"trainlab {__version__}")
