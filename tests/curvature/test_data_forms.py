@@ -137,6 +137,8 @@ def test_batch_size_of():
     assert batch_size_of((torch.zeros(6, 1), torch.zeros(6), torch.tensor(1.0))) == 6  # 0-d: not per sample
     with pytest.raises(DataError, match="disagree on the number of samples.*\\[3, 4\\]"):
         batch_size_of({"a": torch.zeros(4, 2), "b": torch.zeros(3)})
+    with pytest.raises(DataError, match="inputs hold 5 samples and its targets 4"):
+        batch_size_of((x, y[:4]))
     with pytest.raises(DataError, match="no tensor with a leading"):
         batch_size_of({"a": "text"})
 

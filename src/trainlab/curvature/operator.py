@@ -336,7 +336,7 @@ class HessianOperator:
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``(H vᵢ)ᵢ`` for the rows of an ``(m, n)`` block, together (see ``_products``)."""
         if vectors.dim() != 2 or vectors.shape[1] != self.n:
-            raise ValueError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
+            raise ConfigError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
         self.n_hvp += len(vectors)
         if self.keep_graph:

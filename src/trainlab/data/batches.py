@@ -55,8 +55,12 @@ def as_batches(data: Any, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
 def batch_size_of(batch: Any) -> int:
     """The number of samples in ``batch``: ``len(y)`` of an ``(x, y)`` pair; for a dict, tuple
     or list the leading dimension its tensors share (a :class:`DataError` if they disagree)."""
-    if _is_pair(batch) and batch[1].dim() > 0:  # x may be laid out otherwise (time-major sequences)
-        return len(batch[1])
+    if _is_pair(batch) and batch[1].dim() > 0:
+        x, y = batch
+        if x.dim() > 0 and len(x) != len(y):
+            raise DataError(f"a batch's inputs hold {len(x)} samples and its targets {len(y)}; they must hold one row"
+                            " per sample each (for another layout pass batch_loss=(model, batch) -> mean loss)")
+        return len(y)
     tensors = [t for t in _tensors(batch) if t.dim() > 0]
     if not tensors:
         raise DataError(f"cannot tell how many samples a batch holds: its {_describe(batch)} has no tensor with a"
