@@ -21,7 +21,7 @@ times both).
 
 Memory: the kept graph grows with the sample count, so it is kept only while it fits
 ``max_graph_bytes`` (default :data:`DEFAULT_GRAPH_BYTES`) — the graph together with a product
-running through it, which on a CNN takes about 1.8× the graph alone. Both are measured, not
+running through it, which on a CNN takes about 1.5× the graph alone. Both are measured, not
 guessed, on two slices of the first batch (``m`` and ``m/2`` samples, ``m ≤ 32``), giving
 ``bytes(n) ≈ a + b n`` per batch: the graph as the tensors autograd saves while building
 ``∇L`` (``torch.autograd.graph.saved_tensors_hooks``, each storage once), the peak as the
