@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from trainlab.errors import ConfigError
 from trainlab.optim import schedules
@@ -40,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if "total_steps" in schedules.parameters(args.name):
         kwargs.setdefault("total_steps", args.steps or 1000)
     steps = args.steps or kwargs.get("total_steps", 1000)  # trace() validates total_steps before using it
-    if not args.lr > 0:
-        raise ConfigError(f"--lr {args.lr} is not allowed; expected a number > 0")
+    if not 0 < args.lr < math.inf:
+        raise ConfigError(f"--lr {args.lr} is not allowed; expected a finite number > 0")
     from trainlab.report import plots  # matplotlib: only when drawing
 
     lrs = schedules.trace(args.name, steps, lr=args.lr, **kwargs)

@@ -3,6 +3,7 @@ pyplot's global state or needs a display."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -25,9 +26,20 @@ def learning_rate_figure(lrs: Sequence[float], title: str) -> Figure:
 
 
 def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path``, atomically (a temporary sibling moved over it), so a
+    full disk or an interruption never leaves a torn figure; a symbolic link is written
+    through, to its target. An :class:`OSError` names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    target = path if path.is_symlink() else path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=120, format="png")
+        os.replace(target, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    finally:
+        if target != path:
+            target.unlink(missing_ok=True)
     return path
 
 
