@@ -126,7 +126,7 @@ def test_resumed_with_more_epochs_matches_a_longer_run(tmp_path, reference):
 def test_sigint_to_a_training_process_then_resume(tmp_path):
     """A real Ctrl-C to ``trainlab train`` in its own process mid-run; resumed here, the run ends
     bit-identical to an uninterrupted one."""
-    settings = [*SETTINGS, "train.batch_size=2", "train.epochs=6"]
+    settings = [*SETTINGS, "train.batch_size=2", "train.epochs=10"]
     args = ["train", *sum((["--set", s] for s in settings), []), "--no-progress"]
     reference = tmp_path / "reference"
     assert run_cli([*args, "--out", reference], tmp_path).code == 0
