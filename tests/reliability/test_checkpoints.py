@@ -180,3 +180,33 @@ def test_diverged_before_any_checkpoint(tmp_path):
     assert_one_line(result, 1, ["diverged"])
     refused(["diagnose", out, "--no-progress"], tmp_path, 2, ["checkpoint.pt"])
     refused(["train", "--resume", "--no-progress", "--out", out], tmp_path, 2, ["checkpoint"])
+
+
+class PoisonAt:
+    """Sets a weight to Inf after update ``k``: the epoch's training losses stay finite, its weights do not."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def on_step_end(self, trainer, record):
+        if trainer.step == self.k:
+            with torch.no_grad():
+                next(trainer.module.parameters()).view(-1)[0] = math.inf
+
+
+def test_non_finite_weights_at_an_epoch_end_are_never_the_good_checkpoint(tmp_path):
+    """A checkpoint counts as good only when every parameter, buffer and optimizer state is
+    finite: the run stops as diverged and keeps epoch 1's."""
+    from trainlab.errors import DivergenceError
+    from trainlab.train import config as config_mod
+    from trainlab.train import run as run_mod
+
+    config = config_mod.load(None, ["data.name=iris", "model.hidden=[4]", "train.batch_size=16", "train.epochs=3",
+                                    "train.device=cpu"])
+    out = tmp_path / "run"
+    with pytest.raises(DivergenceError):
+        run_mod.train(config, out, progress=False, callbacks=[PoisonAt(16)])  # 8 updates per epoch
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
