@@ -231,6 +231,21 @@ def test_default_run_names_are_unique_within_a_second(tmp_path, monkeypatch):
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_two_processes_started_together_get_two_run_directories(tmp_path):
+    """issue 12's scene: two runs started at once with default names; each keeps its own
+    directory, with one run's metrics and a checkpoint each."""
+    procs = [subprocess.Popen([sys.executable, "-m", "trainlab", "train", *TINY], cwd=tmp_path, env=subprocess_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 LOCK_HOLDER = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
                " fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode());"
                " print('locked', flush=True); time.sleep(60)")
