@@ -252,12 +252,15 @@ def test_closure_is_evaluated_with_gradients():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda p: SGD(p, lr=0), "SGD: lr=0 is not allowed; expected a number > 0"),
+    (lambda p: SGD(p, lr=0), "SGD: lr=0 is not allowed; expected a finite number > 0"),
+    (lambda p: SGD(p, lr=float("inf")), "SGD: lr=inf is not allowed; expected a finite number > 0"),
+    (lambda p: Adam(p, weight_decay=float("inf")), "Adam: weight_decay=inf is not allowed; expected a finite number >= 0"),
+    (lambda p: RMSProp(p, weight_decay=float("nan")), "RMSProp: weight_decay=nan is not allowed"),
     (lambda p: SGD(p, lr=-1e-3), "lr=-0.001"),
     (lambda p: SGD(p, lr=0.1, momentum=1.0), r"momentum=1.0 is not allowed; expected a number in \[0, 1\)"),
     (lambda p: SGD(p, lr=0.1, momentum=-0.1), "momentum=-0.1"),
     (lambda p: SGD(p, lr=0.1, nesterov=True), "nesterov=True"),
-    (lambda p: Adagrad(p, lr=0.1, eps=0), "Adagrad: eps=0 is not allowed; expected a number > 0"),
+    (lambda p: Adagrad(p, lr=0.1, eps=0), "Adagrad: eps=0 is not allowed; expected a finite number > 0"),
     (lambda p: RMSProp(p, alpha=1.5), "RMSProp: alpha=1.5"),
     (lambda p: RMSProp(p, init="ones"), "RMSProp: init='ones' is not allowed; expected 'first_grad' or 'zero'"),
     (lambda p: Adam(p, betas=(0.9, 1.0)), r"Adam: betas\[1\]=1.0 is not allowed"),

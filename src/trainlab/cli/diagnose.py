@@ -19,6 +19,7 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pickle
@@ -274,9 +275,14 @@ def _torch_load(path: Path, what: str) -> Any:
     if path.stat().st_size == 0:
         raise DataError(f"{what} is empty (0 bytes); expected a state_dict saved with torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
+        with open(path, "rb") as f:  # the environment's faults (no permission, a directory) are raised here
+            try:
+                return torch.load(f, map_location="cpu", weights_only=True)
+            except OSError as e:
+                # torch reports a zip archive cut short as EINVAL from a seek: the file's fault, not the disk's
+                if e.errno == errno.EIO:
+                    raise
+                raise pickle.UnpicklingError(f"the archive is cut short ({e.strerror or e})") from None
     except pickle.UnpicklingError as e:
         # weights_only refuses pickled objects (unpickling them could run any code) and foreign bytes
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
@@ -286,6 +292,8 @@ def _torch_load(path: Path, what: str) -> Any:
         reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.S)
         raise DataError(f"{what} cannot be read by torch.load (not written by torch.save, or truncated):"
                         f" {' '.join((reason.group(1) if reason else _one_line(e)).split())}") from None
+    except OSError:  # the environment's: the CLI exits 1 naming the path
+        raise
     except Exception as e:  # truncated or foreign files fail in many ways inside torch.load
         raise DataError(f"{what} cannot be read by torch.load (not written by torch.save, or truncated):"
                         f" {_one_line(e)}") from None

@@ -3,6 +3,7 @@ gradient (sparse ones refused), lazily created state, and the choice of code pat
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -17,8 +18,8 @@ def check(optimizer: str, name: str, value: Any, ok: bool, allowed: str) -> None
 
 
 def check_lr(optimizer: str, lr: Any) -> None:
-    ok = isinstance(lr, (int, float, torch.Tensor)) and not isinstance(lr, bool) and float(lr) > 0
-    check(optimizer, "lr", lr, ok, "a number > 0")
+    ok = isinstance(lr, (int, float, torch.Tensor)) and not isinstance(lr, bool) and 0 < float(lr) < math.inf
+    check(optimizer, "lr", lr, ok, "a finite number > 0")
 
 
 def check_unit(optimizer: str, name: str, value: Any) -> None:
@@ -27,8 +28,9 @@ def check_unit(optimizer: str, name: str, value: Any) -> None:
 
 
 def check_nonnegative(optimizer: str, name: str, value: Any, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 if strict else value >= 0)
-    check(optimizer, name, value, ok, "a number > 0" if strict else "a number >= 0")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 if strict else value >= 0) \
+        and value < math.inf
+    check(optimizer, name, value, ok, "a finite number > 0" if strict else "a finite number >= 0")
 
 
 def closure_loss(closure: Callable[[], Any] | None) -> Any:
