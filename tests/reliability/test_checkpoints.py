@@ -97,6 +97,13 @@ def no_optimizer_entry(path):
     torch.save(state, path)
 
 
+def optimizer_of_another_run(path):
+    other = tiny_run(path.parent.parent / "other", "--set", "optimizer.name=sgd")
+    state = torch.load(path, weights_only=True)
+    state["optimizer"] = torch.load(other / "checkpoint.pt", weights_only=True)["optimizer"]
+    torch.save(state, path)
+
+
 def model_of_another_run(path):
     other = tiny_run(path.parent.parent / "other", "--set", "model.hidden=[8]")
     path.write_bytes((other / "checkpoint.pt").read_bytes())
@@ -124,6 +131,7 @@ CASES = [
     ("nan-optimizer-state", nan_optimizer_state, ("resume",)),
     ("no-model-entry", no_model_entry, BOTH),
     ("no-optimizer-entry", no_optimizer_entry, ("resume",)),
+    ("optimizer-of-another-run", optimizer_of_another_run, ("resume",)),
     ("no-model-entry-dict", lambda p: torch.save({"epoch": 1}, p), BOTH),
 ]
 PARAMS = [pytest.param(damage, use, id=f"{id}-{use}") for id, damage, uses in CASES for use in uses]

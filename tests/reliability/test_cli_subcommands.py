@@ -267,11 +267,13 @@ def test_figure_into_a_read_only_directory(open_tmp, command):
     (["step_decay", "--set", "step_size=0"], ["step_size", "0"]),
     (["exponential_decay", "--set", "gamma=0"], ["gamma", "0"]),
     (["exponential_decay", "--set", "gamma=nan"], ["gamma", "nan"]),
+    (["constant", "--steps", "5", "--out", ""], ["--out"]),
 ], ids=["unknown", "steps-zero", "steps-negative", "lr-zero", "lr-nan", "lr-negative", "lr-inf", "warmup-negative",
         "unknown-parameter", "set-without-value", "total-steps-word", "min-lr-above-lr", "step-size-zero",
-        "gamma-zero", "gamma-nan"])
+        "gamma-zero", "gamma-nan", "out-empty"])
 def test_schedule_plot_bad_input(tmp_path, args, names):
-    refused(["schedule", "plot", *args, "--out", tmp_path / "lr.png"], tmp_path, 2, names)
+    out = [] if "--out" in args else ["--out", tmp_path / "lr.png"]
+    refused(["schedule", "plot", *args, *out], tmp_path, 2, names)
 
 
 # ---------------------------------------------------------------- demo and experiment

@@ -62,6 +62,11 @@ def test_resume_out_is_a_file(tmp_path):
     refused(["train", "--resume", "--no-progress", "--out", tmp_path / "run"], tmp_path, 1, ["run"])
 
 
+def test_out_is_a_dangling_link(tmp_path):
+    (tmp_path / "run").symlink_to(tmp_path / "nowhere")
+    refused(["train", *TINY, "--out", tmp_path / "run"], tmp_path, 1, ["run"])
+
+
 def test_default_runs_root_is_a_file(tmp_path):
     (tmp_path / "runs").write_text("a file\n")
     refused(["train", *TINY], tmp_path, 1, ["runs"])
@@ -203,6 +208,15 @@ def test_resume_drops_a_torn_last_line(tmp_path, log, key):
     assert result.code == 0, result.err
     values = [json.loads(line)[key] for line in (out / log).read_text().splitlines()]
     assert values[:len(kept)] == kept and 999 not in values and values == sorted(set(values))
+
+
+def test_resume_with_a_damaged_summary(tmp_path):
+    """summary.json is rewritten at the end of every run; a damaged one is no reason to refuse."""
+    out = tiny_run(tmp_path / "run")
+    (out / "summary.json").write_text("{broken")
+    result = run_cli(["train", "--resume", "--set", "train.epochs=2", "--no-progress", "--out", out], tmp_path)
+    assert result.code == 0, result.err
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
 def test_resume_with_a_log_that_is_a_directory(tmp_path):
