@@ -218,3 +218,24 @@ def test_non_finite_weights_at_an_epoch_end_are_never_the_good_checkpoint(tmp_pa
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("use", ["resume", "diagnose"])
+@pytest.mark.parametrize("change", ["removed", "four-classes"])
+def test_the_runs_data_file_changed_since(tmp_path, use, change):
+    """A run trained on the user's file, which was then deleted or replaced by data of other
+    classes: refused in one line naming the file or the checkpoint, nothing written."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.normal(size=(30, 4)), y=np.repeat(np.arange(3), 10))
+    out = tiny_run(tmp_path / "run", "--set", f"data.name={data}")
+    if change == "removed":
+        data.unlink()
+    else:
+        np.savez(data, x=rng.normal(size=(40, 4)), y=np.repeat(np.arange(4), 10))
+    args = (["train", "--resume", "--set", "train.epochs=2", "--no-progress", "--out", out] if use == "resume"
+            else ["diagnose", out, "--no-progress"])
+    result = refused(args, tmp_path, 2)
+    assert "d.npz" in result.lines[0] or "checkpoint.pt" in result.lines[0], result.err

@@ -107,6 +107,33 @@ def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
     assert not leftovers, leftovers
 
 
+def test_disk_full_while_resuming_loses_nothing(tmp_path, monkeypatch):
+    """A full disk during --resume: exit 1 naming the path; the last checkpoint and the history
+    before it stay as they were, and once there is space again the run resumes and ends as an
+    uninterrupted one would, bit for bit."""
+    import torch
+
+    reference = tiny_run(tmp_path / "reference", epochs=3)
+    out = tiny_run(tmp_path / "run", epochs=1)
+    checkpoint, history = (out / "checkpoint.pt").read_bytes(), (out / "metrics.jsonl").read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full)
+        result = run_cli(["train", "--resume", "--set", "train.epochs=3", "--no-progress", "--out", out], tmp_path)
+    assert_one_line(result, 1, [str(out)])
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint
+    assert (out / "metrics.jsonl").read_text().startswith(history)
+    result = run_cli(["train", "--resume", "--set", "train.epochs=3", "--no-progress", "--out", out], tmp_path)
+    assert result.code == 0, result.err
+    mine, theirs = (torch.load(p / "checkpoint.pt", weights_only=True)["model"] for p in (out, reference))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
 def test_disk_full_in_a_fresh_process(tmp_path):
     """A file-size limit makes every write past 4 kB fail as a full disk would (EFBIG)."""
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
