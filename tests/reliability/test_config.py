@@ -89,3 +89,14 @@ def test_unreadable_config_file_is_an_environment_fault(open_tmp):
         result = run_cli(["train", "--config", cfg, *TINY, "--out", open_tmp / "run"], open_tmp)
     assert_one_line(result, 1, ["run.toml"])
     assert_unchanged(before, tree_hash(open_tmp))
+
+
+def test_a_runs_resolved_config_starts_a_new_run(tmp_path):
+    """config.toml as a run writes it (every key, resolved) is itself a valid configuration."""
+    from reliability.conftest import tiny_run
+
+    first = tiny_run(tmp_path / "first")
+    result = run_cli(["train", "--config", first / "config.toml", "--no-progress", "--out", tmp_path / "second"],
+                     tmp_path)
+    assert result.code == 0, result.err
+    assert (tmp_path / "second" / "config.toml").read_text() == (first / "config.toml").read_text()

@@ -8,7 +8,8 @@ import pytest
 from reliability.conftest import refused
 
 BIG = 2**64
-BASE = ["--set", "data.name=iris", "--set", "model.hidden=[4]", "--set", "train.epochs=1", "--no-progress"]
+BASE = ["--set", "data.name=iris", "--set", "model.hidden=[4]", "--set", "train.epochs=1", "--set", "train.device=cpu",
+        "--no-progress"]
 
 
 def case(id: str, sets: list[str], *names: str, base: bool = True):
@@ -50,6 +51,9 @@ CASES = [
     case("cnn-on-non-square-features", ["model.name=small_cnn", "data.name=wine"], "small_cnn", "13"),
     # iris's 4 features read as 2×2 images: the message must name what the user set, not image_size
     case("cnn-on-2x2-features", ["model.name=small_cnn"], "small_cnn"),
+    # BatchNorm cannot train on a batch of one sample: every batch, or the epoch's last (120 = 17·7 + 1)
+    case("batch-norm-batch-of-one", ["model.batch_norm=true", "train.batch_size=1"], "batch_size"),
+    case("batch-norm-last-batch-of-one", ["model.batch_norm=true", "train.batch_size=7"], "batch_size"),
     case("epochs-huge-float", ["train.epochs=1e9"], "train.epochs", "1000000000.0"),
 ]
 
