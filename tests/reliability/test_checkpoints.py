@@ -239,3 +239,25 @@ def test_the_runs_data_file_changed_since(tmp_path, use, change):
             else ["diagnose", out, "--no-progress"])
     result = refused(args, tmp_path, 2)
     assert "d.npz" in result.lines[0] or "checkpoint.pt" in result.lines[0], result.err
+
+
+@pytest.mark.parametrize("use", ["resume", "diagnose", "diagnose-weights"])
+def test_unreadable_checkpoint_is_an_environment_fault(open_tmp, use):
+    from reliability.conftest import assert_unchanged, tree_hash, unprivileged
+
+    import uuid
+
+    out = tiny_run(open_tmp / "run")
+    out.chmod(0o777)  # the run directory is the user's: only the checkpoint is out of reach
+    (out / "checkpoint.pt").chmod(0o000)
+    factory = f"net_{uuid.uuid4().hex[:8]}"
+    (open_tmp / f"{factory}.py").write_text("from torch import nn\n\ndef build():\n    return nn.Linear(4, 3)\n")
+    args = {"resume": ["train", "--resume", "--set", "train.epochs=2", "--no-progress", "--out", out],
+            "diagnose": ["diagnose", out, "--no-progress"],
+            "diagnose-weights": ["diagnose", "--model", f"{factory}:build", "--weights", out / "checkpoint.pt",
+                                 "--data", "iris", "--no-progress"]}[use]
+    before = tree_hash(open_tmp)
+    with unprivileged():
+        result = run_cli(args, open_tmp)
+    assert_one_line(result, 1, ["checkpoint.pt"])
+    assert_unchanged(before, tree_hash(open_tmp))
