@@ -61,6 +61,10 @@ def nan_at(x, i, j, value=math.nan):
     return x
 
 
+def per_sample_loss(out, y):
+    return F.cross_entropy(out, y, reduction="none")
+
+
 def sum_loss(out, y):
     return F.cross_entropy(out, y, reduction="sum")
 
@@ -97,8 +101,7 @@ CURVATURE = [
     case("gradient-length-mismatch", lambda c: cv.gradient(c.model, c.loss, (c.x, c.y[:29])), DataError, "29"),
     case("gradient-no-trainable-parameters", lambda c: cv.gradient(c.model, c.loss, (c.x, c.y)), ConfigError,
          "parameters", prepare=lambda c: c.model.requires_grad_(False)),
-    case("gradient-loss-not-scalar", lambda c: cv.gradient(c.model, lambda o, y: F.cross_entropy(o, y, reduction="none"),
-                                                            (c.x, c.y)), ConfigError, "30"),
+    case("gradient-loss-not-scalar", lambda c: cv.gradient(c.model, per_sample_loss, (c.x, c.y)), ConfigError, "30"),
     case("hvp-vector-wrong-length", lambda c: cv.hvp(c.model, c.loss, (c.x, c.y), torch.ones(c.n + 1)),
          ConfigError, "{n+1}"),
     case("hvp-nan-input", lambda c: cv.hvp(c.model, c.loss, (nan_at(c.x, 2, 1), c.y), torch.ones(c.n)),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from reliability.conftest import (TINY, assert_one_line, assert_unchanged, assert_usage_error, refused, run_cli,
+from reliability.conftest import (assert_one_line, assert_unchanged, assert_usage_error, refused, run_cli,
                                   tiny_run, tree_hash, unprivileged)
 
 # ---------------------------------------------------------------- argparse-level refusals

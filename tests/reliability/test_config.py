@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from reliability.conftest import TINY, TINY_SETTINGS, assert_one_line, assert_unchanged, refused, run_cli, tree_hash, unprivileged
+from reliability.conftest import (TINY, TINY_SETTINGS, assert_one_line, assert_unchanged, refused, run_cli, tree_hash,
+                                  unprivileged)
 
 BIG = 2**64
 

@@ -312,7 +312,8 @@ def test_a_second_process_cannot_write_a_running_directory(tmp_path):
     run completes with its files intact."""
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "trainlab", "train", "--set", "data.name=iris",
-                              "--set", "model.hidden=[4]", "--set", "train.batch_size=1", "--set", "train.epochs=20", "--set", "train.device=cpu",
+                              "--set", "model.hidden=[4]", "--set", "train.batch_size=1", "--set", "train.epochs=20",
+                              "--set", "train.device=cpu",
                               "--no-progress", "--out", str(out)],
                              cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
