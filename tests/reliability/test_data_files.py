@@ -96,7 +96,7 @@ CASES = [
     case("npz-object-input", "d.npz",
          lambda: npz(x=np.array([[1.0], "a"] * 15, dtype=object), y=labels()), "d.npz"),
     case("npz-one-hot-labels", "d.npz", lambda: npz(x=features(), y=np.eye(3)[labels()]), "d.npz", "(30, 3)"),
-    case("npz-string-labels", "d.npz", lambda: npz(x=features(), y=np.array(["setosa", "versicolor", "virginica"] * 10)),
+    case("npz-string-labels", "d.npz", lambda: npz(x=features(), y=np.array(["setosa", "versicolor", "other"] * 10)),
          "d.npz", "y"),
     case("npz-column-labels", "d.npz", lambda: npz(x=features(), y=labels()[:, None]), "d.npz", "(30, 1)"),
     case("npz-no-samples", "d.npz", lambda: npz(x=np.zeros((0, 4)), y=np.zeros(0, dtype=np.int64)), "d.npz"),
