@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--doctor", action="store_true",
                    help="watch for stalls: diagnose the Hessian and act (escape a saddle, fix a plateau); events are"
                         " logged to metrics.jsonl and listed at the end")
+    p.add_argument("--monitor", nargs="?", const="economy", choices=("economy", "full"), metavar="PRESET",
+                   help="read training instruments (gradient norm, update ratio, units, sharpness, stability, noise"
+                        " scale) every few updates into RUN/instruments.jsonl; PRESET economy (the default: cheap"
+                        " readings often, curvature rarely) or full")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -50,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_mod.load(args.config, args.overrides)
     callbacks = [StallDoctor(seed=config.seed)] if args.doctor else []
+    if args.monitor:
+        from trainlab.instruments import Monitor
+
+        callbacks.append(Monitor(instruments=args.monitor, seed=config.seed, progress=not args.no_progress))
     with _default_out() if out is None else contextlib.nullcontext(out) as out:
         try:
             summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress,
@@ -60,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             raise
     if distributed.rank() == 0:
         print(report(config, summary, out))
+        if args.monitor:
+            print(f"instrument readings ({args.monitor}): {out / 'instruments.jsonl'}")
     return 0
 
 

@@ -31,7 +31,7 @@ except ImportError:  # Windows: no flock; runs there go unlocked
     fcntl = None  # type: ignore[assignment]
 
 #: Every file a run writes into its directory.
-RUN_FILES = ("config.toml", "metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt")
+RUN_FILES = ("config.toml", "metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt", "instruments.jsonl")
 LOCK_NAME = ".trainlab.lock"
 
 # Locks this process holds: resolved directory -> the thread holding it. Why: run.train locks

@@ -18,7 +18,9 @@ A run directory ``out`` receives
 * ``steps.jsonl`` — one object per update: ``step, epoch, loss, grad_norm, lr``;
 * ``checkpoint.pt`` — ``model, optimizer, scheduler, epoch, step, rng`` (and the position
   inside an epoch when written on Ctrl-C), replaced atomically;
-* ``summary.json`` — the last epoch's figures plus totals and ``status``.
+* ``summary.json`` — the last epoch's figures plus totals and ``status``;
+* ``instruments.jsonl`` — with a :class:`~trainlab.instruments.Monitor` among the callbacks,
+  one object per reading: ``step, instrument, value, seconds`` and the instrument's fields.
 
 The directory is safe to hand over (see :mod:`trainlab.train.rundir`): a fresh run refuses
 one that already holds any of these files unless ``overwrite=True``; the run holds an
@@ -55,7 +57,7 @@ from trainlab.train.callbacks import HOOKS
 DIVERGENCE_FACTOR = 1e3
 EVAL_BATCH_SIZE = 1024
 #: The files a Trainer writes into its run directory.
-TRAINER_FILES = ("metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt")
+TRAINER_FILES = ("metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt", "instruments.jsonl")
 #: What a checkpoint written by the Trainer holds (``callbacks`` is optional: older runs lack it).
 STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "batch", "partial", "first_loss", "rng")
 
@@ -117,6 +119,9 @@ class Trainer:
         self._unwritten_steps: list[dict[str, Any]] = []  # step records since the last write
         self._prepared: dict[str, Any] | None = None  # what prepare() checked, for fit() to use
         self._good: tuple[int, int, int] | None = None  # (epoch, step, batch) of the last good checkpoint
+        self._bar: tqdm | None = None  # the progress bar while fit() runs
+        self._figures: dict[str, str] = {}  # the last epoch's figures on the progress bar
+        self._postfix: dict[str, str] = {}  # and after them, the latest short readings
 
     # ------------------------------------------------------------------ public
     @property
@@ -151,6 +156,7 @@ class Trainer:
                 position = self._restore(prepared) if resume else self._start()
                 self._call("on_fit_start")
                 with self._deferred_interrupt(), self._progress_bar() as bar:
+                    self._bar = bar
                     try:
                         while self.epoch < self.epochs and not self.stop_training:
                             self._run_epoch(bar, *position)
@@ -161,6 +167,8 @@ class Trainer:
                     except KeyboardInterrupt:
                         self._finish("interrupted")
                         raise
+                    finally:
+                        self._bar = None
             summary = self._finish("completed")
             self._call("on_fit_end", summary)
         return summary
@@ -190,6 +198,7 @@ class Trainer:
             if self.writer:
                 prepared["metrics"] = rundir.read_log(self.out / "metrics.jsonl", "epoch")
                 prepared["steps"] = rundir.read_log(self.out / "steps.jsonl", "step")
+                prepared["instruments"] = rundir.read_log(self.out / "instruments.jsonl", "step")
             self._load_callbacks(state.get("callbacks") or [], path)  # last: the one check that changes state
         self._prepared = prepared
 
@@ -230,6 +239,15 @@ class Trainer:
         self._write_lines("metrics.jsonl", [event])
         if self.progress:
             tqdm.write(f"step {self.step}: {event.get('message', event['event'])}")
+
+    def log_readings(self, readings: list[dict[str, Any]], postfix: dict[str, str] | None = None) -> None:
+        """Record an instrument monitor's readings: one line each in ``instruments.jsonl``;
+        ``postfix`` (short labels and values) goes on the progress bar."""
+        self._write_lines("instruments.jsonl", readings)
+        if postfix:
+            self._postfix.update(postfix)
+            if self._bar is not None:
+                self._bar.set_postfix({**self._figures, **self._postfix}, refresh=False)
 
     # ------------------------------------------------------------------ epochs and steps
     def _run_epoch(self, bar: tqdm, shuffle_state: torch.Tensor | None, first_batch: int,
@@ -278,7 +296,8 @@ class Trainer:
         self._call("on_epoch_end", record)
         if epoch % self.checkpoint_every == 0 or epoch == self.epochs or self.stop_training:
             self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None, record=record)
-        bar.set_postfix(_postfix(record), refresh=False)
+        self._figures = _postfix(record)
+        bar.set_postfix({**self._figures, **self._postfix}, refresh=False)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, tally: dict[str, Any]) -> dict[str, Any]:
         out = self.model(x)
@@ -389,10 +408,11 @@ class Trainer:
             self.events = [r for r in kept if "event" in r]
             if torn or len(kept) < len(metrics):
                 self._rewrite_lines("metrics.jsonl", kept)
-            steps, torn = prepared["steps"]
-            kept = [r for r in steps if r["step"] <= self.step]
-            if torn or len(kept) < len(steps):
-                self._rewrite_lines("steps.jsonl", kept)
+            for name in ("steps.jsonl", "instruments.jsonl"):
+                records, torn = prepared[name.removesuffix(".jsonl")]
+                kept = [r for r in records if r["step"] <= self.step]
+                if torn or len(kept) < len(records):
+                    self._rewrite_lines(name, kept)
         if state["batch"] == 0:
             return None, 0, None
         return rng["shuffle"].cpu(), state["batch"], state["partial"]

@@ -1,0 +1,63 @@
+"""First-order readings: the gradient norm and the update-to-parameter ratio."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from trainlab.instruments.monitor import Context, Instrument
+
+
+class GradNorm(Instrument):
+    """``grad_norm``: the norm of the loss gradient on the Monitor's sample,
+
+        value = ‖∇L(θ)‖₂ = sqrt(Σ_i ‖∇_{θ_i} L‖²),   parts[i] = ‖∇_{θ_i} L‖₂
+
+    over all parameters that require gradients (``i`` a parameter tensor, by name), with ``L``
+    the mean loss on the sample in the Monitor's mode. Large or growing norms are the
+    exploding gradients of Pascanu, Mikolov & Bengio 2013 ("On the difficulty of training
+    recurrent neural networks"); a vanishing norm with a high loss is a stall at a critical
+    point. Cockpit (Schneider, Dangel & Hennig 2021) shows the same gauge. Cost: one forward
+    and one backward pass over the sample.
+    """
+
+    name = "grad_norm"
+
+    def read(self, ctx: Context) -> dict[str, Any]:
+        named = ctx.parameters()
+        grads = torch.autograd.grad(ctx.loss(), [p for _, p in named], allow_unused=True)
+        parts = {name: 0.0 if g is None else float(torch.linalg.vector_norm(g)) for (name, _), g in zip(named, grads)}
+        return {"value": math.sqrt(sum(v * v for v in parts.values())), "parts": parts}
+
+
+class UpdateRatio(Instrument):
+    """``update_ratio``: how far the last update moved the parameters, relative to their size,
+
+        value = ‖θ_t − θ_{t−1}‖₂ / ‖θ_t‖₂ (all parameters as one vector),
+        parts[i] = ‖θ_{t,i} − θ_{t−1,i}‖₂ / ‖θ_{t,i}‖₂ (each parameter tensor; NaN when ‖θ_{t,i}‖ = 0)
+
+    with ``θ_{t−1}`` the parameters just before the last update (``ctx.previous``, kept by the
+    Monitor). The rule of thumb of the CS231n notes (Karpathy, "Neural networks part 3")
+    puts a healthy ratio near 1e-3: far below, the learning rate is too low; far above, too
+    high. Per-layer ratios are what LARS (You, Gitman & Ginsburg 2017) equalises with its
+    layer-wise trust ratio. No forward pass: it reads parameters only.
+    """
+
+    name = "update_ratio"
+    needs_previous = True
+
+    @torch.no_grad()
+    def read(self, ctx: Context) -> dict[str, Any]:
+        if ctx.previous is None:
+            raise ValueError("update_ratio needs the parameters before the last update (ctx.previous)")
+        parts, moved, size = {}, 0.0, 0.0
+        for name, p in ctx.parameters():
+            if name not in ctx.previous:
+                raise KeyError(f"no earlier value of parameter {name!r}")
+            delta = float(torch.linalg.vector_norm(p - ctx.previous[name].to(p.device)))
+            norm = float(torch.linalg.vector_norm(p))
+            parts[name] = delta / norm if norm > 0 else math.nan
+            moved, size = moved + delta * delta, size + norm * norm
+        return {"value": math.sqrt(moved) / math.sqrt(size) if size > 0 else math.nan, "parts": parts}

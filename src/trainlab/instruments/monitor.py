@@ -1,0 +1,359 @@
+"""The :class:`Monitor`: named instruments read every few updates on a fixed sample.
+
+Every ``every`` updates of an instrument the Monitor builds a :class:`Context` — the model,
+the loss, a fixed bounded sample of the training data (its first ``sample`` samples, drawn
+once), the optimizer, the update count — and calls the instrument's ``read(ctx)`` inside
+:func:`trainlab.curvature.analysis_mode`, so a reading leaves no trace: parameters, buffers
+(BatchNorm statistics), flags, ``.grad`` and the global random states are as before. Each
+reading becomes a :class:`Reading` (step, instrument, value, seconds, extra fields).
+
+An instrument is any object with ``name``, ``every`` and ``read(ctx) -> {"value": float, ...}``
+(optionally ``needs_previous``, ``state_dict`` and ``load_state_dict``); :class:`Instrument`
+is the base class with those defaults. A reading that raises does not stop training: it is
+recorded with value NaN and an ``"error"`` field, and warned about once per instrument.
+
+Use it as a :class:`~trainlab.train.Trainer` callback (``callbacks=[Monitor()]``, readings
+written to ``RUN/instruments.jsonl``) or in a plain loop::
+
+    monitor = Monitor(every=10, sample=1024, instruments="economy")
+    for x, y in loader:
+        loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+        for reading in monitor.after_step(model, loss, loss_fn, train_data, opt):
+            print(reading)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from trainlab.curvature import analysis_mode
+from trainlab.data.batches import BatchLoss, as_batches, batch_size_of, take, to_device
+from trainlab.errors import ConfigError, DataError
+from trainlab.state import preserved
+
+MODES = ("eval", "train")
+#: Instruments shown on a progress bar, with their short label.
+SHORT = {"sharpness": "λ", "stability": "η·λ", "grad_norm": "‖g‖", "noise_scale": "B", "units": "units"}
+
+
+@dataclass
+class Context:
+    """What an instrument reads: built by the :class:`Monitor` for each reading.
+
+    ``batch`` is the fixed bounded sample (an ``(x, y)`` pair, or any batch ``batch_loss``
+    reads); ``step`` the updates done; ``lr`` the first parameter group's learning rate;
+    ``batch_size`` the samples per training update; ``previous`` the parameters (by name)
+    just before the last update, or ``None`` when unknown.
+    """
+
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    batch: Any
+    batch_loss: BatchLoss | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    step: int = 0
+    lr: float | None = None
+    batch_size: int | None = None
+    mode: str = "eval"
+    seed: int = 0
+    previous: dict[str, torch.Tensor] | None = None
+
+    def loss(self) -> torch.Tensor:
+        """The mean loss on the sample, ``loss_fn(model(x), y)`` or ``batch_loss(model, batch)``."""
+        if self.batch_loss is not None:
+            return self.batch_loss(self.model, self.batch)
+        x, y = self.batch
+        return self.loss_fn(self.model(x), y)
+
+    def parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of every parameter that requires a gradient."""
+        return [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+
+
+@dataclass
+class Reading:
+    """One instrument's reading at update ``step``; ``extra`` holds its further fields."""
+
+    step: int
+    instrument: str
+    value: float
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The line written to ``instruments.jsonl``."""
+        return {"step": self.step, "instrument": self.instrument, "value": self.value, "seconds": self.seconds,
+                **self.extra}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Reading":
+        record = dict(record)
+        value = record.pop("value")
+        return cls(int(record.pop("step")), str(record.pop("instrument")), math.nan if value is None else float(value),
+                   float(record.pop("seconds")), record)
+
+
+class Instrument:
+    """Base class: an instrument named ``name``, read every ``every`` updates (``None``: the
+    Monitor's ``every``). ``needs_previous``: it reads ``ctx.previous``."""
+
+    name = "instrument"
+    needs_previous = False
+
+    def __init__(self, every: int | None = None):
+        if every is not None:
+            _check_int(f"{type(self).__name__}: every", every)
+        self.every = every
+
+    def read(self, ctx: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _economy(every: int) -> list[Any]:
+    """Cheap readings every ``every`` updates, units every 5×, curvature and noise every 10×."""
+    from trainlab.instruments.gradients import GradNorm, UpdateRatio
+    from trainlab.instruments.noise import NoiseScale
+    from trainlab.instruments.sharpness import Sharpness, Stability
+    from trainlab.instruments.units import Units
+
+    return [GradNorm(every=every), UpdateRatio(every=every), Units(every=5 * every), Sharpness(every=10 * every),
+            Stability(every=10 * every), NoiseScale(every=10 * every)]
+
+
+def _full(every: int) -> list[Any]:
+    """Every instrument: cheap ones every ``every`` updates, curvature and noise every 2×, the trace every 10×."""
+    from trainlab.instruments.gradients import GradNorm, UpdateRatio
+    from trainlab.instruments.noise import GSNR, NoiseScale
+    from trainlab.instruments.sharpness import HessianTrace, Sharpness, Stability
+    from trainlab.instruments.units import Units
+
+    return [GradNorm(every=every), UpdateRatio(every=every), Units(every=every), Sharpness(every=2 * every),
+            Stability(every=2 * every), NoiseScale(every=2 * every), GSNR(every=2 * every),
+            HessianTrace(every=10 * every)]
+
+
+#: Preset name → ``(every) -> instruments``; with the default ``every=10``: economy reads
+#: grad_norm and update_ratio every 10 updates, units every 50, sharpness, stability and
+#: noise_scale every 100; full adds gsnr and trace, curvature every 20, trace every 100.
+PRESETS: dict[str, Callable[[int], list[Any]]] = {"economy": _economy, "full": _full}
+
+
+def preset(name: str, every: int = 10) -> list[Any]:
+    """The instruments of preset ``name`` (a key of :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"instruments={name!r} is not a preset; use one of {', '.join(PRESETS)} or a list of"
+                          " instruments")
+    return PRESETS[name](every)
+
+
+class Monitor:
+    """Read ``instruments`` every few updates on the first ``sample`` samples of the training data.
+
+    Parameters:
+        every: the base period in updates: an instrument with ``every=None`` is read every
+            ``every`` updates, and the presets scale with it (:data:`PRESETS`).
+        sample: samples in the fixed bounded sample (the first ones of the training data).
+        instruments: ``"economy"``, ``"full"`` or a list of instruments (distinct names).
+        seed: passed to instruments that draw random vectors (``ctx.seed``).
+        mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"``.
+        batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs.
+        progress: show short readings on the Trainer's progress bar.
+
+    ``latest`` holds the last reading of each instrument, ``history`` every reading of this
+    process. ``state_dict()`` (the update count, the parameters kept for ``update_ratio``,
+    each instrument's state, ``latest``) goes into the Trainer's checkpoints, so a resumed run
+    reads exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, every: int = 10, sample: int = 1024, instruments: str | list[Any] = "economy",
+                 seed: int = 0, mode: str = "eval", batch_loss: BatchLoss | None = None, progress: bool = True):
+        _check_int("Monitor: every", every)
+        _check_int("Monitor: sample", sample)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"Monitor: seed={seed!r} is not allowed; it must be an integer")
+        if mode not in MODES:
+            raise ConfigError(f"Monitor: mode={mode!r} is not allowed; use 'eval' or 'train'")
+        if batch_loss is not None and not callable(batch_loss):
+            raise ConfigError(f"Monitor: batch_loss={batch_loss!r} is not callable; pass (model, batch) -> mean loss")
+        if isinstance(instruments, str):
+            instruments = preset(instruments, every)
+        elif not isinstance(instruments, (list, tuple)) or not instruments:
+            raise ConfigError(f"Monitor: instruments={instruments!r} is not allowed; use 'economy', 'full' or a"
+                              " non-empty list of instruments")
+        for inst in instruments:
+            if not (isinstance(getattr(inst, "name", None), str) and callable(getattr(inst, "read", None))):
+                raise ConfigError(f"Monitor: {inst!r} is not an instrument; it needs a name and read(ctx)")
+            if getattr(inst, "every", None) is not None:
+                _check_int(f"Monitor: instrument {inst.name!r} every", inst.every)
+        names = [inst.name for inst in instruments]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"Monitor: instruments {names} repeat a name; each instrument may appear once")
+        self.every, self.sample, self.seed, self.mode = every, sample, seed, mode
+        self.batch_loss, self.progress = batch_loss, bool(progress)
+        self.instruments = list(instruments)
+        self.step = 0  # updates seen
+        self.latest: dict[str, Reading] = {}
+        self.history: list[Reading] = []
+        self._previous: dict[str, torch.Tensor] | None = None  # parameters before the coming update
+        self._source: Any = None  # the data the cached sample was drawn from
+        self._sample: Any = None
+        self._failed: set[str] = set()  # instruments already warned about
+
+    def period(self, instrument: Any) -> int:
+        """Updates between readings of ``instrument``."""
+        return instrument.every if getattr(instrument, "every", None) is not None else self.every
+
+    # ---------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: Any) -> None:
+        self.step = trainer.step
+        if self._previous is None:
+            self._remember_if_due(trainer.module)
+
+    def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        readings = self.after_step(trainer.module, record["loss"], trainer.loss_fn, trainer.train_data,
+                                   trainer.optimizer, batch_size=trainer.batch_size, step=trainer.step)
+        if readings and hasattr(trainer, "log_readings"):
+            trainer.log_readings([r.to_dict() for r in readings], self.postfix() if self.progress else None)
+
+    def after_step(self, model: nn.Module, loss: Any, loss_fn: Any, data: Any,
+                   optimizer: torch.optim.Optimizer | None = None, *, batch_size: int | None = None,
+                   step: int | None = None) -> list[Reading]:
+        """Call after each update; returns the readings taken now (often none).
+
+        ``data`` is the training data (a Dataset, a DataLoader, an ``(x, y)`` pair, or any
+        batches with ``batch_loss``); ``step`` the updates done (default: one more than at the
+        last call); ``batch_size`` the samples per update, for the noise readings.
+        """
+        self.step = self.step + 1 if step is None else int(step)
+        due = [inst for inst in self.instruments if self.step % self.period(inst) == 0
+               and not (getattr(inst, "needs_previous", False) and self._previous is None)]
+        readings = []
+        if due:
+            ctx = Context(model, loss_fn, self._sample_of(model, data), self.batch_loss, optimizer, self.step,
+                          float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None,
+                          batch_size, self.mode, self.seed, self._previous)
+            readings = [self._read(inst, ctx) for inst in due]
+        self._previous = None
+        self._remember_if_due(model)
+        for reading in readings:
+            self.latest[reading.instrument] = reading
+        self.history.extend(readings)
+        return readings
+
+    def postfix(self) -> dict[str, str]:
+        """Short latest readings for a progress bar, e.g. ``{"λ": "12.3", "η·λ": "0.41"}``."""
+        return {SHORT[name]: f"{r.value:.3g}" for name, r in self.latest.items()
+                if name in SHORT and math.isfinite(r.value)}
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step,
+                "previous": None if self._previous is None else {k: v.cpu() for k, v in self._previous.items()},
+                "instruments": {inst.name: inst.state_dict() for inst in self.instruments
+                                if hasattr(inst, "state_dict")},
+                "latest": {name: r.to_dict() for name, r in self.latest.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        step, previous = state["step"], state["previous"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r} is not an update count")
+        if previous is not None and not all(isinstance(v, torch.Tensor) for v in previous.values()):
+            raise TypeError("the kept parameters are not tensors")
+        saved = state["instruments"]
+        for inst in self.instruments:
+            if inst.name in saved and hasattr(inst, "load_state_dict"):
+                inst.load_state_dict(saved[inst.name])
+        self.step, self._previous = step, None if previous is None else dict(previous)
+        self.latest = {name: Reading.from_dict(r) for name, r in state["latest"].items()}
+
+    # ---------------------------------------------------------------- internals
+    def _read(self, inst: Any, ctx: Context) -> Reading:
+        started = time.perf_counter()
+        try:
+            with analysis_mode(ctx.model, self.mode):
+                result = dict(inst.read(ctx))
+            value = float(result.pop("value"))
+            extra = _plain(result)
+        except Exception as e:  # a reading must never stop training
+            message = " ".join(f"{type(e).__name__}: {e}".split())
+            if inst.name not in self._failed:
+                self._failed.add(inst.name)
+                warnings.warn(f"instrument {inst.name!r} failed at step {ctx.step} ({message}); its failed readings"
+                              " are recorded with value NaN and the error", RuntimeWarning, stacklevel=3)
+            value, extra = math.nan, {"error": message}
+        return Reading(ctx.step, inst.name, value, time.perf_counter() - started, extra)
+
+    def _remember_if_due(self, model: nn.Module) -> None:
+        """Keep the parameters when an instrument due after the coming update reads ``previous``."""
+        upcoming = self.step + 1
+        if any(getattr(inst, "needs_previous", False) and upcoming % self.period(inst) == 0
+               for inst in self.instruments):
+            self._previous = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def _sample_of(self, model: nn.Module, data: Any) -> Any:
+        """The first ``sample`` samples of ``data`` as one batch on the model's device, drawn
+        once per data source; drawn under :func:`~trainlab.state.preserved`, so a shuffling
+        DataLoader does not move the global random state."""
+        if self._source is not data:
+            with preserved(model, parameters=False):
+                batches, count = [], 0
+                for batch in as_batches(data, self.batch_loss):
+                    n = batch_size_of(batch)
+                    if count + n > self.sample:
+                        batch = take(batch, 0, self.sample - count)
+                    batches.append(batch)
+                    count += min(n, self.sample - count)
+                    if count >= self.sample:
+                        break
+            if count == 0:
+                raise DataError("the training data holds no samples for the Monitor's readings")
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            self._sample = to_device(batches[0] if len(batches) == 1 else _concat(batches), device)
+            self._source = data
+        return self._sample
+
+
+def _concat(batches: list[Any]) -> Any:
+    """Batches joined along the sample dimension (tensors concatenated; dicts, tuples and
+    lists walked; anything else taken from the first batch)."""
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches) if first.dim() > 0 else first
+    if isinstance(first, dict):
+        return {k: _concat([b[k] for b in batches]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_concat(list(parts)) for parts in zip(*batches))
+    if isinstance(first, list):
+        if any(isinstance(v, torch.Tensor) for v in first):
+            return [_concat(list(parts)) for parts in zip(*batches)]
+        return [v for b in batches for v in b]
+    return first
+
+
+def _plain(obj: Any) -> Any:
+    """Tensors as numbers or lists, so a reading's fields are plain JSON."""
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= 1")

@@ -1,0 +1,238 @@
+"""The Monitor: schedule, fixed sample, no side effects, failures, arguments, Trainer runs and resume."""
+
+import hashlib
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainlab.errors import ConfigError, DataError
+from trainlab.instruments import Context, GradNorm, Instrument, Monitor, Reading, UpdateRatio, Units
+from trainlab.train import Callback, Trainer
+
+
+def bn_dropout_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 10))
+
+
+def mine():
+    return [GradNorm(), UpdateRatio(), Units(every=10)]
+
+
+def state_hash(model):
+    """Every parameter, buffer, gradient and flag of the model, and the global random state."""
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict(keep_vars=True).items()):
+        h.update(name.encode() + t.detach().cpu().numpy().tobytes())
+        if getattr(t, "grad", None) is not None:
+            h.update(t.grad.cpu().numpy().tobytes())
+    h.update(bytes(m.training for m in model.modules()))
+    h.update(torch.get_rng_state().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Recorder(Instrument):
+    name = "recorder"
+
+    def __init__(self, every=None):
+        super().__init__(every)
+        self.contexts = []
+
+    def read(self, ctx):
+        self.contexts.append(ctx)
+        return {"value": float(ctx.step), "samples": len(ctx.batch[1])}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_readings_leave_the_model_untouched(digits, mode):
+    train, _ = digits
+    model = bn_dropout_model()
+    model.train()
+    x, y = train.tensors
+    F.cross_entropy(model(x[:32]), y[:32]).backward()  # grads present, as after an update
+    loader = DataLoader(train, batch_size=100, shuffle=True)  # a shuffling loader draws from the global RNG
+    monitor = Monitor(every=1, sample=300, instruments=[GradNorm(), UpdateRatio(), Units()], mode=mode)
+    monitor.after_step(model, None, F.cross_entropy, loader)  # step 1: no previous yet for update_ratio
+    before = state_hash(model)
+    readings = monitor.after_step(model, None, F.cross_entropy, loader)
+    assert {r.instrument for r in readings} == {"grad_norm", "update_ratio", "units"}
+    assert all(math.isfinite(r.value) for r in readings)
+    assert state_hash(model) == before
+
+
+def test_schedule_and_context():
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.25)
+    fast = Recorder()
+    monitor = Monitor(every=3, sample=25, instruments=[fast, GradNorm(every=4)])
+    steps, batches = {}, [(x[:16], y[:16]), (x[16:], y[16:])]
+    for _ in range(12):
+        for r in monitor.after_step(model, None, F.cross_entropy, batches, opt, batch_size=16):
+            steps.setdefault(r.instrument, []).append(r.step)
+    assert steps == {"recorder": [3, 6, 9, 12], "grad_norm": [4, 8, 12]}
+    ctx = fast.contexts[-1]
+    assert isinstance(ctx, Context) and ctx.step == 12 and ctx.lr == 0.25 and ctx.batch_size == 16
+    assert ctx.mode == "eval" and ctx.seed == 0 and ctx.optimizer is opt
+    assert torch.equal(ctx.batch[0], x[:25]) and torch.equal(ctx.batch[1], y[:25])  # the first 25, across batches
+    assert fast.contexts[0].batch is ctx.batch  # drawn once per data source
+    assert monitor.latest["recorder"].value == 12.0 and len(monitor.history) == 7
+    assert monitor.after_step(model, None, F.cross_entropy, (x, y), step=30)[0].step == 30  # the caller's count
+
+
+def test_a_failing_reading_is_recorded_once_warned_and_training_goes_on():
+    class Broken(Instrument):
+        name = "broken"
+
+        def read(self, ctx):
+            raise FloatingPointError("the loss is\nNaN")
+
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    monitor = Monitor(every=1, instruments=[Broken(), GradNorm()])
+    with pytest.warns(RuntimeWarning) as caught:
+        for _ in range(3):
+            readings = monitor.after_step(nn.Linear(3, 2), None, F.cross_entropy, (x, y))
+    assert len([w for w in caught if "broken" in str(w.message)]) == 1
+    broken = [r for r in monitor.history if r.instrument == "broken"]
+    assert len(broken) == 3 and all(math.isnan(r.value) for r in broken)
+    assert broken[0].extra == {"error": "FloatingPointError: the loss is NaN"}
+    assert math.isfinite(readings[1].value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"every": 0}, "every=0"), ({"every": 2.5}, "every=2.5"), ({"every": True}, "every=True"),
+    ({"sample": 0}, "sample=0"), ({"instruments": "fast"}, "'fast' is not a preset"),
+    ({"instruments": []}, "non-empty list"), ({"instruments": [object()]}, "is not an instrument"),
+    ({"instruments": [GradNorm(), GradNorm()]}, "repeat a name"), ({"mode": "test"}, "mode='test'"),
+    ({"seed": "a"}, "seed='a'"), ({"batch_loss": 3}, "not callable"),
+])
+def test_bad_arguments_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Monitor(**kwargs)
+
+
+def test_bad_instrument_period_is_refused():
+    with pytest.raises(ConfigError, match="every=0"):
+        GradNorm(every=0)
+
+
+def test_empty_data_is_a_data_error():
+    with pytest.raises(DataError):
+        Monitor(every=1, instruments=[GradNorm()]).after_step(nn.Linear(3, 2), None, F.cross_entropy, [])
+
+
+def test_batch_loss_batches_of_any_form():
+    x, y = torch.randn(30, 3), torch.randint(0, 2, (30,))
+    batches = [{"x": x[i:i + 10], "y": y[i:i + 10]} for i in range(0, 30, 10)]
+    model = nn.Linear(3, 2)
+
+    def batch_loss(m, b):
+        return F.cross_entropy(m(b["x"]), b["y"])
+
+    (r,) = Monitor(every=1, sample=25, instruments=[GradNorm()], batch_loss=batch_loss).after_step(
+        model, None, None, batches)
+    model.zero_grad()
+    F.cross_entropy(model(x[:25]), y[:25]).backward()
+    assert r.value == pytest.approx(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+
+
+def test_state_dict_round_trip():
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    model = nn.Linear(3, 2)
+    a = Monitor(every=2, instruments=[GradNorm(), UpdateRatio()])
+    a.after_step(model, None, F.cross_entropy, (x, y))
+    a.after_step(model, None, F.cross_entropy, (x, y))
+    a.after_step(model, None, F.cross_entropy, (x, y))  # step 3: the parameters before update 4 are kept
+    b = Monitor(every=2, instruments=[GradNorm(), UpdateRatio()])
+    b.load_state_dict(a.state_dict())
+    assert b.step == 3 and b.latest.keys() == a.latest.keys() and b.latest["grad_norm"] == a.latest["grad_norm"]
+    assert [r.instrument for r in b.after_step(model, None, F.cross_entropy, (x, y))] == ["grad_norm", "update_ratio"]
+    with pytest.raises(ValueError):
+        b.load_state_dict({**a.state_dict(), "step": -1})
+    assert Reading.from_dict({"step": 1, "instrument": "x", "value": None, "seconds": 0.5, "k": 2}).extra == {"k": 2}
+
+
+# ---------------------------------------------------------------- Trainer runs
+def make(train, epochs, out, monitor=None, callbacks=(), **kw):
+    model = bn_dropout_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = monitor or Monitor(every=5, sample=200, instruments=mine(), progress=False)
+    return Trainer(model, opt, F.cross_entropy, train, batch_size=100, epochs=epochs, out=out, progress=False,
+                   device="cpu", callbacks=[*callbacks, monitor], **kw)
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    train, _ = digits
+    return TensorDataset(*(t[:500] for t in train.tensors))  # 5 updates per epoch
+
+
+def test_trainer_writes_instruments_jsonl(small, tmp_path):
+    trainer = make(small, 4, tmp_path / "run")
+    trainer.fit()
+    records = lines(tmp_path / "run" / "instruments.jsonl")
+    by = {}
+    for r in records:
+        by.setdefault(r["instrument"], []).append(r["step"])
+        assert {"step", "instrument", "value", "seconds"} <= r.keys() and math.isfinite(r["value"])
+    assert by == {"grad_norm": [5, 10, 15, 20], "update_ratio": [5, 10, 15, 20], "units": [10, 20]}
+    assert records[0]["parts"].keys() == dict(trainer.module.named_parameters()).keys()
+    with pytest.raises(ConfigError, match="instruments.jsonl"):  # a fresh run refuses to replace it
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "instruments.jsonl").write_text("")
+        make(small, 1, tmp_path / "other").fit()
+
+
+class InterruptAt(Callback):
+    """A real SIGINT (Ctrl-C) after update ``step``."""
+
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, trainer, record):
+        if record["step"] == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_kill_and_resume_reads_what_an_uninterrupted_run_reads(small, tmp_path):
+    make(small, 4, tmp_path / "whole").fit()
+    # update 9 is the one before a due reading: the kept parameters must survive in the checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        make(small, 4, tmp_path / "cut", callbacks=[InterruptAt(9)]).fit()
+    with open(tmp_path / "cut" / "instruments.jsonl", "a") as f:  # readings past the checkpoint, a torn line
+        f.write(json.dumps({"step": 10, "instrument": "grad_norm", "value": 1.0, "seconds": 0.0}) + '\n{"step": 1')
+    torch.manual_seed(123)
+    make(small, 4, tmp_path / "cut", callbacks=[Callback()], resume=True).fit()
+    whole, cut = lines(tmp_path / "whole" / "instruments.jsonl"), lines(tmp_path / "cut" / "instruments.jsonl")
+    assert without_seconds(cut) == without_seconds(whole)
+
+
+def test_resume_refuses_a_damaged_middle_line(small, tmp_path):
+    make(small, 2, tmp_path / "run").fit()
+    path = tmp_path / "run" / "instruments.jsonl"
+    text = path.read_text().splitlines()
+    path.write_text("\n".join([text[0], "garbage", *text[1:]]) + "\n")
+    with pytest.raises(DataError, match="line 2 is damaged"):
+        make(small, 3, tmp_path / "run", resume=True).fit()
+
+
+def test_progress_bar_shows_short_readings(small, capsys):
+    model = bn_dropout_model()
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), F.cross_entropy, small, batch_size=100,
+            epochs=1, device="cpu", callbacks=[Monitor(every=5, instruments=[GradNorm()])], progress=True).fit()
+    assert "‖g‖=" in capsys.readouterr().err
