@@ -14,10 +14,10 @@ import warnings
 from typing import Sequence
 
 from trainlab import __version__, distributed
-from trainlab.cli import demo, diagnose, schedule, train
+from trainlab.cli import demo, diagnose, report, schedule, train
 from trainlab.errors import ConfigError, DataError, DivergenceError
 
-SUBCOMMANDS = (demo, train, diagnose, schedule)
+SUBCOMMANDS = (demo, train, diagnose, schedule, report)
 
 
 class Parser(argparse.ArgumentParser):

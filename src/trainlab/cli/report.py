@@ -1,0 +1,35 @@
+"""``trainlab report RUN``: one self-contained HTML page of a run directory — configuration,
+training curves, every instrument over the updates and the stall doctor's events."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trainlab.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="write RUN/report.html: curves, instruments and the doctor's events of a run",
+        description="Write one self-contained HTML page (figures embedded, readable on a phone) for a run directory"
+                    " of `trainlab train`: its configuration, the loss and accuracy curves, every instrument read"
+                    " during training (train with --monitor) over the updates — 2/η on the sharpness, the"
+                    " divergence threshold on the stability, the batch size against B_simple on the noise scale —"
+                    " and the stall doctor's events (train with --doctor), marked on every panel and listed. The"
+                    " run directory is only read; the page is written atomically.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory of `trainlab train`")
+    p.add_argument("--out", metavar="FILE", help="where to write the page (default: RUN/report.html)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out is not None else None
+    if out is not None and (args.out == "" or out.is_dir()):
+        raise ConfigError(f"--out {args.out!r} is {'empty' if args.out == '' else 'a directory'}; give the file to"
+                          " write, e.g. --out report.html")
+    from trainlab.report import run_report  # matplotlib: only when the command runs
+
+    path = run_report.write(args.run_dir, out)
+    print(f"wrote {path}")
+    return 0

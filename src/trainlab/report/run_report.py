@@ -1,0 +1,691 @@
+"""A run's report: ``RUN/report.html`` for a run directory of ``trainlab train``.
+
+One self-contained HTML page (every figure a PNG embedded as a ``data:`` URI, no external
+asset, no script), laid out for a phone as well as a desktop: figures in a grid that
+stacks into one column on a narrow screen, each figure at most the screen's width and a tap
+away from its full-size image. It shows
+
+* the configuration (``config.toml``) in one line and in full;
+* the training curves: the loss of every update (``steps.jsonl``) and of every epoch,
+  training and test (``metrics.jsonl``), the accuracy, and the learning rate when a
+  schedule moves it;
+* every instrument of ``instruments.jsonl`` (written by :class:`trainlab.instruments.Monitor`)
+  over the updates, one panel each: the value, the per-tensor parts of ``grad_norm`` and
+  ``update_ratio`` as thin lines, the dead and saturated shares of each layer for ``units``,
+  the line 2/η on ``sharpness`` (η of each update, so it follows a schedule), the
+  divergence threshold on ``stability``, the batch size against B_simple on ``noise_scale``;
+* the stall doctor's events (lines of ``metrics.jsonl`` with an ``"event"`` key) as labelled
+  vertical lines on every panel and in a table.
+
+A run without ``instruments.jsonl`` still gets its curves and events. The logs are read as
+the Trainer reads them: a torn last line (a write cut short) is ignored, any other damaged
+line is a :class:`~trainlab.errors.DataError` naming the file and line. Figures are
+:class:`matplotlib.figure.Figure` objects, never pyplot, so building one touches no global
+state.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from matplotlib.figure import Figure
+
+from trainlab import __version__
+from trainlab.errors import ConfigError, DataError
+from trainlab.train.checkpoint import write_text
+
+#: The files of a run directory the report reads.
+LOGS = ("metrics.jsonl", "steps.jsonl", "instruments.jsonl")
+NO_READINGS = "no instrument readings (train with --monitor)"
+
+# Sizes chosen for a phone: a figure 4.8 in wide is drawn about 370 px wide on a 390 px
+# screen (a pixel per point), where these font sizes read at 11 px or more; embedded at 160
+# dpi, so the image is sharp on a screen of two pixels per CSS pixel, and in the full-size view.
+WIDTH, HEIGHT, DPI = 4.8, 3.6, 160
+TICK, LABEL, TITLE, LEGEND = 12, 13, 13.5, 11
+EVENT_COLOR = "tab:red"
+MAX_PARTS = 12  # thin lines per panel; more would be unreadable
+
+
+@dataclass
+class Spec:
+    """How one instrument is drawn and explained."""
+
+    title: str
+    ylabel: str
+    label: str  # of the value's line
+    caption: str
+
+
+SPECS: dict[str, Spec] = {
+    "grad_norm": Spec(
+        "gradient norm", "‖∇L‖", "‖∇L‖, all parameters",
+        "‖∇L‖, the norm of the loss gradient on the monitor's fixed sample (thick line), and of each parameter"
+        " tensor's part (thin lines). A norm that falls towards zero while the loss stays high is a stall at a"
+        " critical point; one that grows by orders of magnitude is a sign of instability."),
+    "update_ratio": Spec(
+        "update ratio", "‖Δθ‖ / ‖θ‖", "‖Δθ‖/‖θ‖, all parameters",
+        "‖Δθ‖/‖θ‖, the size of the last update relative to the parameters, over all parameters (thick line) and"
+        " per tensor (thin lines). A common rule of thumb puts healthy values near 1e-3: far below, the layer"
+        " barely learns; far above, its updates are unstable."),
+    "units": Spec(
+        "dead or saturated units", "share of units", "dead or saturated, all layers",
+        "The share of units that are dead (a ReLU whose output is 0 for every sample) or saturated (tanh with"
+        " |y| > 0.99, sigmoid with y < 0.01 or y > 0.99 for every sample) on the monitor's sample, over all"
+        " activation layers (thick line) and per layer (thin lines: dead solid, saturated dashed). Such units pass"
+        " no gradient; the lecture's remedies are a better initialisation and normalisation."),
+    "sharpness": Spec(
+        "sharpness", "λ_max", "λ_max (sharpness)",
+        "λ_max, the largest eigenvalue of the loss Hessian on the monitor's sample (Lanczos, warm-started from the"
+        " previous reading's eigenvector). Gradient descent with step η diverges along a direction whose curvature"
+        " exceeds 2/η, drawn with the η of each update; under full-batch gradient descent λ_max tends to rise to"
+        " 2/η and hover there (the edge of stability, Cohen et al. 2021)."),
+    "stability": Spec(
+        "stability", "η · λ_max", "η·λ_max",
+        "η·λ_max for SGD-type updates, and η·λ_max(P⁻¹H) for Adam, RMSProp and Adagrad, with P the optimizer's"
+        " current diagonal preconditioner (Cohen et al. 2022). Above the threshold 2 the step overshoots along the"
+        " sharpest direction and diverges; far below 1 the step is small for the curvature (a crawl)."),
+    "noise_scale": Spec(
+        "gradient noise scale", "samples", "B_simple = tr(Σ)/‖G‖²",
+        "B_simple = tr(Σ)/‖G‖², the simple gradient noise scale from per-sample gradients (McCandlish et al. 2018),"
+        " against the batch size of the run. Batches well below B_simple are noise-dominated, so a larger batch"
+        " makes each update nearly proportionally more useful; batches well above it spend samples for little"
+        " gain."),
+    "gsnr": Spec(
+        "gradient signal-to-noise ratio", "ratio", "GSNR, mean over parameters",
+        "GSNR, the mean over parameters of G_i²/Σ_ii (the squared mean gradient over the per-sample variance), and"
+        " when present the norm test statistic of Byrd et al. 2012 (the batch is large enough while it stays at"
+        " or below θ²)."),
+    "trace": Spec(
+        "Hessian trace", "tr(H)", "tr(H), Hutchinson estimate",
+        "tr(H), the trace of the loss Hessian on the monitor's sample, estimated by Hutchinson's method"
+        " E[vᵀHv] over random sign vectors v: the sum of all curvatures, where λ_max is the largest."),
+}
+
+
+@dataclass
+class Run:
+    """What the report shows of a run directory."""
+
+    path: Path
+    config: dict[str, Any]  # config.toml, parsed ({} when there is none)
+    summary: dict[str, Any]  # summary.json ({} when there is none)
+    epochs: list[dict[str, Any]]  # metrics.jsonl, the epochs' lines
+    events: list[dict[str, Any]]  # metrics.jsonl, the lines with an "event" key, by step
+    steps: list[dict[str, Any]]  # steps.jsonl
+    readings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # instrument -> readings by step
+    has_instruments: bool = False  # instruments.jsonl exists
+
+    def last_step(self) -> int:
+        """The last update any file of the run mentions."""
+        return max([r["step"] for r in (*self.steps, *self.epochs, *self.events)]
+                   + [r["step"] for rs in self.readings.values() for r in rs], default=0)
+
+    def learning_rates(self) -> list[tuple[int, float]]:
+        """``(step, η)`` of every update, from ``steps.jsonl``; else the configured η at the
+        run's first and last step; else none."""
+        lrs = [(r["step"], float(r["lr"])) for r in self.steps if _finite(r.get("lr"))]
+        if lrs:
+            return lrs
+        lr = self.config.get("optimizer", {}).get("lr") if isinstance(self.config.get("optimizer"), dict) else None
+        return [(0, float(lr)), (max(self.last_step(), 1), float(lr))] if _finite(lr) else []
+
+
+@dataclass
+class Panel:
+    """One figure of the report and its caption (plain text)."""
+
+    key: str
+    title: str
+    figure: Figure
+    caption: str
+    instrument: bool = False
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read(run_dir: str | Path) -> Run:
+    """The run directory's files, checked. A missing directory, or one that is not a run of
+    ``trainlab train``, is a :class:`ConfigError`; a damaged file a :class:`DataError`."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise ConfigError(f"run directory {str(path)!r} does not exist; give the directory `trainlab train --out`"
+                          " wrote")
+    if not path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a file, not a run directory; give the directory `trainlab train --out`"
+                          " wrote")
+    if not any((path / name).exists() for name in ("metrics.jsonl", "steps.jsonl")):
+        raise ConfigError(f"{str(path)!r} is not a run directory of `trainlab train`: it holds no metrics.jsonl"
+                          " or steps.jsonl")
+    config = _read_toml(path / "config.toml")
+    summary = _read_json(path / "summary.json")
+    metrics = read_jsonl(path / "metrics.jsonl", _check_metrics)
+    steps = read_jsonl(path / "steps.jsonl", _check_step)
+    readings: dict[str, list[dict[str, Any]]] = {}
+    for record in read_jsonl(path / "instruments.jsonl", _check_reading):
+        readings.setdefault(record["instrument"], []).append(record)
+    for records in readings.values():
+        records.sort(key=lambda r: r["step"])
+    events = sorted((r for r in metrics if "event" in r), key=lambda r: r["step"])
+    return Run(path, config, summary, [r for r in metrics if "event" not in r], events, steps, readings,
+               (path / "instruments.jsonl").exists())
+
+
+def read_jsonl(path: Path, check: Callable[[Any], str | None]) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none when it is missing). ``check(record)`` returns
+    what is wrong with a record, or ``None``. A last line that does not parse is a write cut
+    short and is ignored, as the Trainer does; any other damaged line raises a
+    :class:`DataError` naming the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if i == last:
+                break
+            raise DataError(f"{str(path)!r} line {i + 1} is damaged (not a JSON record); repair or delete that line"
+                            " and run the report again") from None
+        problem = check(record)
+        if problem:
+            raise DataError(f"{str(path)!r} line {i + 1} is not a trainlab record: {problem}; repair or delete that"
+                            " line and run the report again")
+        records.append(record)
+    return records
+
+
+def _check_metrics(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    return _need_int(record, "step") or (None if "event" in record else _need_int(record, "epoch")) or \
+        _need_numbers(record, ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"))
+
+
+def _check_step(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    return _need_int(record, "step") or _need_numbers(record, ("loss", "lr", "grad_norm"))
+
+
+def _check_reading(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    if not isinstance(record.get("instrument"), str) or not record["instrument"]:
+        return "it needs an instrument name (a string) under 'instrument'"
+    return _need_int(record, "step") or _need_numbers(record, ("value", "threshold", "batch_size"))
+
+
+def _need_int(record: dict[str, Any], key: str) -> str | None:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"it needs an integer {key!r}, found {value!r}"
+    return None
+
+
+def _need_numbers(record: dict[str, Any], keys: Sequence[str]) -> str | None:
+    for key in keys:
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key!r} must be a number or null, found {value!r}"
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise DataError(f"{str(path)!r} is not valid TOML ({' '.join(str(e).split())}); repair it or move it"
+                        " away") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{str(path)!r} is damaged (not JSON: {e}); repair it or move it away") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{str(path)!r} holds a JSON {type(value).__name__}, not the object trainlab writes; repair"
+                        " it or move it away")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float, NaN (a gap in a line) when missing or not finite."""
+    return float(value) if _finite(value) else math.nan
+
+
+def _new_figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=(WIDTH, HEIGHT), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _style(ax: Any, title: str, ylabel: str, xmax: float | None = None, xlabel: str = "update (step)") -> None:
+    if xmax:  # every panel over the same updates, so they line up when compared
+        ax.set_xlim(-0.02 * xmax, 1.02 * xmax)
+    ax.set_title(title, fontsize=TITLE)
+    ax.set_xlabel(xlabel, fontsize=LABEL)
+    ax.set_ylabel(ylabel, fontsize=LABEL)
+    ax.tick_params(labelsize=TICK)
+    ax.grid(alpha=0.3)
+
+
+def _log_if_wide(ax: Any, values: Sequence[float], ratio: float = 30.0) -> None:
+    """A log y scale when every value is positive and they span more than ``ratio``."""
+    v = [x for x in values if _finite(x)]
+    if v and min(v) > 0 and max(v) / min(v) > ratio:
+        ax.set_yscale("log")
+
+
+def mark_events(ax: Any, events: Sequence[dict[str, Any]]) -> None:
+    """Each event as a dashed vertical line at its step, labelled ``E1``, ``E2``, … at the
+    top (the numbers of the report's event table)."""
+    for i, event in enumerate(events, 1):
+        ax.axvline(event["step"], color=EVENT_COLOR, ls="--", lw=1.3,
+                   label="doctor's event (E1, E2, …)" if i == 1 else "_nolegend_")
+        ax.text(event["step"], 0.97, f"E{i}", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                va="top", fontsize=LEGEND, color=EVENT_COLOR,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
+
+
+def _legend(fig: Figure, ax: Any) -> None:
+    """The legend below the axes, where it hides no line and no event's label: two columns
+    when the labels are short, one otherwise; the figure grows to hold it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ncol = 2 if max(len(label) for label in labels) <= 22 and len(labels) > 2 else 1
+    rows = -(-len(labels) // ncol)
+    fig.set_figheight(HEIGHT + 0.23 * rows)
+    fig.legend(handles, labels, fontsize=LEGEND, loc="outside lower center", ncol=ncol, frameon=False,
+               handlelength=1.8, columnspacing=1.0, borderaxespad=0.2)
+
+
+def curve_panels(run: Run) -> list[Panel]:
+    """The loss (every update and every epoch), the accuracy, and the learning rate when it
+    changes during the run."""
+    panels = []
+    xmax = run.last_step()
+    fig, ax = _new_figure()
+    values = []
+    if run.steps:
+        xs, ys = [r["step"] for r in run.steps], [_number(r.get("loss")) for r in run.steps]
+        ax.plot(xs, ys, color="tab:blue", lw=0.7, alpha=0.45, label="training loss of each update (its batch)")
+        values += ys
+    for key, label, color in (("train_loss", "training loss, epoch mean", "tab:blue"),
+                              ("eval_loss", "test loss, end of epoch", "tab:orange")):
+        points = [(r["step"], _number(r.get(key))) for r in run.epochs if _finite(r.get(key))]
+        if points:
+            ax.plot(*zip(*points), "o-", color=color, lw=1.8, ms=4, label=label)
+            values += [p[1] for p in points]
+    _log_if_wide(ax, values)
+    mark_events(ax, run.events)
+    _style(ax, "loss", "loss", xmax)
+    _legend(fig, ax)
+    panels.append(Panel("loss", "Loss", fig, "The training loss of each update (on its batch, thin line), its mean"
+                        " over each epoch, and the loss on the test split at the end of each epoch."))
+    accuracy = [(key, label, color, [(r["step"], float(r[key])) for r in run.epochs if _finite(r.get(key))])
+                for key, label, color in (("train_accuracy", "training accuracy, epoch mean", "tab:blue"),
+                                          ("eval_accuracy", "test accuracy, end of epoch", "tab:orange"))]
+    if any(points for *_, points in accuracy):
+        fig, ax = _new_figure()
+        for key, label, color, points in accuracy:
+            if points:
+                ax.plot(*zip(*points), "o-", color=color, lw=1.8, ms=4, label=label)
+        ax.set_ylim(-0.02, 1.02)
+        mark_events(ax, run.events)
+        _style(ax, "accuracy", "share correct", xmax)
+        _legend(fig, ax)
+        panels.append(Panel("accuracy", "Accuracy", fig, "The share of samples classified correctly: training"
+                            " (mean over each epoch, while training) and test split (end of each epoch)."))
+    lrs = [(r["step"], float(r["lr"])) for r in run.steps if _finite(r.get("lr"))]
+    if len({lr for _, lr in lrs}) > 1:
+        fig, ax = _new_figure()
+        ax.plot(*zip(*lrs), color="tab:green", lw=1.6, drawstyle="steps-post", label="learning rate η of each update")
+        mark_events(ax, run.events)
+        _style(ax, "learning rate", "η", xmax)
+        _legend(fig, ax)
+        panels.append(Panel("lr", "Learning rate", fig, "The learning rate of each update, as the schedule (and"
+                            " the stall doctor, where it acted) set it."))
+    return panels
+
+
+def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]] = (),
+                      lrs: Sequence[tuple[int, float]] = (), batch_size: float | None = None,
+                      xmax: float | None = None) -> Figure:
+    """One instrument's readings over the updates, with the doctor's ``events`` marked.
+
+    ``lrs`` — ``(step, η)`` of each update — draws 2/η on ``sharpness``; ``batch_size`` is
+    the run's batch size on ``noise_scale`` where the readings carry none; ``xmax``, the
+    run's last update, gives every panel the same x range.
+    """
+    spec = SPECS.get(name, Spec(name.replace("_", " "), name, name, ""))
+    steps = [r["step"] for r in readings]
+    values = [_number(r.get("value")) for r in readings]
+    parts = _parts(name, readings)
+    fig, ax = _new_figure()
+    everything = list(values)
+    label = spec.label
+    if name == "stability" and any(r.get("preconditioned") for r in readings):
+        label = "η·λ_max(P⁻¹H), preconditioned"
+    ax.plot(steps, values, "o-", color="black", lw=2.0, ms=3.5, label=label, zorder=3)
+    colors = _colors(len(parts))
+    for (part, ys, style), color in zip(parts, colors):
+        ax.plot(steps, ys, style, color=color, lw=0.9, alpha=0.9, label=part)
+        everything += ys
+    if name == "sharpness" and lrs:
+        xs = [s for s, _ in lrs]
+        ys = [2.0 / lr if lr > 0 else math.nan for _, lr in lrs]
+        ax.plot(xs, ys, color="tab:red", lw=1.6, drawstyle="steps-post", label="2/η, η of each update")
+        everything += ys
+    if name == "stability":
+        thresholds = [_number(r.get("threshold", 2.0)) for r in readings]
+        if len({t for t in thresholds if _finite(t)}) <= 1:
+            t = next((t for t in thresholds if _finite(t)), 2.0)
+            ax.axhline(t, color="tab:red", lw=1.6, label=f"divergence threshold {t:g}")
+        else:
+            ax.plot(steps, thresholds, color="tab:red", lw=1.6, drawstyle="steps-post", label="divergence threshold")
+        everything += thresholds
+    if name == "noise_scale":
+        batches = [_number(r.get("batch_size", batch_size)) for r in readings]
+        if any(_finite(b) for b in batches):
+            ax.plot(steps, batches, color="tab:green", lw=1.8, drawstyle="steps-post",
+                    label="batch size B (samples per update)")
+            everything += batches
+    if name == "gsnr" and any(_finite(r.get("norm_test")) for r in readings):
+        tests = [_number(r.get("norm_test")) for r in readings]
+        ax.plot(steps, tests, "s--", color="tab:purple", lw=1.2, ms=3, label="norm test statistic (Byrd et al. 2012)")
+        everything += tests
+    failed = [r["step"] for r in readings if r.get("error") is not None or not _finite(r.get("value"))]
+    if failed:
+        ax.plot(failed, [0.02] * len(failed), "x", color=EVENT_COLOR, ms=7, mew=2,
+                transform=ax.get_xaxis_transform(), label="reading failed (see below)")
+    if name == "units":
+        ax.set_ylim(-0.02, 1.02)
+    elif name == "noise_scale":
+        _log_if_wide(ax, everything, ratio=1.0)
+    else:
+        _log_if_wide(ax, everything)
+    mark_events(ax, events)
+    _style(ax, spec.title, spec.ylabel, xmax)
+    _legend(fig, ax)
+    return fig
+
+
+def _parts(name: str, readings: Sequence[dict[str, Any]]) -> list[tuple[str, list[float], str]]:
+    """The thin lines: ``(label, values, line style)``; for ``units`` each layer's dead and
+    saturated shares (a share that stays 0 throughout is left out), for the others each
+    parameter tensor's part (the :data:`MAX_PARTS` largest by median)."""
+    names: list[str] = []
+    for r in readings:
+        if isinstance(r.get("parts"), dict):
+            names += [k for k in r["parts"] if k not in names]
+    lines = []
+    if name == "units":
+        for layer in names:
+            for kind, style in (("dead", "-"), ("saturated", "--")):
+                ys = [_number(p.get(kind)) if isinstance(p := r.get("parts", {}).get(layer), dict) else math.nan
+                      for r in readings]
+                if any(_finite(y) and y > 0 for y in ys):
+                    lines.append((f"{layer} {kind}", ys, style))
+        return lines[:MAX_PARTS]
+    for part in names:
+        ys = [_number(r.get("parts", {}).get(part)) if isinstance(r.get("parts"), dict) else math.nan
+              for r in readings]
+        if any(_finite(y) for y in ys):
+            lines.append((part, ys, "-"))
+    if len(lines) > MAX_PARTS:
+        lines.sort(key=lambda line: -_median(line[1]))
+        lines = sorted(lines[:MAX_PARTS], key=lambda line: names.index(line[0]))
+    return lines
+
+
+def _median(values: Sequence[float]) -> float:
+    v = sorted(x for x in values if _finite(x))
+    return v[len(v) // 2] if v else -math.inf
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def instrument_panels(run: Run) -> list[Panel]:
+    """One panel per instrument, the known ones first in a fixed order."""
+    order = [n for n in SPECS if n in run.readings] + sorted(n for n in run.readings if n not in SPECS)
+    lrs = run.learning_rates()
+    batch = run.config.get("train", {}).get("batch_size") if isinstance(run.config.get("train"), dict) else None
+    batch = batch if _finite(batch) else None
+    panels = []
+    for name in order:
+        readings = run.readings[name]
+        fig = instrument_figure(name, readings, run.events, lrs, batch, run.last_step())
+        spec = SPECS.get(name)
+        panels.append(Panel(name, spec.title.capitalize() if spec else name, fig,
+                            _instrument_caption(name, readings, spec, run), instrument=True))
+    return panels
+
+
+def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spec | None, run: Run) -> str:
+    ok = [r for r in readings if _finite(r.get("value")) and r.get("error") is None]
+    seconds = [float(r["seconds"]) for r in readings if _finite(r.get("seconds"))]
+    text = (spec.caption + " ") if spec and spec.caption else ""
+    text += (f"{len(readings)} reading{'s' if len(readings) != 1 else ''}, updates {readings[0]['step']}–"
+             f"{readings[-1]['step']}")
+    if ok:
+        text += f"; last value {float(ok[-1]['value']):.4g} at update {ok[-1]['step']}"
+    if seconds:
+        text += f"; {sum(seconds) / len(seconds):.3g} s per reading"
+    hvps = [r["n_hvp"] for r in readings if _finite(r.get("n_hvp"))]
+    if hvps:
+        text += f"; {sum(hvps) / len(hvps):.3g} Hessian-vector products per reading"
+    text += "."
+    if name == "sharpness":
+        if not run.learning_rates():
+            text += " No learning rate is logged, so 2/η is not drawn."
+        elif not run.steps:
+            text += " 2/η uses the configured learning rate (no steps.jsonl)."
+        optimizer = run.config.get("optimizer", {}).get("name") if isinstance(run.config.get("optimizer"), dict) \
+            else None
+        if optimizer in ("adam", "rmsprop", "adagrad"):
+            text += (f" This run used {optimizer}, whose step is scaled per parameter: its threshold is on the"
+                     " stability panel (preconditioned); 2/η here is for reference.")
+    if name == "units":
+        quiet = [layer for layer in _layer_names(readings)
+                 if all(not (isinstance(p := r.get("parts", {}).get(layer), dict) and _finite(p.get(k)) and p[k] > 0)
+                        for r in readings for k in ("dead", "saturated"))]
+        if quiet:
+            text += f" No dead or saturated unit at any reading in: {', '.join(quiet)}."
+    failed = [r for r in readings if r.get("error") is not None or not _finite(r.get("value"))]
+    if failed:
+        first = failed[0]
+        text += (f" {len(failed)} reading{'s' if len(failed) != 1 else ''} failed (marked ✕), the first at update"
+                 f" {first['step']}: {first.get('error') or 'no finite value'}.")
+    return text
+
+
+def _layer_names(readings: Sequence[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for r in readings:
+        if isinstance(r.get("parts"), dict):
+            names += [k for k in r["parts"] if k not in names]
+    return names
+
+
+# ------------------------------------------------------------------------------------------ the page
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1120px;margin:auto;padding:1em;
+line-height:1.45;color:#222;font-size:16px;-webkit-text-size-adjust:100%}
+h1{font-size:1.5em;margin:.3em 0;overflow-wrap:anywhere}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;
+margin-top:1.6em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,500px),1fr));gap:1.2em 1.4em}
+figure{margin:0;min-width:0}figure img{display:block;width:100%;height:auto;border:1px solid #eee}
+figure:target{grid-column:1/-1;overflow-x:auto}figure:target img{width:auto;max-width:none}
+figcaption{font-size:.92em;color:#444;margin-top:.3em}.size{font-size:.85em;white-space:nowrap}
+.fit,figure:target .full{display:none}figure:target .fit{display:inline}
+table{border-collapse:collapse;font-size:.9em;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.event{color:#c0392b;font-weight:600}
+.note{background:#f8f8f2;border-left:4px solid #ccc;padding:.5em 1em}code{overflow-wrap:anywhere}
+details summary{cursor:pointer;margin:.5em 0}
+@media (max-width:600px){body{padding:.6em}h1{font-size:1.25em}h2{font-size:1.15em}
+table.events tr:first-child{display:none}table.events,table.events tr,table.events td{display:block}
+table.events tr{border:1px solid #ddd;margin-bottom:.6em}table.events td{border:none;padding:.15em .5em;text-align:left}
+table.events td::before{content:attr(data-label) ": ";color:#777;font-size:.85em}}
+"""
+
+
+def to_html(run: Run, curves: Sequence[Panel], instruments: Sequence[Panel]) -> str:
+    """The page, every figure rendered and embedded."""
+    name = run.path.resolve().name or str(run.path)
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+             f"<title>trainlab run report: {html.escape(name)}</title><style>{CSS}</style></head><body>",
+             f"<h1>Run report: {html.escape(name)}</h1>",
+             f"<p>{html.escape(_headline(run))}</p>",
+             "<p>Sections: <a href='#config'>configuration</a> · <a href='#curves'>training curves</a> ·"
+             " <a href='#events'>doctor's events</a> · <a href='#instruments'>instruments</a>."
+             " Tap a figure for its full-size image.</p>",
+             "<h2 id='config'>Configuration</h2>", _config_html(run),
+             "<h2 id='curves'>Training curves</h2>", _figures_html(curves),
+             f"<h2 id='events'>Doctor's events ({len(run.events)})</h2>", _events_html(run),
+             "<h2 id='instruments'>Instruments</h2>"]
+    if instruments:
+        parts.append(f"<p>{len(instruments)} instrument{'s' if len(instruments) != 1 else ''} read during training"
+                     " on a fixed sample of the training data (instruments.jsonl), each over the updates; the doctor's"
+                     " events are marked E1, E2, … on every panel.</p>")
+        parts.append(_figures_html(instruments))
+    else:
+        why = "" if not run.has_instruments else " (instruments.jsonl holds none)"
+        parts.append(f"<p class='note'>{NO_READINGS}{why}.</p>")
+    parts.append(f"<p class='size'>Written by trainlab {html.escape(__version__)} on"
+                 f" {time.strftime('%Y-%m-%d %H:%M:%S')} from {html.escape(str(run.path))}.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _headline(run: Run) -> str:
+    last = run.epochs[-1] if run.epochs else {}
+    s = {**last, **run.summary}
+    bits = [f"status {s['status']}"] if isinstance(s.get("status"), str) else []
+    epochs = s.get("epochs", last.get("epoch"))
+    if _finite(epochs):
+        bits.append(f"{int(epochs)} epoch{'s' if epochs != 1 else ''}")
+    steps = s.get("steps", run.steps[-1]["step"] if run.steps else last.get("step"))
+    if _finite(steps):
+        bits.append(f"{int(steps):,} updates")
+    for key, what in (("train_loss", "training loss"), ("eval_loss", "test loss")):
+        if _finite(s.get(key)):
+            bits.append(f"{what} {s[key]:.4g}")
+    for key, what in (("train_accuracy", "training accuracy"), ("eval_accuracy", "test accuracy")):
+        if _finite(s.get(key)):
+            bits.append(f"{what} {100 * s[key]:.1f} %")
+    if _finite(s.get("total_seconds")):
+        bits.append(f"{s['total_seconds']:.3g} s")
+    return (", ".join(bits) + ".") if bits else "No epoch completed yet."
+
+
+def _config_html(run: Run) -> str:
+    if not run.config:
+        return "<p class='note'>No config.toml in this directory (a run of the Python API?).</p>"
+    c = run.config
+
+    def get(section: str, key: str) -> Any:
+        value = c.get(section, {})
+        return value.get(key) if isinstance(value, dict) else None
+
+    model = f"{get('model', 'name') or 'model'}"
+    if get("model", "name") == "mlp" and get("model", "hidden") is not None:
+        model += f" {get('model', 'hidden')}"
+    if get("model", "activation"):
+        model += f" ({get('model', 'activation')}{', batch norm' if get('model', 'batch_norm') else ''})"
+    bits = [f"{model} on {get('data', 'name') or '?'}",
+            f"{get('optimizer', 'name') or 'optimizer'}, η = {get('optimizer', 'lr')}",
+            f"schedule {get('schedule', 'name') or 'constant'}",
+            f"batch {get('train', 'batch_size')}", f"{get('train', 'epochs')} epochs",
+            f"loss {get('train', 'loss')}", f"seed {c.get('seed')}"]
+    rows = []
+    for section, value in c.items():
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        for key, v in items:
+            rows.append(f"<tr><td><code>{html.escape(f'{section}.{key}' if key else section)}</code></td>"
+                        f"<td><code>{html.escape(json.dumps(v, ensure_ascii=False))}</code></td></tr>")
+    return (f"<p>{html.escape(' · '.join(bits))}</p><details><summary>config.toml in full ({len(rows)} keys)"
+            f"</summary><table><tr><th>key</th><th>value</th></tr>{''.join(rows)}</table></details>")
+
+
+def _events_html(run: Run) -> str:
+    if not run.events:
+        return "<p>The stall doctor logged no event (none found, or the run was trained without --doctor).</p>"
+    rows = ["<table class='events'><tr><th>mark</th><th>update</th><th>epoch</th><th>verdict</th><th>action</th>"
+            "<th>message</th></tr>"]
+    for i, e in enumerate(run.events, 1):
+        verdict = str(e.get("verdict", e.get("event", ""))).replace("_", " ")
+        action = e.get("action", "")
+        if action and e.get("applied") is not None:
+            action = f"{action} ({'applied' if e['applied'] else 'not applied'})"
+        cells = [("mark", f"E{i}"), ("update", e["step"]), ("epoch", e.get("epoch", "")), ("verdict", verdict),
+                 ("action", action), ("message", e.get("message", ""))]
+        cls = " class='num'"
+        rows.append(f"<tr><td class='event' data-label='mark'>E{i}</td>" + "".join(
+            f"<td{cls if key in ('update', 'epoch') else ''} data-label='{key}'>{html.escape(str(value))}</td>"
+            for key, value in cells[1:]) + "</tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
+def _figures_html(panels: Sequence[Panel]) -> str:
+    out = ["<div class='grid'>"]
+    for p in panels:
+        data = base64.b64encode(_png(p.figure)).decode("ascii")
+        anchor = f"fig-{html.escape(p.key)}"
+        kind = f" class='instrument' data-instrument='{html.escape(p.key)}'" if p.instrument else ""
+        out.append(f"<figure id='{anchor}'{kind}><span id='{anchor}-fit'></span><a href='#{anchor}'><img"
+                   f" alt='{html.escape(p.title)}'"
+                   f" src='data:image/png;base64,{data}'></a><figcaption><b>{html.escape(p.title)}.</b>"
+                   f" {html.escape(p.caption)} <a class='size full' href='#{anchor}'>full size ⤢</a>"
+                   f"<a class='size fit' href='#{anchor}-fit'>fit to screen</a>"
+                   "</figcaption></figure>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def write(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``),
+    atomically, and return its path. Nothing is written when a file cannot be read."""
+    run = read(run_dir)
+    out = Path(out) if out is not None else run.path / "report.html"
+    page = to_html(run, curve_panels(run), instrument_panels(run))
+    try:
+        write_text(page, out)
+    except OSError as e:  # a missing folder is reported on the temporary sibling; name the file asked for
+        raise OSError(e.errno, e.strerror or str(e), str(out)) from None
+    return out
