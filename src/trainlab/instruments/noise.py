@@ -1,0 +1,291 @@
+"""Gradient-noise readings from per-sample gradients: noise scale, GSNR, the norm test.
+
+On the Monitor's fixed sample of ``n`` examples, with per-sample gradients ``gᵢ = ∇ℓ(θ; xᵢ, yᵢ)``::
+
+    G   = (1/n) Σᵢ gᵢ                              (the mean gradient)
+    Σ_jj = Σᵢ (g_ij − G_j)² / (n − 1)              (per-coordinate variance, unbiased)
+    tr Σ = Σ_j Σ_jj                                (total variance of one sample's gradient)
+
+The per-sample gradients come from ``torch.func``: ``vmap(grad(ℓ))`` over the samples, where
+``ℓ`` is the loss of one sample through ``functional_call(model, parameters, ...)`` — so any
+module works, attention included — in chunks of at most ``chunk`` samples, never held all at
+once: each chunk's mean and sum of squared deviations are merged into running float64
+totals (Chan, Golub & LeVeque 1979), so memory is ``chunk × parameters`` plus two vectors.
+
+A per-sample gradient exists only when samples do not interact: BatchNorm in training mode
+normalises with the batch's statistics, so those readings refuse ``mode="train"`` with
+BatchNorm (the Monitor's default, ``eval``, uses the running statistics and is exact).
+Readings run inside :func:`trainlab.curvature.analysis_mode` and leave the model as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from trainlab.curvature import analysis_mode
+from trainlab.data.batches import BatchLoss, batch_size_of, map_tensors, take
+from trainlab.errors import ConfigError, DataError
+
+#: Samples per vmap chunk, at most.
+CHUNK = 64
+#: GSNR leaves out coordinates whose per-sample gradients are zero up to rounding: root mean
+#: square below this share of the largest coordinate's (1000 float64 epsilons).
+ZERO_GRADIENT = 1000 * torch.finfo(torch.float64).eps
+#: Memory for one chunk of flat per-sample gradients; the chunk shrinks to fit.
+CHUNK_BYTES = 256 * 2**20
+
+
+def _has_training_batch_norm(model: nn.Module) -> bool:
+    return any(m.training and (isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__)
+               for m in model.modules())
+
+
+class _LossOfOne(nn.Module):
+    """``batch_loss(model, batch)`` as a module, so that ``functional_call`` swaps the
+    parameters of the model that ``batch_loss`` calls."""
+
+    def __init__(self, model: nn.Module, batch_loss: BatchLoss):
+        super().__init__()
+        self.model, self.batch_loss = model, batch_loss
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.batch_loss(self.model, batch)
+
+
+def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                         batch: Any, chunk: int = CHUNK, *, batch_loss: BatchLoss | None = None
+                         ) -> Iterator[torch.Tensor]:
+    """The gradient of each sample's loss, ``gᵢ = ∇_θ loss_fn(model(xᵢ), yᵢ)`` over the parameters
+    that require gradients (flattened in ``model.parameters()`` order), chunk by chunk.
+
+    Parameters: ``model``; ``loss_fn(outputs, targets)`` (a mean over the batch, or ``None``
+    with ``batch_loss``); ``batch`` an ``(x, y)`` pair or, with ``batch_loss=(model, batch) ->
+    loss``, any batch whose tensors have a leading sample dimension; ``chunk`` at most this many
+    samples per ``vmap`` call (64; fewer when a chunk's gradients would exceed 256 MiB).
+    Each sample goes through the model as a batch of one. The model's current mode is used
+    (call inside :func:`trainlab.curvature.analysis_mode`); BatchNorm in training mode is
+    refused (samples interact through its batch statistics).
+
+    Yields: ``(m, n_params)`` tensors in the parameters' dtype, ``m ≤ chunk``, in sample order.
+    Cost: about one forward and backward pass per sample, vectorised.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"chunk={chunk!r} is not allowed; expected an integer >= 1 (samples per vmap call)")
+    if loss_fn is None and batch_loss is None:
+        raise ConfigError("loss_fn=None needs batch_loss=(model, batch) -> mean loss; give one of them")
+    if _has_training_batch_norm(model):
+        raise ConfigError("per-sample gradients are undefined with BatchNorm in training mode (each sample's output"
+                          " depends on the whole batch); read them in mode='eval', which uses the running statistics")
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError("the model has no parameters that require gradients")
+    params = {name: p.detach() for name, p in named}
+    frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    buffers = {name: b for name, b in model.named_buffers()}
+    n_params = sum(p.numel() for p in params.values())
+    itemsize = named[0][1].element_size()
+    chunk = max(1, min(chunk, CHUNK_BYTES // max(n_params * itemsize, 1)))
+    n = batch_size_of(batch)
+
+    if batch_loss is None:
+        def loss_of_one(p: dict[str, torch.Tensor], sample: Any) -> torch.Tensor:
+            x, y = map_tensors(sample, lambda t: t.unsqueeze(0))
+            out = functional_call(model, {**p, **frozen, **buffers}, (x,))
+            return loss_fn(out, y).reshape(())
+        in_dims: Any = 0
+    else:
+        wrapper = _LossOfOne(model, batch_loss)
+        prefixed = {f"model.{k}": v for k, v in {**frozen, **buffers}.items()}
+
+        def loss_of_one(p: dict[str, torch.Tensor], sample: Any) -> torch.Tensor:
+            one = map_tensors(sample, lambda t: t.unsqueeze(0))
+            state = {**{f"model.{k}": v for k, v in p.items()}, **prefixed}
+            return functional_call(wrapper, state, (one,)).reshape(())
+        # tensors with a leading sample dimension are split; anything else is passed whole
+        in_dims = map_tensors(batch, lambda t: 0 if t.dim() > 0 and len(t) == n else None)
+
+    per_sample = vmap(grad(loss_of_one), in_dims=(None, in_dims))
+    for start in range(0, n, chunk):
+        piece = take(batch, start, min(start + chunk, n))
+        try:
+            with warnings.catch_warnings():
+                # ops without a batching rule (e.g. CPU flash attention) run as a loop inside
+                # vmap: slower but exact, so torch's per-call warning is not repeated here
+                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+                grads = per_sample(params, piece)
+        except RuntimeError as e:
+            if "randomness" in str(e):
+                raise ConfigError("the model draws random numbers (dropout?) in this mode, so per-sample gradients"
+                                  " are random; read them in mode='eval' (the default)") from None
+            raise
+        yield torch.cat([grads[name].reshape(grads[name].shape[0], -1) for name in params], dim=1)
+
+
+@dataclass
+class Moments:
+    """Running mean and per-coordinate sum of squared deviations of gradients (float64):
+    ``count``, ``mean`` (= ``G``), ``m2`` (``Σᵢ (gᵢ − G)²`` per coordinate)."""
+
+    count: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def of(cls, chunks: Iterator[torch.Tensor]) -> "Moments":
+        """Merge chunks of per-sample gradients, rows = samples (Chan et al.: exact, no
+        cancellation from a raw sum of squares)."""
+        total: Moments | None = None
+        for rows in chunks:
+            rows = rows.double()
+            mean = rows.mean(0)
+            part = cls(len(rows), mean, ((rows - mean) ** 2).sum(0))
+            total = part if total is None else total.merged(part)
+        if total is None:
+            raise DataError("the sample holds no samples")
+        return total
+
+    def merged(self, other: "Moments") -> "Moments":
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta ** 2 * (self.count * other.count / count)
+        return Moments(count, mean, m2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """``Σ_jj``, unbiased (``n − 1``)."""
+        return self.m2 / (self.count - 1)
+
+
+def gradient_moments(ctx: Any, chunk: int = CHUNK) -> Moments:
+    """:class:`Moments` of the per-sample gradients on ``ctx.batch``, in ``ctx.mode``, computed
+    once per context: instruments read at the same update (noise scale, GSNR) share them."""
+    cached = getattr(ctx, "_gradient_moments", None)
+    if cached is not None and cached[0] == chunk:
+        return cached[1]
+    with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
+        moments = Moments.of(per_sample_gradients(ctx.model, ctx.loss_fn, ctx.batch, chunk,
+                                                  batch_loss=getattr(ctx, "batch_loss", None)))
+    if moments.count < 2:
+        raise DataError(f"the sample holds {moments.count} sample: a gradient variance needs at least 2")
+    try:
+        ctx._gradient_moments = (chunk, moments)
+    except AttributeError:  # a context that takes no attributes: nothing is shared
+        pass
+    return moments
+
+
+def _check_every(every: Any) -> int | None:
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"every={every!r} is not allowed; expected an integer >= 1 (updates between readings)"
+                          " or None (the Monitor's)")
+    return every
+
+
+def _batch_size(ctx: Any) -> int | None:
+    b = getattr(ctx, "batch_size", None)
+    return None if b is None else int(b)
+
+
+class NoiseScale:
+    """``noise_scale``: the simple gradient noise scale of McCandlish, Kaplan, Amodei et al. 2018
+    ("An empirical model of large-batch training")::
+
+        B_simple = tr(Σ) / ‖G‖²
+
+    with ``G`` the mean gradient and ``Σ`` the per-sample gradient covariance on the sample
+    (module docstring). It estimates the critical batch size: batches much smaller than
+    ``B_simple`` waste updates on noise (each update could take a larger step with a larger
+    batch), much larger ones waste samples. ``‖G‖²`` of a sample mean is biased upward by
+    ``tr(Σ)/n``; ``"debiased"`` uses ``‖G‖² − tr(Σ)/n`` instead (``None`` when that is ≤ 0:
+    the noise hides the mean at this sample size).
+
+    Parameters: ``every`` (100; ``None``: the Monitor's), ``chunk`` (64 samples per vmap call).
+    Reading: ``{"value": B_simple, "trace_sigma", "grad_norm_sq", "samples", "batch_size",
+    "batch_over_noise": batch_size / B_simple, "debiased"}`` (``batch_size`` and
+    ``batch_over_noise`` ``None`` when the context does not know the batch size).
+    Cost: per-sample gradients of the sample, shared with :class:`GSNR` at the same update.
+    """
+
+    name = "noise_scale"
+
+    def __init__(self, every: int | None = 100, chunk: int = CHUNK):
+        self.every, self.chunk = _check_every(every), chunk
+
+    def read(self, ctx: Any) -> dict:
+        m = gradient_moments(ctx, self.chunk)
+        trace = float(m.variance.sum())
+        norm_sq = float((m.mean ** 2).sum())
+        value = trace / norm_sq if norm_sq > 0 else math.inf
+        unbiased = norm_sq - trace / m.count
+        b = _batch_size(ctx)
+        return {"value": value, "trace_sigma": trace, "grad_norm_sq": norm_sq, "samples": m.count,
+                "batch_size": b, "batch_over_noise": None if b is None else b / value,
+                "debiased": trace / unbiased if unbiased > 0 else None}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class GSNR:
+    """``gsnr``: the gradient signal-to-noise ratio of Liu et al. 2020 ("Understanding why neural
+    networks generalize well through GSNR of parameters", ICLR), per parameter coordinate
+    ``r_j = G_j² / Σ_jj``, averaged over the coordinates. Left out: coordinates no sample
+    moves (``Σ_jj = 0``), and those whose gradient is zero up to rounding — root mean square
+    ``sqrt(mean_i g_ij²)`` below :data:`ZERO_GRADIENT` (``1000·eps``) times the largest — such as
+    attention's key bias, which softmax ignores: their ratio would be rounding noise. Large GSNR: the samples agree on
+    the direction, and what is learnt on one sample carries to others.
+
+    Also the norm test of Byrd, Chin, Nocedal & Wu 2012 ("Sample size selection in optimization
+    methods for machine learning", Math. Programming): a batch of ``b`` samples gives a
+    descent direction reliably when ``E‖g_B − ∇L‖² ≤ θ² ‖∇L‖²``, estimated as::
+
+        T = tr(Σ) / (b ‖G‖²)   ≤ θ²      (b = ctx.batch_size, θ = 0.9 by default)
+
+    ``T`` is ``B_simple / b``; when the test fails, the batch is too small for the noise.
+
+    Parameters: ``every`` (100; ``None``: the Monitor's), ``theta`` (0.9), ``chunk`` (64).
+    Reading: ``{"value": mean GSNR, "coordinates": coordinates averaged, "norm_test": T,
+    "norm_test_passes": T ≤ θ², "theta", "batch_size"}`` (``norm_test`` and its verdict ``None``
+    without a batch size). Cost: per-sample gradients, shared with :class:`NoiseScale`.
+    """
+
+    name = "gsnr"
+
+    def __init__(self, every: int | None = 100, theta: float = 0.9, chunk: int = CHUNK):
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
+            raise ConfigError(f"theta={theta!r} is not allowed; expected a finite number > 0 (Byrd et al. use 0.9)")
+        self.every, self.theta, self.chunk = _check_every(every), float(theta), chunk
+
+    def read(self, ctx: Any) -> dict:
+        m = gradient_moments(ctx, self.chunk)
+        var = m.variance
+        rms = (m.mean ** 2 + m.m2 / m.count).sqrt()  # sqrt(mean_i g_ij²)
+        used = (var > 0) & (rms > ZERO_GRADIENT * float(rms.max()))
+        ratio = m.mean[used] ** 2 / var[used]
+        value = float(ratio.mean()) if bool(used.any()) else math.nan
+        trace, norm_sq = float(var.sum()), float((m.mean ** 2).sum())
+        b = _batch_size(ctx)
+        test = None if b is None else (trace / (b * norm_sq) if norm_sq > 0 else math.inf)
+        return {"value": value, "coordinates": int(used.sum()), "norm_test": test,
+                "norm_test_passes": None if test is None else bool(test <= self.theta ** 2), "theta": self.theta,
+                "batch_size": b}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+__all__ = ["GSNR", "Moments", "NoiseScale", "gradient_moments", "per_sample_gradients"]

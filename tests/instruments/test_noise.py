@@ -1,0 +1,187 @@
+"""Gradient-noise instruments against independent references: per-sample gradients from a
+loop of single-sample ``backward`` calls, and B_simple, GSNR and the norm test computed by
+brute force from all of them."""
+
+import hashlib
+import random
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import trainlab as tl
+from trainlab.errors import ConfigError
+from trainlab.instruments.noise import GSNR, NoiseScale, gradient_moments, per_sample_gradients
+
+
+class Attention(nn.Module):
+    """A tiny transformer classifier over sequences of 5 tokens of 4 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.encoder(self.embed(x))
+        h, _ = self.attn(h, h, h)
+        return self.out(h.mean(1))
+
+
+def mlp_bn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+
+def data(shape=(5,), n=21, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen)
+
+
+def loop_gradients(model, x, y):
+    """Row i: ∇ of sample i's loss, one backward pass per sample."""
+    rows = []
+    for i in range(len(y)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+def context(model, x, y, batch_size=None, mode="eval", batch=None, batch_loss=None):
+    return types.SimpleNamespace(model=model, loss_fn=F.cross_entropy, batch=(x, y) if batch is None else batch,
+                                 batch_loss=batch_loss, optimizer=None, step=0, lr=None, batch_size=batch_size,
+                                 mode=mode, seed=0, previous=None)
+
+
+@pytest.mark.parametrize("make, shape", [(mlp_bn, (5,)), (lambda: Attention().double(), (5, 4))])
+def test_per_sample_gradients_equal_a_loop_of_single_sample_gradients(make, shape):
+    torch.manual_seed(0)
+    model = make().eval()
+    x, y = data(shape)
+    expected = loop_gradients(model, x, y)
+    got = torch.cat(list(per_sample_gradients(model, F.cross_entropy, (x, y), chunk=8)))  # 8 + 8 + 5
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_gradients_through_batch_loss():
+    model = Attention().double().eval()
+    x, y = data((5, 4))
+    batch = {"tokens": x, "labels": y, "scale": torch.tensor(2.0, dtype=torch.float64)}
+
+    def batch_loss(m, b):
+        return b["scale"] * F.cross_entropy(m(b["tokens"]), b["labels"])
+
+    got = torch.cat(list(per_sample_gradients(model, None, batch, chunk=4, batch_loss=batch_loss)))
+    torch.testing.assert_close(got, 2 * loop_gradients(model, x, y), rtol=1e-10, atol=1e-12)
+
+
+def brute_force(G):
+    """B_simple, GSNR and tr Σ from all per-sample gradients (rows)."""
+    mean = G.mean(0)
+    centred = G - mean
+    var = (centred ** 2).sum(0) / (len(G) - 1)
+    trace = float(var.sum())
+    norm_sq = float(mean @ mean)
+    rms = (G ** 2).mean(0).sqrt()
+    keep = (var > 0) & (rms > 1000 * torch.finfo(torch.float64).eps * rms.max())  # rounding-zero coordinates out
+    return trace / norm_sq, float((mean[keep] ** 2 / var[keep]).mean()), trace, norm_sq
+
+
+def test_noise_scale_gsnr_and_norm_test_equal_brute_force():
+    model = mlp_bn().eval()
+    x, y = data(n=50)
+    b_simple, gsnr, trace, norm_sq = brute_force(loop_gradients(model, x, y))
+    ctx = context(model, x, y, batch_size=16)
+    noise = NoiseScale(every=1, chunk=16).read(ctx)
+    assert noise["value"] == pytest.approx(b_simple, rel=1e-10)
+    assert noise["trace_sigma"] == pytest.approx(trace, rel=1e-10)
+    assert noise["batch_size"] == 16 and noise["batch_over_noise"] == pytest.approx(16 / b_simple, rel=1e-10)
+    debiased = norm_sq - trace / 50
+    assert noise["debiased"] == (pytest.approx(trace / debiased, rel=1e-10) if debiased > 0 else None)
+    r = GSNR(every=1, chunk=16).read(ctx)
+    assert r["value"] == pytest.approx(gsnr, rel=1e-10)
+    assert r["norm_test"] == pytest.approx(trace / (16 * norm_sq), rel=1e-10)
+    assert r["norm_test_passes"] == (trace / (16 * norm_sq) <= 0.81)
+    big = GSNR(every=1, theta=100.0).read(context(model, x, y, batch_size=16))
+    assert big["norm_test_passes"] is True
+    unknown = NoiseScale(every=1).read(context(model, x, y))
+    assert unknown["batch_over_noise"] is None
+
+
+def test_noise_readings_on_an_attention_model_equal_brute_force():
+    model = Attention().double().eval()
+    x, y = data((5, 4), n=30)
+    b_simple, gsnr, trace, norm_sq = brute_force(loop_gradients(model, x, y))
+    ctx = context(model, x, y, batch_size=8)
+    noise = NoiseScale(every=1, chunk=7).read(ctx)
+    assert noise["value"] == pytest.approx(b_simple, rel=1e-9)
+    assert noise["debiased"] == pytest.approx(trace / (norm_sq - trace / 30), rel=1e-9)
+    r = GSNR(every=1, chunk=7).read(ctx)
+    assert r["value"] == pytest.approx(gsnr, rel=1e-9)
+    assert r["coordinates"] == sum(p.numel() for p in model.parameters()) - 16  # the two key biases: zero gradient
+
+
+def test_noise_scale_and_gsnr_share_one_pass_per_context():
+    model = mlp_bn().eval()
+    x, y = data()
+    ctx = context(model, x, y, batch_size=4)
+    first = gradient_moments(ctx)
+    assert gradient_moments(ctx) is first
+
+
+def test_batch_norm_in_training_mode_is_refused():
+    model = mlp_bn()
+    x, y = data()
+    with pytest.raises(ConfigError, match="BatchNorm in training mode"):
+        NoiseScale(every=1).read(context(model, x, y, mode="train"))
+    NoiseScale(every=1).read(context(model, x, y, mode="eval"))  # the default mode is exact
+
+
+def test_dropout_in_training_mode_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    x, y = data()
+    with pytest.raises(ConfigError, match="random"):
+        GSNR(every=1).read(context(model, x, y, mode="train"))
+
+
+def digest(model):
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(f"{name} {p.requires_grad}".encode() + p.detach().numpy().tobytes())
+        h.update(b"none" if p.grad is None else p.grad.numpy().tobytes())
+    for name, b in model.named_buffers():
+        h.update(name.encode() + b.numpy().tobytes())
+    for name, m in model.named_modules():
+        h.update(f"{name} {m.training}".encode())
+    h.update(torch.get_rng_state().numpy().tobytes())
+    h.update(repr(np.random.get_state()).encode() + repr(random.getstate()).encode())
+    return h.hexdigest()
+
+
+def test_readings_leave_the_model_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)).double()
+    x, y = data()
+    opt = tl.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(model(x), y).backward()  # training mode, a gradient left in .grad
+    opt.step()
+    before = digest(model)
+    for inst in (NoiseScale(every=1), GSNR(every=1)):
+        inst.read(context(model, x, y, batch_size=8))
+        assert digest(model) == before, inst.name
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ConfigError, match="theta=0"):
+        GSNR(theta=0)
+    with pytest.raises(ConfigError, match="chunk=0"):
+        next(per_sample_gradients(mlp_bn(), F.cross_entropy, data(), chunk=0))
