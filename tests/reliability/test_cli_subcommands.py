@@ -5,6 +5,7 @@ directory, no permission, a full disk) with exit 1 naming the path, and changes 
 from __future__ import annotations
 
 import re
+import signal
 import uuid
 
 import pytest
@@ -274,6 +275,26 @@ def test_figure_into_a_read_only_directory(open_tmp, command):
 def test_schedule_plot_bad_input(tmp_path, args, names):
     out = [] if "--out" in args else ["--out", tmp_path / "lr.png"]
     refused(["schedule", "plot", *args, *out], tmp_path, 2, names)
+
+
+class TooSlow(Exception):
+    pass
+
+
+def test_schedule_plot_refuses_an_absurd_number_of_steps(tmp_path):
+    """``--steps 10**9`` cannot be drawn (a list of a billion rates, a figure nobody can read):
+    refused at once, not after minutes and gigabytes. Given 3 seconds here."""
+    def alarm(signum, frame):
+        raise TooSlow("schedule plot --steps 1000000000 still running after 3 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(3)
+    try:
+        refused(["schedule", "plot", "constant", "--steps", "1000000000", "--out", tmp_path / "lr.png"], tmp_path, 2,
+                ["--steps", "1000000000"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---------------------------------------------------------------- demo and experiment
