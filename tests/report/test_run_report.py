@@ -125,7 +125,7 @@ def test_events_configuration_and_failures_are_shown(page):
     assert "saddle" in text and "not critical" in text
     assert "mlp [32, 32] (relu) on digits · sgd, η = 0.05" in text
     assert "1 reading failed (marked ✕), the first at update 150: out of memory" in text
-    assert "No dead or saturated unit at any reading in: 3" in text
+    assert "No dead or saturated unit at any reading in layer 3." in text
 
 
 def labels(fig):
@@ -199,3 +199,18 @@ def test_damaged_line_is_named_and_torn_last_line_ignored(tmp_path):
 def test_not_a_run_directory(tmp_path, make, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         run_report.read(make(tmp_path))
+
+
+def test_many_parts_are_capped_and_failed_panels_say_so(tmp_path):
+    many = [{"step": s, "instrument": "grad_norm", "value": 1.0, "seconds": 0.0,
+             "parts": {f"layer{i}.weight": float(i) for i in range(20)}} for s in (10, 20)]
+    names, _, _ = labels(run_report.instrument_figure("grad_norm", many))
+    assert len(names) == 1 + run_report.MAX_PARTS and names[-1] == "layer19.weight" and "layer7.weight" not in names
+    failed = [{"step": s, "instrument": "gsnr", "value": None, "seconds": 0.0, "error": "boom"} for s in (10, 20)]
+    _, texts, _ = labels(run_report.instrument_figure("gsnr", failed))
+    assert "every reading failed" in texts
+    run = make_run(tmp_path, instruments=False)
+    write_lines(run / "instruments.jsonl", many + failed)
+    text = run_report.write(run).read_text()
+    assert "Thin lines: the 12 parameter tensors of largest median, of 20." in text
+    assert "2 readings failed (marked ✕), the first at update 10: boom" in text

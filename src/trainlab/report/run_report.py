@@ -92,8 +92,9 @@ SPECS: dict[str, Spec] = {
     "stability": Spec(
         "stability", "η · λ_max", "η·λ_max",
         "η·λ_max for SGD-type updates, and η·λ_max(P⁻¹H) for Adam, RMSProp and Adagrad, with P the optimizer's"
-        " current diagonal preconditioner (Cohen et al. 2022). Above the threshold 2 the step overshoots along the"
-        " sharpest direction and diverges; far below 1 the step is small for the curvature (a crawl)."),
+        " current diagonal preconditioner (Cohen et al. 2022). Above the optimizer's threshold (2 for gradient"
+        " descent, 2(1 + μ) with momentum μ, (2 + 2β₁)/(1 − β₁) = 38 for Adam with β₁ = 0.9) the step overshoots"
+        " along the sharpest direction and diverges; far below it the step is small for the curvature (a crawl)."),
     "noise_scale": Spec(
         "gradient noise scale", "samples", "B_simple = tr(Σ)/‖G‖²",
         "B_simple = tr(Σ)/‖G‖², the simple gradient noise scale from per-sample gradients (McCandlish et al. 2018),"
@@ -389,7 +390,8 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
     label = spec.label
     if name == "stability" and any(r.get("preconditioned") for r in readings):
         label = "η·λ_max(P⁻¹H), preconditioned"
-    ax.plot(steps, values, "o-", color="black", lw=2.0, ms=3.5, label=label, zorder=3)
+    ax.plot(steps, values, "o-" if len(readings) <= 60 else "-", color="black", lw=2.0, ms=3.5, label=label,
+            zorder=3)
     colors = _colors(len(parts))
     for (part, ys, style), color in zip(parts, colors):
         ax.plot(steps, ys, style, color=color, lw=0.9, alpha=0.9, label=part)
@@ -421,6 +423,10 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
     if failed:
         ax.plot(failed, [0.02] * len(failed), "x", color=EVENT_COLOR, ms=7, mew=2,
                 transform=ax.get_xaxis_transform(), label="reading failed (see below)")
+        if len(failed) == len(readings):
+            ax.text(0.5, 0.5, "every reading failed", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=LABEL, color=EVENT_COLOR, zorder=5,
+                    bbox={"facecolor": "white", "edgecolor": EVENT_COLOR, "alpha": 0.9, "pad": 3})
     if name == "units":
         ax.set_ylim(-0.02, 1.02)
     elif name == "noise_scale":
@@ -436,29 +442,34 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
 def _parts(name: str, readings: Sequence[dict[str, Any]]) -> list[tuple[str, list[float], str]]:
     """The thin lines: ``(label, values, line style)``; for ``units`` each layer's dead and
     saturated shares (a share that stays 0 throughout is left out), for the others each
-    parameter tensor's part (the :data:`MAX_PARTS` largest by median)."""
-    names: list[str] = []
-    for r in readings:
-        if isinstance(r.get("parts"), dict):
-            names += [k for k in r["parts"] if k not in names]
+    parameter tensor's part; the :data:`MAX_PARTS` largest by median when there are more."""
+    names = _part_names(readings)
     lines = []
-    if name == "units":
-        for layer in names:
+    for part in names:
+        if name == "units":
             for kind, style in (("dead", "-"), ("saturated", "--")):
-                ys = [_number(p.get(kind)) if isinstance(p := r.get("parts", {}).get(layer), dict) else math.nan
+                ys = [_number(p.get(kind)) if isinstance(p := _parts_of(r).get(part), dict) else math.nan
                       for r in readings]
                 if any(_finite(y) and y > 0 for y in ys):
-                    lines.append((f"{layer} {kind}", ys, style))
-        return lines[:MAX_PARTS]
-    for part in names:
-        ys = [_number(r.get("parts", {}).get(part)) if isinstance(r.get("parts"), dict) else math.nan
-              for r in readings]
-        if any(_finite(y) for y in ys):
-            lines.append((part, ys, "-"))
+                    lines.append((f"{part} {kind}", ys, style))
+        else:
+            ys = [_number(_parts_of(r).get(part)) for r in readings]
+            if any(_finite(y) for y in ys):
+                lines.append((part, ys, "-"))
     if len(lines) > MAX_PARTS:
-        lines.sort(key=lambda line: -_median(line[1]))
-        lines = sorted(lines[:MAX_PARTS], key=lambda line: names.index(line[0]))
+        kept = {line[0] for line in sorted(lines, key=lambda line: -_median(line[1]))[:MAX_PARTS]}
+        lines = [line for line in lines if line[0] in kept]
     return lines
+
+
+def _parts_of(reading: dict[str, Any]) -> dict[str, Any]:
+    parts = reading.get("parts")
+    return parts if isinstance(parts, dict) else {}
+
+
+def _part_names(readings: Sequence[dict[str, Any]]) -> list[str]:
+    """The names under ``parts``, in the order they first appear."""
+    return list(dict.fromkeys(k for r in readings for k in _parts_of(r)))
 
 
 def _median(values: Sequence[float]) -> float:
@@ -493,8 +504,9 @@ def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spe
     ok = [r for r in readings if _finite(r.get("value")) and r.get("error") is None]
     seconds = [float(r["seconds"]) for r in readings if _finite(r.get("seconds"))]
     text = (spec.caption + " ") if spec and spec.caption else ""
-    text += (f"{len(readings)} reading{'s' if len(readings) != 1 else ''}, updates {readings[0]['step']}–"
-             f"{readings[-1]['step']}")
+    first, last = readings[0]["step"], readings[-1]["step"]
+    text += f"{len(readings)} reading{'s' if len(readings) != 1 else ''}, " + (
+        f"update {first}" if first == last else f"updates {first}–{last}")
     if ok:
         text += f"; last value {float(ok[-1]['value']):.4g} at update {ok[-1]['step']}"
     if seconds:
@@ -514,25 +526,29 @@ def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spe
             text += (f" This run used {optimizer}, whose step is scaled per parameter: its threshold is on the"
                      " stability panel (preconditioned); 2/η here is for reference.")
     if name == "units":
-        quiet = [layer for layer in _layer_names(readings)
-                 if all(not (isinstance(p := r.get("parts", {}).get(layer), dict) and _finite(p.get(k)) and p[k] > 0)
+        quiet = [layer for layer in _part_names(readings)
+                 if all(not (isinstance(p := _parts_of(r).get(layer), dict) and _finite(p.get(k)) and p[k] > 0)
                         for r in readings for k in ("dead", "saturated"))]
         if quiet:
-            text += f" No dead or saturated unit at any reading in: {', '.join(quiet)}."
+            text += (f" No dead or saturated unit at any reading in layer{'s' if len(quiet) > 1 else ''}"
+                     f" {', '.join(quiet)}.")
+    if name in ("grad_norm", "update_ratio") and len(_part_names(readings)) > MAX_PARTS:
+        text += (f" Thin lines: the {MAX_PARTS} parameter tensors of largest median, of"
+                 f" {len(_part_names(readings))}.")
     failed = [r for r in readings if r.get("error") is not None or not _finite(r.get("value"))]
     if failed:
         first = failed[0]
         text += (f" {len(failed)} reading{'s' if len(failed) != 1 else ''} failed (marked ✕), the first at update"
-                 f" {first['step']}: {first.get('error') or 'no finite value'}.")
+                 f" {first['step']}: {_first_sentence(str(first.get('error') or 'no finite value'))}")
     return text
 
 
-def _layer_names(readings: Sequence[dict[str, Any]]) -> list[str]:
-    names: list[str] = []
-    for r in readings:
-        if isinstance(r.get("parts"), dict):
-            names += [k for k in r["parts"] if k not in names]
-    return names
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """``text`` on one line, cut after its first sentence or at ``limit`` characters."""
+    text = " ".join(text.split())
+    end = text.find(". ")
+    text = text[:end + 1] if 0 <= end < limit else text
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 # ------------------------------------------------------------------------------------------ the page
@@ -603,7 +619,7 @@ def _headline(run: Run) -> str:
         if _finite(s.get(key)):
             bits.append(f"{what} {100 * s[key]:.1f} %")
     if _finite(s.get("total_seconds")):
-        bits.append(f"{s['total_seconds']:.3g} s")
+        bits.append(f"{s['total_seconds']:.3g} s of training")
     return (", ".join(bits) + ".") if bits else "No epoch completed yet."
 
 
