@@ -236,3 +236,28 @@ def test_progress_bar_shows_short_readings(small, capsys):
     Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), F.cross_entropy, small, batch_size=100,
             epochs=1, device="cpu", callbacks=[Monitor(every=5, instruments=[GradNorm()])], progress=True).fit()
     assert "‖g‖=" in capsys.readouterr().err
+
+
+def test_presets_scale_with_every():
+    pytest.importorskip("trainlab.instruments.noise")
+    economy = {inst.name: inst.every for inst in Monitor(every=10, instruments="economy").instruments}
+    assert economy == {"grad_norm": 10, "update_ratio": 10, "units": 50, "sharpness": 100, "stability": 100,
+                       "noise_scale": 100}
+    full = {inst.name: inst.every for inst in Monitor(every=5, instruments="full").instruments}
+    assert full == {"grad_norm": 5, "update_ratio": 5, "units": 5, "sharpness": 10, "stability": 10,
+                    "noise_scale": 10, "gsnr": 10, "trace": 50}
+
+
+def test_cli_monitor_writes_readings(tmp_path, capsys):
+    pytest.importorskip("trainlab.instruments.noise")
+    from trainlab.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--set", "data.name=iris", "--set", "train.epochs=7", "--set", "model.hidden=[4]",
+            "--set", "train.batch_size=8", "--set", "train.device=cpu", "--no-progress", "--out", str(out)]
+    assert main([*args, "--monitor"]) == 0
+    assert f"instrument readings (economy): {out / 'instruments.jsonl'}" in capsys.readouterr().out
+    last = {r["instrument"]: r for r in lines(out / "instruments.jsonl")}  # iris: 15 updates per epoch, 105 in all
+    assert {name: r["step"] for name, r in last.items()} == {"grad_norm": 100, "update_ratio": 100, "units": 100,
+                                                             "sharpness": 100, "stability": 100, "noise_scale": 100}
+    assert all("error" not in r for r in last.values())

@@ -8,6 +8,8 @@ optim, nn, data, state and errors, never train, cli or report.
 
 from trainlab.instruments.gradients import GradNorm, UpdateRatio
 from trainlab.instruments.monitor import PRESETS, Context, Instrument, Monitor, Reading, preset
+from trainlab.instruments.sharpness import HessianTrace, Sharpness, Stability
 from trainlab.instruments.units import Units
 
-__all__ = ["PRESETS", "Context", "GradNorm", "Instrument", "Monitor", "Reading", "UpdateRatio", "Units", "preset"]
+__all__ = ["PRESETS", "Context", "GradNorm", "HessianTrace", "Instrument", "Monitor", "Reading", "Sharpness",
+           "Stability", "UpdateRatio", "Units", "preset"]

@@ -28,8 +28,9 @@ class GradNorm(Instrument):
     def read(self, ctx: Context) -> dict[str, Any]:
         named = ctx.parameters()
         grads = torch.autograd.grad(ctx.loss(), [p for _, p in named], allow_unused=True)
-        parts = {name: 0.0 if g is None else float(torch.linalg.vector_norm(g)) for (name, _), g in zip(named, grads)}
-        return {"value": math.sqrt(sum(v * v for v in parts.values())), "parts": parts}
+        norms = _norms([torch.zeros(()) if g is None else g for g in grads])
+        parts = {name: norm for (name, _), norm in zip(named, norms)}
+        return {"value": math.sqrt(sum(v * v for v in norms)), "parts": parts}
 
 
 class UpdateRatio(Instrument):
@@ -52,12 +53,20 @@ class UpdateRatio(Instrument):
     def read(self, ctx: Context) -> dict[str, Any]:
         if ctx.previous is None:
             raise ValueError("update_ratio needs the parameters before the last update (ctx.previous)")
-        parts, moved, size = {}, 0.0, 0.0
-        for name, p in ctx.parameters():
-            if name not in ctx.previous:
-                raise KeyError(f"no earlier value of parameter {name!r}")
-            delta = float(torch.linalg.vector_norm(p - ctx.previous[name].to(p.device)))
-            norm = float(torch.linalg.vector_norm(p))
-            parts[name] = delta / norm if norm > 0 else math.nan
-            moved, size = moved + delta * delta, size + norm * norm
-        return {"value": math.sqrt(moved) / math.sqrt(size) if size > 0 else math.nan, "parts": parts}
+        named = ctx.parameters()
+        missing = [name for name, _ in named if name not in ctx.previous]
+        if missing:
+            raise KeyError(f"no earlier value of parameter {missing[0]!r}")
+        deltas = _norms([p - ctx.previous[name].to(p.device) for name, p in named])
+        norms = _norms([p for _, p in named])
+        parts = {name: d / n if n > 0 else math.nan for (name, _), d, n in zip(named, deltas, norms)}
+        size = math.sqrt(sum(n * n for n in norms))
+        return {"value": math.sqrt(sum(d * d for d in deltas)) / size if size > 0 else math.nan, "parts": parts}
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[float]:
+    """``‖t‖₂`` of each tensor, read back in one transfer (one synchronisation on a GPU)."""
+    if not tensors:
+        return []
+    device = tensors[0].device
+    return torch.stack([torch.linalg.vector_norm(t).to(device, torch.float64) for t in tensors]).tolist()

@@ -39,6 +39,8 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.state import preserved
 
 MODES = ("eval", "train")
+#: A failed reading's error message is cut to this many characters (one line).
+MESSAGE_CHARS = 300
 #: Instruments shown on a progress bar, with their short label.
 SHORT = {"sharpness": "λ", "stability": "η·λ", "grad_norm": "‖g‖", "noise_scale": "B", "units": "units"}
 
@@ -289,6 +291,7 @@ class Monitor:
             extra = _plain(result)
         except Exception as e:  # a reading must never stop training
             message = " ".join(f"{type(e).__name__}: {e}".split())
+            message = message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS - 1] + "…"
             if inst.name not in self._failed:
                 self._failed.add(inst.name)
                 warnings.warn(f"instrument {inst.name!r} failed at step {ctx.step} ({message}); its failed readings"
