@@ -135,6 +135,10 @@ def test_noise_scale_and_gsnr_share_one_pass_per_context():
     ctx = context(model, x, y, batch_size=4)
     first = gradient_moments(ctx)
     assert gradient_moments(ctx) is first
+    part = gradient_moments(ctx, max_samples=10)
+    assert part.count == 10 and part is not first
+    b_simple = brute_force(loop_gradients(model, x[:10], y[:10]))[0]
+    assert NoiseScale(every=1, max_samples=10).read(ctx)["value"] == pytest.approx(b_simple, rel=1e-10)
 
 
 def test_batch_norm_in_training_mode_is_refused():
@@ -185,3 +189,5 @@ def test_bad_options_are_refused():
         GSNR(theta=0)
     with pytest.raises(ConfigError, match="chunk=0"):
         next(per_sample_gradients(mlp_bn(), F.cross_entropy, data(), chunk=0))
+    with pytest.raises(ConfigError, match="max_samples=1"):
+        NoiseScale(max_samples=1)

@@ -182,6 +182,15 @@ def test_stability_of_adaptive_optimizers_is_the_preconditioned_sharpness(make, 
     assert r["threshold"] == pytest.approx(threshold)
 
 
+def test_stability_of_gradient_descent_reuses_the_sharpness_read_at_the_same_update():
+    model, x, y = problem()
+    opt = tl.optim.SGD(model.parameters(), lr=0.3)
+    ctx = context(model, x, y, opt, lr=0.3)
+    lam = Sharpness(every=1, tol=1e-10).read(ctx)["value"]
+    r = Stability(every=1).read(ctx)
+    assert r["n_hvp"] == 0 and r["value"] == pytest.approx(0.3 * lam, rel=1e-12)
+
+
 def test_stability_before_the_first_update_falls_back_to_plain_sharpness():
     model, x, y = problem()
     opt = tl.optim.Adam(model.parameters(), lr=0.01)
@@ -214,6 +223,14 @@ def test_readings_leave_the_model_untouched():
     for inst in (Sharpness(every=1), Stability(every=1), HessianTrace(every=1, samples=6)):
         inst.read(context(model, x, y, opt, lr=0.01))
         assert digest(model) == before, inst.name
+
+
+def test_a_summed_loss_is_refused_at_the_first_reading():
+    model, x, y = problem()
+    ctx = context(model, x, y)
+    ctx.loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    with pytest.raises(ConfigError, match="reduction='sum'"):
+        Sharpness(every=1).read(ctx)
 
 
 def test_bad_options_are_refused():

@@ -143,9 +143,9 @@ class Moments:
         cancellation from a raw sum of squares)."""
         total: Moments | None = None
         for rows in chunks:
-            rows = rows.double()
+            # within a chunk (≤ 64 rows) the model's precision is enough; the merge is float64
             mean = rows.mean(0)
-            part = cls(len(rows), mean, ((rows - mean) ** 2).sum(0))
+            part = cls(len(rows), mean.double(), (rows - mean).square_().sum(0).double())
             total = part if total is None else total.merged(part)
         if total is None:
             raise DataError("the sample holds no samples")
@@ -164,22 +164,41 @@ class Moments:
         return self.m2 / (self.count - 1)
 
 
-def gradient_moments(ctx: Any, chunk: int = CHUNK) -> Moments:
-    """:class:`Moments` of the per-sample gradients on ``ctx.batch``, in ``ctx.mode``, computed
-    once per context: instruments read at the same update (noise scale, GSNR) share them."""
+def gradient_moments(ctx: Any, chunk: int = CHUNK, max_samples: int | None = None) -> Moments:
+    """:class:`Moments` of the per-sample gradients on ``ctx.batch`` (its first ``max_samples``
+    samples; ``None``: all), in ``ctx.mode``, computed once per context: instruments read at the
+    same update (noise scale, GSNR) share them."""
+    key = (chunk, max_samples, getattr(ctx, "mode", "eval"))
     cached = getattr(ctx, "_gradient_moments", None)
-    if cached is not None and cached[0] == chunk:
+    if cached is not None and cached[0] == key:
         return cached[1]
+    batch = ctx.batch
+    if max_samples is not None and batch_size_of(batch) > max_samples:
+        batch = take(batch, 0, max_samples)
     with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
-        moments = Moments.of(per_sample_gradients(ctx.model, ctx.loss_fn, ctx.batch, chunk,
+        moments = Moments.of(per_sample_gradients(ctx.model, ctx.loss_fn, batch, chunk,
                                                   batch_loss=getattr(ctx, "batch_loss", None)))
     if moments.count < 2:
         raise DataError(f"the sample holds {moments.count} sample: a gradient variance needs at least 2")
     try:
-        ctx._gradient_moments = (chunk, moments)
+        ctx._gradient_moments = (key, moments)
     except AttributeError:  # a context that takes no attributes: nothing is shared
         pass
     return moments
+
+
+def _check_max_samples(max_samples: Any) -> int | None:
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 2):
+        raise ConfigError(f"max_samples={max_samples!r} is not allowed; expected an integer >= 2 or None (the whole"
+                          " sample)")
+    return max_samples
+
+
+def _check_chunk(chunk: Any) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"chunk={chunk!r} is not allowed; expected an integer >= 1 (samples per vmap call)")
+    return chunk
 
 
 def _check_every(every: Any) -> int | None:
@@ -207,20 +226,25 @@ class NoiseScale:
     ``tr(Σ)/n``; ``"debiased"`` uses ``‖G‖² − tr(Σ)/n`` instead (``None`` when that is ≤ 0:
     the noise hides the mean at this sample size).
 
-    Parameters: ``every`` (100; ``None``: the Monitor's), ``chunk`` (64 samples per vmap call).
+    Parameters: ``every`` (100; ``None``: the Monitor's), ``chunk`` (64 samples per vmap call),
+    ``max_samples`` (``None``: the whole sample; else its first ``max_samples``, ≥ 2).
     Reading: ``{"value": B_simple, "trace_sigma", "grad_norm_sq", "samples", "batch_size",
     "batch_over_noise": batch_size / B_simple, "debiased"}`` (``batch_size`` and
     ``batch_over_noise`` ``None`` when the context does not know the batch size).
-    Cost: per-sample gradients of the sample, shared with :class:`GSNR` at the same update.
+    Cost: per-sample gradients of the sample, shared with :class:`GSNR` at the same update (on
+    one CPU core, for the digits MLP 64-128-128-10 on 1,024 samples, about 50–80 times one
+    gradient of the sample: every sample's gradient is written out; on a GPU vmap runs them
+    in parallel). ``max_samples`` bounds it.
     """
 
     name = "noise_scale"
 
-    def __init__(self, every: int | None = 100, chunk: int = CHUNK):
-        self.every, self.chunk = _check_every(every), chunk
+    def __init__(self, every: int | None = 100, chunk: int = CHUNK, max_samples: int | None = None):
+        self.every, self.chunk = _check_every(every), _check_chunk(chunk)
+        self.max_samples = _check_max_samples(max_samples)
 
     def read(self, ctx: Any) -> dict:
-        m = gradient_moments(ctx, self.chunk)
+        m = gradient_moments(ctx, self.chunk, self.max_samples)
         trace = float(m.variance.sum())
         norm_sq = float((m.mean ** 2).sum())
         value = trace / norm_sq if norm_sq > 0 else math.inf
@@ -254,7 +278,8 @@ class GSNR:
 
     ``T`` is ``B_simple / b``; when the test fails, the batch is too small for the noise.
 
-    Parameters: ``every`` (100; ``None``: the Monitor's), ``theta`` (0.9), ``chunk`` (64).
+    Parameters: ``every`` (100; ``None``: the Monitor's), ``theta`` (0.9), ``chunk`` (64),
+    ``max_samples`` (``None``: the whole sample).
     Reading: ``{"value": mean GSNR, "coordinates": coordinates averaged, "norm_test": T,
     "norm_test_passes": T ≤ θ², "theta", "batch_size"}`` (``norm_test`` and its verdict ``None``
     without a batch size). Cost: per-sample gradients, shared with :class:`NoiseScale`.
@@ -262,13 +287,15 @@ class GSNR:
 
     name = "gsnr"
 
-    def __init__(self, every: int | None = 100, theta: float = 0.9, chunk: int = CHUNK):
+    def __init__(self, every: int | None = 100, theta: float = 0.9, chunk: int = CHUNK,
+                 max_samples: int | None = None):
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
             raise ConfigError(f"theta={theta!r} is not allowed; expected a finite number > 0 (Byrd et al. use 0.9)")
-        self.every, self.theta, self.chunk = _check_every(every), float(theta), chunk
+        self.every, self.theta, self.chunk = _check_every(every), float(theta), _check_chunk(chunk)
+        self.max_samples = _check_max_samples(max_samples)
 
     def read(self, ctx: Any) -> dict:
-        m = gradient_moments(ctx, self.chunk)
+        m = gradient_moments(ctx, self.chunk, self.max_samples)
         var = m.variance
         rms = (m.mean ** 2 + m.m2 / m.count).sqrt()  # sqrt(mean_i g_ij²)
         used = (var > 0) & (rms > ZERO_GRADIENT * float(rms.max()))

@@ -134,23 +134,37 @@ def _check_tracking(tol: Any, max_hvp: Any) -> None:
         raise ConfigError(f"max_hvp={max_hvp!r} is not allowed; expected an integer >= 1")
 
 
-def _operator(ctx: Any, check: bool) -> HessianOperator:
-    """The Hessian of the loss on the sample, built inside the caller's :func:`analysis_mode`."""
-    op = HessianOperator(ctx.model, ctx.loss_fn, ctx.batch, batch_loss=getattr(ctx, "batch_loss", None), check=check)
-    if getattr(ctx, "mode", "eval") == "train":
-        op.check_determinism()
-    return op
+class _Operators:
+    """Builds each reading's :class:`HessianOperator`. The first reading checks the data and
+    the loss (a mean, finite) and measures the gradient graph against the memory bound; the
+    sample is fixed, so later readings reuse that decision and skip both (each costs a few
+    gradients, more than a warm-started reading's products)."""
+
+    def __init__(self) -> None:
+        self.keep_graph: bool | None = None
+
+    def build(self, ctx: Any) -> HessianOperator:
+        """The Hessian of the loss on the sample; call inside the reading's :func:`analysis_mode`."""
+        op = HessianOperator(ctx.model, ctx.loss_fn, ctx.batch, keep_graph=self.keep_graph,
+                             batch_loss=getattr(ctx, "batch_loss", None), check=self.keep_graph is None)
+        if getattr(ctx, "mode", "eval") == "train":
+            op.check_determinism()
+        return op
+
+    def done(self, op: HessianOperator) -> None:
+        """Remember the first successful reading's decision."""
+        self.keep_graph = op.keep_graph
 
 
 class _Tracker:
-    """Warm-start state shared by :class:`Sharpness` and :class:`Stability`: the previous
-    reading's top Ritz vector, and whether the first (checked) reading has been made."""
+    """Warm-start state of :class:`Sharpness` and :class:`Stability`: the previous reading's
+    top Ritz vector, and how to build the operator (:class:`_Operators`)."""
 
     def __init__(self, tol: float, max_hvp: int, basis_size: int):
         _check_tracking(tol, max_hvp)
         self.tol, self.max_hvp, self.basis_size = float(tol), max_hvp, basis_size
         self.vector: torch.Tensor | None = None
-        self.checked = False
+        self.operators = _Operators()
 
     def track(self, matvec: Callable[[torch.Tensor], torch.Tensor], n: int, seed: int, device: torch.device,
               dtype: torch.dtype) -> tuple[TopPair, bool]:
@@ -176,6 +190,19 @@ def _non_finite(op: HessianOperator) -> dict | None:
         return None
     return {"value": math.nan, "n_hvp": 0, "converged": False,
             "note": f"the loss on the sample is {loss}: no curvature to read"}
+
+
+def _share(ctx: Any, mode: str, pair: TopPair) -> None:
+    """Leave this update's ``λ_max`` on the context, for :class:`Stability` of plain gradient descent."""
+    try:
+        ctx._sharpness = (mode, pair)
+    except AttributeError:  # a context that takes no attributes: nothing is shared
+        pass
+
+
+def _shared(ctx: Any, mode: str) -> TopPair | None:
+    shared = getattr(ctx, "_sharpness", None)
+    return shared[1] if shared is not None and shared[0] == mode else None
 
 
 class Sharpness:
@@ -204,13 +231,15 @@ class Sharpness:
         self._tracker = _Tracker(tol, max_hvp, basis_size)
 
     def read(self, ctx: Any) -> dict:
-        with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
-            op = _operator(ctx, check=not self._tracker.checked)
+        mode = getattr(ctx, "mode", "eval")
+        with analysis_mode(ctx.model, mode):
+            op = self._tracker.operators.build(ctx)
             bad = _non_finite(op)
             if bad is not None:
                 return bad
             pair, warm = self._tracker.track(op.matvec, op.n, int(getattr(ctx, "seed", 0)), op.device, op.dtype)
-            self._tracker.checked = True
+            self._tracker.operators.done(op)
+        _share(ctx, mode, pair)
         return {"value": pair.value, "n_hvp": op.n_hvp, "converged": pair.converged, "residual": pair.residual,
                 "warm": warm}
 
@@ -336,7 +365,7 @@ def scaling(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> tup
         parts.append((_rate(kind, group, state) / P).reshape(-1).to(p.device))
     if not found:
         info["note"] = f"{info['kind']} holds no state yet (before its first update): plain η·λ_max"
-        info["threshold"] = 2.0 if kind != "adam" else info["threshold"]
+        info["threshold"] = 2.0
         return None, info
     info["preconditioned"] = True
     if found < len(params):
@@ -378,6 +407,10 @@ class Stability:
     ``D = diag(ηᵢ/Pᵢ)``); ``lambda_max`` is ``value/η`` with ``η`` the first group's rate.
     Weight decay (which adds ``wd`` to ``H`` for L2) is left out: this is the loss's Hessian.
 
+    For plain gradient descent, when :class:`Sharpness` was read at the same update (the
+    Monitor reads it first), its ``λ_max`` is used and the reading costs no products
+    (``n_hvp`` 0).
+
     Parameters: ``every`` (100), ``tol`` (1e-3), ``max_hvp`` (200), ``basis_size`` (60).
     Reading: ``{"value": η·λ_max, "lambda_max", "threshold", "preconditioned", "n_hvp",
     "converged"}`` (+ ``"note"`` on a fallback). Needs ``ctx.optimizer`` or ``ctx.lr``.
@@ -396,27 +429,36 @@ class Stability:
         if optimizer is None and lr is None:
             raise ConfigError("stability needs the learning rate: the context has optimizer=None and lr=None;"
                               " pass the optimizer (or a learning rate)")
-        with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
-            op = _operator(ctx, check=not self._tracker.checked)
-            bad = _non_finite(op)
-            if bad is not None:
-                return {**bad, "lambda_max": math.nan, "threshold": 2.0, "preconditioned": False}
-            if optimizer is not None:
-                d, info = scaling(optimizer, op.params)
-            else:
-                d, info = None, {"threshold": 2.0, "lr": float(lr), "preconditioned": False,
-                                 "note": "no optimizer: plain η·λ_max with threshold 2"}
-            if d is None:
-                matvec, scale = op.matvec, info["lr"]
-            else:
-                root = d.to(device=op.device, dtype=op.dtype).sqrt()
-                matvec, scale = (lambda v: root * op.matvec(root * v)), 1.0
-            pair, _ = self._tracker.track(matvec, op.n, int(getattr(ctx, "seed", 0)), op.device, op.dtype)
-            self._tracker.checked = True
+        mode = getattr(ctx, "mode", "eval")
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no parameters that require gradients")
+        if optimizer is not None:
+            d, info = scaling(optimizer, params)
+        else:
+            d, info = None, {"threshold": 2.0, "lr": float(lr), "preconditioned": False,
+                             "note": "no optimizer: plain η·λ_max with threshold 2"}
+        scale = info["lr"] if d is None else 1.0
+        pair = _shared(ctx, mode) if d is None else None  # the sharpness read at this update, if any
+        n_hvp = 0
+        if pair is None:
+            with analysis_mode(ctx.model, mode):
+                op = self._tracker.operators.build(ctx)
+                bad = _non_finite(op)
+                if bad is not None:
+                    return {**bad, "lambda_max": math.nan, "threshold": info["threshold"], "preconditioned": False}
+                if d is None:
+                    matvec = op.matvec
+                else:
+                    root = d.to(device=op.device, dtype=op.dtype).sqrt()
+                    matvec = (lambda v: root * op.matvec(root * v))
+                pair, _ = self._tracker.track(matvec, op.n, int(getattr(ctx, "seed", 0)), op.device, op.dtype)
+                self._tracker.operators.done(op)
+                n_hvp = op.n_hvp
         value = pair.value * scale
         eta = float(lr) if lr is not None else info["lr"]
-        out = {"value": value, "lambda_max": value / eta, "threshold": info["threshold"],
-               "preconditioned": info["preconditioned"], "n_hvp": op.n_hvp, "converged": pair.converged}
+        out = {"value": value, "lambda_max": value / eta if eta > 0 else math.nan, "threshold": info["threshold"],
+               "preconditioned": info["preconditioned"], "n_hvp": n_hvp, "converged": pair.converged}
         if "note" in info:
             out["note"] = info["note"]
         return out
@@ -452,16 +494,16 @@ class HessianTrace:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
             raise ConfigError(f"samples={samples!r} is not allowed; expected an integer >= {least} for {method}")
         self.samples, self.method = samples, method
-        self._checked = False
+        self._operators = _Operators()
 
     def read(self, ctx: Any) -> dict:
         with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
-            op = _operator(ctx, check=not self._checked)
+            op = self._operators.build(ctx)
             bad = _non_finite(op)
             if bad is not None:
                 return {"value": math.nan, "stderr": math.nan, "n_hvp": 0, "note": bad["note"]}
             result = trace_of(op, self.samples, self.method, int(getattr(ctx, "seed", 0)))
-            self._checked = True
+            self._operators.done(op)
         return {"value": result.value, "stderr": result.stderr, "n_hvp": result.n_hvp}
 
 
