@@ -39,8 +39,8 @@ PARTS = ("0.weight", "0.bias", "2.weight", "2.bias")
 EVENTS = [
     {"event": "stall", "epoch": 2, "step": 70, "verdict": "saddle", "action": "escape", "applied": True,
      "message": "saddle: λ_min = -0.31; escaped"},
-    {"event": "stall", "epoch": 3, "step": 130, "verdict": "not_critical", "action": "raise lr", "applied": True,
-     "message": "a crawl: η·λ_max = 0.0007, raised η x10"},
+    {"event": "stall", "epoch": 3, "step": 130, "verdict": "not_critical", "action": "raise η", "applied": True,
+     "message": "raise η: η 0.005 → 0.05", "reading": "stability", "remedy": "a crawl: η·λ_max = 0.0007 ≪ 1"},
 ]
 
 
@@ -123,6 +123,8 @@ def test_events_configuration_and_failures_are_shown(page):
         assert row in text
         assert event["message"].replace("'", "&#x27;") in text
     assert "saddle" in text and "not critical" in text
+    assert "<td data-label='reading'>stability</td>" in text  # the reading the doctor acted on
+    assert "raise η: η 0.005 → 0.05 — a crawl: η·λ_max = 0.0007 ≪ 1" in text  # and its reason
     assert "mlp [32, 32] (relu) on digits · sgd, η = 0.05" in text
     assert "1 reading failed (marked ✕), the first at update 150: out of memory" in text
     assert "No dead or saturated unit at any reading in layer 3." in text

@@ -16,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     " of `trainlab train`: its configuration, the loss and accuracy curves, every instrument read"
                     " during training (train with --monitor) over the updates — 2/η on the sharpness, the"
                     " divergence threshold on the stability, the batch size against B_simple on the noise scale —"
-                    " and the stall doctor's events (train with --doctor), marked on every panel and listed. The"
-                    " run directory is only read; the page is written atomically.")
+                    " and the stall doctor's events (train with --doctor), marked on every panel and listed. Nothing"
+                    " else in the run directory changes; the page is written atomically.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory of `trainlab train`")
     p.add_argument("--out", metavar="FILE", help="where to write the page (default: RUN/report.html)")
     p.set_defaults(run=run)

@@ -338,7 +338,7 @@ def curve_panels(run: Run) -> list[Panel]:
                               ("eval_loss", "test loss, end of epoch", "tab:orange")):
         points = [(r["step"], _number(r.get(key))) for r in run.epochs if _finite(r.get(key))]
         if points:
-            ax.plot(*zip(*points), "o-", color=color, lw=1.8, ms=4, label=label)
+            ax.plot(*zip(*points), "o-" if len(points) <= 60 else "-", color=color, lw=1.8, ms=4, label=label)
             values += [p[1] for p in points]
     _log_if_wide(ax, values)
     mark_events(ax, run.events)
@@ -353,7 +353,7 @@ def curve_panels(run: Run) -> list[Panel]:
         fig, ax = _new_figure()
         for key, label, color, points in accuracy:
             if points:
-                ax.plot(*zip(*points), "o-", color=color, lw=1.8, ms=4, label=label)
+                ax.plot(*zip(*points), "o-" if len(points) <= 60 else "-", color=color, lw=1.8, ms=4, label=label)
         ax.set_ylim(-0.02, 1.02)
         mark_events(ax, run.events)
         _style(ax, "accuracy", "share correct", xmax)
@@ -364,6 +364,7 @@ def curve_panels(run: Run) -> list[Panel]:
     if len({lr for _, lr in lrs}) > 1:
         fig, ax = _new_figure()
         ax.plot(*zip(*lrs), color="tab:green", lw=1.6, drawstyle="steps-post", label="learning rate η of each update")
+        _log_if_wide(ax, [lr for _, lr in lrs], ratio=100.0)
         mark_events(ax, run.events)
         _style(ax, "learning rate", "η", xmax)
         _legend(fig, ax)
@@ -488,7 +489,10 @@ def instrument_panels(run: Run) -> list[Panel]:
     """One panel per instrument, the known ones first in a fixed order."""
     order = [n for n in SPECS if n in run.readings] + sorted(n for n in run.readings if n not in SPECS)
     lrs = run.learning_rates()
-    batch = run.config.get("train", {}).get("batch_size") if isinstance(run.config.get("train"), dict) else None
+    # the summary holds the samples per update ("full" resolved); the configuration may say "full"
+    batch = run.summary.get("batch_size")
+    if not _finite(batch) and isinstance(run.config.get("train"), dict):
+        batch = run.config["train"].get("batch_size")
     batch = batch if _finite(batch) else None
     panels = []
     for name in order:
@@ -655,19 +659,22 @@ def _config_html(run: Run) -> str:
 def _events_html(run: Run) -> str:
     if not run.events:
         return "<p>The stall doctor logged no event (none found, or the run was trained without --doctor).</p>"
-    rows = ["<table class='events'><tr><th>mark</th><th>update</th><th>epoch</th><th>verdict</th><th>action</th>"
-            "<th>message</th></tr>"]
+    keys = ["mark", "update", "epoch", "verdict"] + (["reading"] if any("reading" in e for e in run.events) else []) \
+        + ["action", "message"]
+    rows = ["<table class='events'><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"]
     for i, e in enumerate(run.events, 1):
-        verdict = str(e.get("verdict", e.get("event", ""))).replace("_", " ")
         action = e.get("action", "")
-        if action and e.get("applied") is not None:
+        if action and e.get("applied") is not None and "applied" not in str(e.get("message", "")):
             action = f"{action} ({'applied' if e['applied'] else 'not applied'})"
-        cells = [("mark", f"E{i}"), ("update", e["step"]), ("epoch", e.get("epoch", "")), ("verdict", verdict),
-                 ("action", action), ("message", e.get("message", ""))]
-        cls = " class='num'"
-        rows.append(f"<tr><td class='event' data-label='mark'>E{i}</td>" + "".join(
-            f"<td{cls if key in ('update', 'epoch') else ''} data-label='{key}'>{html.escape(str(value))}</td>"
-            for key, value in cells[1:]) + "</tr>")
+        message = str(e.get("message", ""))
+        if e.get("remedy") and str(e["remedy"]) not in message:  # the doctor's reason, when it names one
+            message = f"{message} — {e['remedy']}" if message else str(e["remedy"])
+        cells = {"mark": f"E{i}", "update": e["step"], "epoch": e.get("epoch", ""),
+                 "verdict": str(e.get("verdict", e.get("event", ""))).replace("_", " "),
+                 "reading": e.get("reading", ""), "action": action, "message": message}
+        cls = {"mark": " class='event'", "update": " class='num'", "epoch": " class='num'"}
+        rows.append("<tr>" + "".join(f"<td{cls.get(k, '')} data-label='{k}'>{html.escape(str(cells[k]))}</td>"
+                                     for k in keys) + "</tr>")
     rows.append("</table>")
     return "".join(rows)
 
