@@ -98,6 +98,31 @@ def test_top_eigenpair_of_a_matrix_with_negative_extremes_and_restarts():
     assert abs(float(pair.vector @ Q[:, -1])) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_a_cold_refresh_catches_an_eigenvalue_that_overtakes_the_tracked_one():
+    n = 120
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    rest = torch.linspace(0, 5, n, dtype=torch.float64)
+
+    def matrix(t):  # the top two eigenvalues cross at t = 10; their eigenvectors stay put
+        values = rest.clone()
+        values[0], values[1] = 10 - 0.1 * t, 8 + 0.1 * t
+        return Q @ torch.diag(values) @ Q.T, float(values.max())
+
+    errors = {}
+    for refresh in (None, 5):
+        inst = Sharpness(every=1, refresh=refresh)
+        model = nn.Linear(n, 1, bias=False).double()  # stands in for the operator: products go to the matrix
+        worst = 0.0
+        for t in range(21):
+            A, top = matrix(t)
+            pair, _ = inst._tracker.track(lambda v: A @ v, n, 0, torch.device("cpu"), torch.float64)
+            worst = max(worst, abs(pair.value - top) / top) if t >= 16 else worst
+        errors[refresh] = worst
+        del model
+    assert errors[None] > 0.05  # warm starts alone stay on the old top
+    assert errors[5] < 1e-3  # a cold start at reading 15 finds the new one
+
+
 def test_warm_started_tracking_on_full_batch_gd_is_cheap_and_accurate(digits):
     x, y = digits[0].tensors[0][:200].double(), digits[0].tensors[1][:200]
     model = tl.nn.mlp(64, [16, 16], 10, activation="tanh", seed=0).double()
