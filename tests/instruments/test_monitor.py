@@ -162,12 +162,12 @@ def test_state_dict_round_trip():
 
 
 # ---------------------------------------------------------------- Trainer runs
-def make(train, epochs, out, monitor=None, callbacks=(), **kw):
+def make(train, epochs, out, monitor=None, callbacks=(), after=(), **kw):
     model = bn_dropout_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     monitor = monitor or Monitor(every=5, sample=200, instruments=mine(), progress=False)
     return Trainer(model, opt, F.cross_entropy, train, batch_size=100, epochs=epochs, out=out, progress=False,
-                   device="cpu", callbacks=[*callbacks, monitor], **kw)
+                   device="cpu", callbacks=[*callbacks, monitor, *after], **kw)
 
 
 def lines(path):
@@ -220,6 +220,32 @@ def test_kill_and_resume_reads_what_an_uninterrupted_run_reads(small, tmp_path):
         f.write(json.dumps({"step": 10, "instrument": "grad_norm", "value": 1.0, "seconds": 0.0}) + '\n{"step": 1')
     torch.manual_seed(123)
     make(small, 4, tmp_path / "cut", callbacks=[Callback()], resume=True).fit()
+    whole, cut = lines(tmp_path / "whole" / "instruments.jsonl"), lines(tmp_path / "cut" / "instruments.jsonl")
+    assert without_seconds(cut) == without_seconds(whole)
+
+
+class Counter(Callback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, trainer, record):
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+def test_a_resume_may_add_a_callback_before_the_monitor(small, tmp_path):
+    """Saved states go back to callbacks of their own class, not by position (--doctor added on --resume)."""
+    make(small, 4, tmp_path / "whole").fit()
+    with pytest.raises(KeyboardInterrupt):
+        make(small, 4, tmp_path / "cut", after=[InterruptAt(12)]).fit()  # saved: [Monitor, InterruptAt]
+    counter = Counter()  # resumed: [Counter, Monitor]
+    make(small, 4, tmp_path / "cut", callbacks=[counter], resume=True).fit()
+    assert counter.steps == 20 - 12
     whole, cut = lines(tmp_path / "whole" / "instruments.jsonl"), lines(tmp_path / "cut" / "instruments.jsonl")
     assert without_seconds(cut) == without_seconds(whole)
 

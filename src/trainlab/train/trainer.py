@@ -199,11 +199,23 @@ class Trainer:
                 prepared["metrics"] = rundir.read_log(self.out / "metrics.jsonl", "epoch")
                 prepared["steps"] = rundir.read_log(self.out / "steps.jsonl", "step")
                 prepared["instruments"] = rundir.read_log(self.out / "instruments.jsonl", "step")
-            self._load_callbacks(state.get("callbacks") or [], path)  # last: the one check that changes state
+            # last: the one check that changes state
+            self._load_callbacks(state.get("callbacks") or [], state.get("callback_names"), path)
         self._prepared = prepared
 
-    def _load_callbacks(self, states: list[Any], path: Path) -> None:
-        """Callbacks' states back from a checkpoint; one a callback refuses is a DataError."""
+    def _load_callbacks(self, states: list[Any], names: list[str] | None, path: Path) -> None:
+        """Callbacks' states back from a checkpoint; one a callback refuses is a DataError.
+
+        Each callback takes the next saved state of its own class (so a resume may add or drop
+        a callback, e.g. ``--doctor`` beside ``--monitor``); checkpoints without class names
+        are matched by position."""
+        if isinstance(names, list) and len(names) == len(states):
+            saved = list(zip(names, states))
+            matched = []
+            for cb in self.callbacks:
+                i = next((i for i, (name, _) in enumerate(saved) if name == type(cb).__name__), None)
+                matched.append(saved.pop(i)[1] if i is not None else None)
+            states = matched
         for cb, cb_state in zip(self.callbacks, states):
             if cb_state is not None and hasattr(cb, "load_state_dict"):
                 try:
@@ -429,6 +441,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
+            "callback_names": [type(cb).__name__ for cb in self.callbacks],
             "epoch": self.epoch, "step": self.step, "batch": batch, "partial": partial,
             "first_loss": self._first_loss,
             "rng": {"shuffle": rng_shuffle, "torch": torch.get_rng_state(),
