@@ -3,8 +3,9 @@
 A tanh MLP (64-32-32-10) trains on the first 500 digits with full-batch gradient descent
 (``trainlab.optim.SGD``, ``lr=0.1``). Every ``--every`` updates the ``sharpness`` instrument
 reads ``λ_max`` (Lanczos warm-started from the previous reading's top eigenvector, stopping
-when the estimated error ``min(r, r²/gap) ≤ tol·λ``; every 10th reading cold), and a cold start — :func:`trainlab.curvature.eigs` from a random
-vector with ``tol=1e-10`` (float64) — gives the reference. Printed: per reading ``λ_max``, the
+when the estimated error ``min(r, r²/gap) ≤ tol·λ``; every 10th reading cold), and a cold
+start — :func:`trainlab.curvature.eigs` from a random vector with ``tol=1e-10`` (float64) —
+gives the reference. Printed: per reading ``λ_max``, the
 products used and the relative error; then, per ``tol``, the mean products per reading after
 the first and the largest relative error (the issue asks ≤ 10 and ≤ 1e-3). The training run
 is the same for every ``tol`` (same seed), so the rows compare like with like.

@@ -247,7 +247,7 @@ class Sharpness:
     ``refresh`` (10: every 10th reading starts cold, from a random vector; ``None``: never).
 
     Reading: ``{"value": λ_max, "n_hvp": products, "converged": bool, "residual": ‖Hx − λx‖,
-    "error": estimated error of λ_max, "warm": started from the previous vector}``. Measured
+    "estimated_error": of λ_max, "warm": started from the previous vector}``. Measured
     (``benchmarks/sharpness_tracking.py``, tanh MLP on 500 digits, full-batch GD, a reading
     every 10 updates): 4.9 products per reading after the first, at most 1.9e-4 relative
     error against a cold start.
@@ -273,7 +273,7 @@ class Sharpness:
             self._tracker.operators.done(op)
         _share(ctx, mode, pair)
         return {"value": pair.value, "n_hvp": op.n_hvp, "converged": pair.converged, "residual": pair.residual,
-                "error": pair.error, "warm": warm}
+                "estimated_error": pair.error, "warm": warm}
 
     def state_dict(self) -> dict:
         return self._tracker.state_dict()
