@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model from a TOML run configuration",
         description="Train a model as a TOML configuration says (every key optional; see "
                     "trainlab.train.config for the keys and defaults) and write the run directory: "
-                    "config.toml, metrics.jsonl, steps.jsonl, summary.json and checkpoint.pt. A new run refuses a"
+                    "config.toml, metrics.jsonl, steps.jsonl, summary.json and checkpoint.pt (and instruments.jsonl"
+                    " with --monitor). A new run refuses a"
                     " directory that already holds any of them (unless --overwrite), and one directory is written by"
                     " one process at a time.")
     p.add_argument("--config", metavar="FILE", help="TOML run configuration (default: all defaults; "
