@@ -431,7 +431,7 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
     if name == "units":
         ax.set_ylim(-0.02, 1.02)
     elif name == "noise_scale":
-        _log_if_wide(ax, everything, ratio=1.0)
+        _log_if_wide(ax, everything, ratio=0.0)  # always log where it can be: B_simple spans decades over a run
     else:
         _log_if_wide(ax, everything)
     mark_events(ax, events)
