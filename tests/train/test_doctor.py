@@ -39,6 +39,20 @@ def test_healthy_run_raises_no_false_alarm():
     assert stalls.run("healthy", doctor=True).events == []
 
 
+@pytest.mark.parametrize("name, reading, action, budget", [
+    ("short_full_batch", "curvature", "escape", 60),   # full-batch: within 60 updates of the onset
+    ("too_large_step", "stability", "lower η", 60),
+    ("crawl", "stability", "raise η", 200),            # mini-batch: within two windows
+])
+def test_each_scenario_is_noticed_in_time_and_named(name, reading, action, budget):
+    epochs = {"crawl": 5, "too_large_step": 60}.get(name)  # enough to see the event and its effect
+    plain, treated = stalls.run(name, doctor=False, epochs=epochs), stalls.run(name, doctor=True, epochs=epochs)
+    first = treated.events[0]
+    assert first["reading"] == reading and action in first["action"] and first["applied"] and first["remedy"]
+    assert 0 <= treated.first_event() - plain.onset() <= budget
+    assert treated.losses[-1] <= 0.5 * plain.losses[-1]
+
+
 def test_act_false_only_reports(digits):
     train, _ = digits
     model = stalls.SCENARIOS["zero_linear"].build(0)
@@ -64,7 +78,7 @@ def test_events_reach_metrics_summary_and_survive_resume(digits, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     events = [line for line in lines if "event" in line]
     assert events and events == summary["events"]
-    assert events[0]["step"] == 200 and events[0]["epoch"] == 5  # suspected at 100, confirmed a window later
+    assert events[0]["step"] == 150 and events[0]["epoch"] == 4  # suspected at 100, confirmed half a window later
     resumed = make(8, resume=True)
     summary = resumed.fit()
     assert summary["events"][:len(events)] == events and len(resumed.history) == 8
@@ -91,24 +105,108 @@ def test_plain_loop_hook(digits):
     assert F.cross_entropy(model(x), y).item() < found[0]["loss"]
 
 
-def test_plateau_remedy_scales_the_learning_rate():
-    """Not critical, no negative curvature: a convex quadratic with a tiny step."""
-    w = torch.nn.Parameter(torch.tensor([1.0, 1.0], dtype=torch.float64))
+def _quadratic(lr: float, optimizer=tl.optim.SGD, start: float = 1.0):
+    """``L = ½‖w‖² + 1`` at ``w = (start, start)``: no negative curvature, ``λ_max = 1``."""
+    w = torch.nn.Parameter(torch.full((2,), start, dtype=torch.float64))
     model = torch.nn.Module()
     model.w = w
     model.forward = lambda x: w
-    loss_fn = lambda out, _: 0.5 * (out ** 2).sum()  # noqa: E731
-    opt = tl.optim.Adam([w], lr=1e-6)
-    doctor = StallDoctor(window=20)
-    event = None
-    for _ in range(40):  # a window to suspect the stall, another to confirm it
+    loss_fn = lambda out, _: 0.5 * (out ** 2).sum() + 1.0  # noqa: E731
+    return model, loss_fn, optimizer([w], lr=lr)
+
+
+def _train(model, loss_fn, opt, doctor, updates, **options):
+    events = []
+    for _ in range(updates):
         opt.zero_grad()
         loss = loss_fn(model(None), None)
         loss.backward()
         opt.step()
-        event = doctor.after_step(model, loss.item(), loss_fn, (torch.zeros(1), torch.zeros(1)), optimizer=opt) or event
+        event = doctor.after_step(model, loss.item(), loss_fn, (torch.zeros(1), torch.zeros(1)), optimizer=opt,
+                                  **options)
+        events += [event] if event else []
+    return events
+
+
+def test_a_crawl_raises_the_learning_rate_within_stability():
+    """SGD with η·λ_max = 1e-6: the loss hardly moves; the doctor reads stability ≪ 1 and raises η to 1/λ_max."""
+    model, loss_fn, opt = _quadratic(1e-6)
+    events = _train(model, loss_fn, opt, StallDoctor(window=20), 30)  # suspected at 20, confirmed at 30
+    event = events[0]
     assert event["verdict"] == "not_critical" and not event["negative_curvature"]
-    assert event["applied"] and "η ×10" in event["action"] and opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert event["reading"] == "stability" and event["readings"]["stability"]["source"] == "diagnosis"
+    assert "crawl" in event["remedy"] and event["applied"] and "raise η" in event["action"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0, rel=1e-6)  # η·λ_max = 1
+
+
+def test_full_batch_stall_needs_no_confirmation():
+    """Exact losses: a stall is noticed ``full_batch_window`` updates after it began, not two windows."""
+    model, loss_fn, opt = _quadratic(1e-6)
+    events = _train(model, loss_fn, opt, StallDoctor(window=100, full_batch_window=30), 40, full_batch=True)
+    assert len(events) == 1 and events[0]["full_batch"] and events[0]["reading"] == "stability"
+    model, loss_fn, opt = _quadratic(1e-6)
+    assert _train(model, loss_fn, opt, StallDoctor(window=100), 149) == []  # mini-batch: 1.5 windows
+
+
+class _Reading:
+    def __init__(self, value, step, **extra):
+        self.value, self.step, self.extra = value, step, extra
+
+
+class _Monitor:
+    """What the doctor reads of a :class:`trainlab.instruments.Monitor`: ``latest``."""
+
+    def __init__(self, **readings):
+        self.latest = readings
+
+
+def test_monitor_stability_reading_lowers_an_adaptive_step():
+    """Adam: the Monitor's preconditioned stability (with its own threshold) decides, not η·λ_max(H)."""
+    model, loss_fn, opt = _quadratic(1e-5, tl.optim.Adam)
+    monitor = _Monitor(stability=_Reading(50.0, 10, threshold=38.0, preconditioned=True, lambda_max=5e4))
+    event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 30)[0]
+    assert event["reading"] == "stability" and event["readings"]["stability"] == {"value": 50.0, "source": "monitor"}
+    assert "> 38" in event["remedy"] and event["applied"] and "lower η" in event["action"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 / 50)
+
+
+def test_dead_units_are_named_with_the_lectures_remedy_and_nothing_changes():
+    model, loss_fn, opt = _quadratic(0.5, start=0.0)  # at the minimum; η·λ_max = 0.5: no crawl, not too large
+    monitor = _Monitor(units=_Reading(0.8, 10, parts={"2": {"dead": 0.8, "saturated": 0.0}}))
+    event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 30)[0]
+    assert event["reading"] == "units" and event["action"] == "none" and not event["applied"]
+    assert "80 % of the units" in event["remedy"] and "initialisation" in event["remedy"]
+    assert "normalisation" in event["remedy"] and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_a_batch_far_below_the_noise_scale_gets_a_larger_batch_suggested():
+    model, loss_fn, opt = _quadratic(0.5, start=0.0)
+    monitor = _Monitor(noise_scale=_Reading(640.0, 10, batch_size=32, batch_over_noise=0.05))
+    event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 30)[0]
+    assert event["reading"] == "noise_scale" and "larger batch" in event["remedy"] and not event["applied"]
+    assert [f["reading"] for f in event["findings"]] == ["noise_scale", "curvature"]  # and the local minimum
+
+
+def test_readings_older_than_the_doctors_own_change_are_not_used():
+    model, loss_fn, opt = _quadratic(1e-6)
+    monitor = _Monitor(stability=_Reading(1e-6, 5, threshold=2.0))
+    doctor = StallDoctor(window=20, monitor=monitor)
+    first = _train(model, loss_fn, opt, doctor, 30)[0]
+    assert first["readings"]["stability"]["source"] == "monitor" and first["applied"]
+    assert doctor._changed_at == 30  # the old reading (η = 1e-6) is stale now: the diagnosis measures again
+    assert doctor._readings(model, loss_fn, (torch.zeros(1), torch.zeros(1)), opt,
+                            tl.diagnose(model, loss_fn, (torch.zeros(1), torch.zeros(1)), progress=False), True,
+                            None)["stability"]["source"] == "diagnosis"
+
+
+def test_the_trainer_s_monitor_is_found_among_its_callbacks(digits):
+    train, _ = digits
+    model = stalls.SCENARIOS["zero_linear"].build(0)
+    monitor, doctor = _Monitor(), StallDoctor()
+    trainer = tl.train.Trainer(model, tl.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, train, 256, 1,
+                               callbacks=[monitor, doctor], progress=False)
+    trainer.fit()
+    assert doctor.monitor is monitor
 
 
 def test_bounded_sample_and_bad_arguments(digits):
