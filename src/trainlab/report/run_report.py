@@ -420,7 +420,7 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
         tests = [_number(r.get("norm_test")) for r in readings]
         ax.plot(steps, tests, "s--", color="tab:purple", lw=1.2, ms=3, label="norm test statistic (Byrd et al. 2012)")
         everything += tests
-    failed = [r["step"] for r in readings if r.get("error") is not None or not _finite(r.get("value"))]
+    failed = [r["step"] for r in readings if _failed(r)]
     if failed:
         ax.plot(failed, [0.02] * len(failed), "x", color=EVENT_COLOR, ms=7, mew=2,
                 transform=ax.get_xaxis_transform(), label="reading failed (see below)")
@@ -461,6 +461,11 @@ def _parts(name: str, readings: Sequence[dict[str, Any]]) -> list[tuple[str, lis
         kept = {line[0] for line in sorted(lines, key=lambda line: -_median(line[1]))[:MAX_PARTS]}
         lines = [line for line in lines if line[0] in kept]
     return lines
+
+
+def _failed(reading: dict[str, Any]) -> bool:
+    """A reading the Monitor recorded as failed: no finite value, or an error message."""
+    return not _finite(reading.get("value")) or isinstance(reading.get("error"), str)
 
 
 def _parts_of(reading: dict[str, Any]) -> dict[str, Any]:
@@ -505,7 +510,7 @@ def instrument_panels(run: Run) -> list[Panel]:
 
 
 def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spec | None, run: Run) -> str:
-    ok = [r for r in readings if _finite(r.get("value")) and r.get("error") is None]
+    ok = [r for r in readings if not _failed(r)]
     seconds = [float(r["seconds"]) for r in readings if _finite(r.get("seconds"))]
     text = (spec.caption + " ") if spec and spec.caption else ""
     first, last = readings[0]["step"], readings[-1]["step"]
@@ -539,7 +544,7 @@ def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spe
     if name in ("grad_norm", "update_ratio") and len(_part_names(readings)) > MAX_PARTS:
         text += (f" Thin lines: the {MAX_PARTS} parameter tensors of largest median, of"
                  f" {len(_part_names(readings))}.")
-    failed = [r for r in readings if r.get("error") is not None or not _finite(r.get("value"))]
+    failed = [r for r in readings if _failed(r)]
     if failed:
         first = failed[0]
         text += (f" {len(failed)} reading{'s' if len(failed) != 1 else ''} failed (marked ✕), the first at update"
