@@ -91,7 +91,7 @@ def brute_force(G):
     trace = float(var.sum())
     norm_sq = float(mean @ mean)
     rms = (G ** 2).mean(0).sqrt()
-    keep = (var > 0) & (rms > 1000 * torch.finfo(torch.float64).eps * rms.max())  # rounding-zero coordinates out
+    keep = (var > 0) & (rms > 100 * torch.finfo(torch.float64).eps * rms.max())  # rounding-zero coordinates out
     return trace / norm_sq, float((mean[keep] ** 2 / var[keep]).mean()), trace, norm_sq
 
 

@@ -10,7 +10,8 @@ The per-sample gradients come from ``torch.func``: ``vmap(grad(ℓ))`` over the 
 ``ℓ`` is the loss of one sample through ``functional_call(model, parameters, ...)`` — so any
 module works, attention included — in chunks of at most ``chunk`` samples, never held all at
 once: each chunk's mean and sum of squared deviations are merged into running float64
-totals (Chan, Golub & LeVeque 1979), so memory is ``chunk × parameters`` plus two vectors.
+totals (Chan, Golub & LeVeque 1979; float32 on Apple's MPS, which has no float64), so memory
+is ``chunk × parameters`` plus two vectors.
 
 A per-sample gradient exists only when samples do not interact: BatchNorm in training mode
 normalises with the batch's statistics, so those readings refuse ``mode="train"`` with
@@ -32,12 +33,13 @@ from torch.func import functional_call, grad, vmap
 from trainlab.curvature import analysis_mode
 from trainlab.data.batches import BatchLoss, batch_size_of, map_tensors, take
 from trainlab.errors import ConfigError, DataError
+from trainlab.instruments.sharpness import wide
 
 #: Samples per vmap chunk, at most.
 CHUNK = 64
 #: GSNR leaves out coordinates whose per-sample gradients are zero up to rounding: root mean
-#: square below this share of the largest coordinate's (1000 float64 epsilons).
-ZERO_GRADIENT = 1000 * torch.finfo(torch.float64).eps
+#: square below this many machine epsilons (of the gradients' dtype) of the largest coordinate's.
+ZERO_GRADIENT = 100
 #: Memory for one chunk of flat per-sample gradients; the chunk shrinks to fit.
 CHUNK_BYTES = 256 * 2**20
 
@@ -131,11 +133,13 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
 @dataclass
 class Moments:
     """Running mean and per-coordinate sum of squared deviations of gradients (float64):
-    ``count``, ``mean`` (= ``G``), ``m2`` (``Σᵢ (gᵢ − G)²`` per coordinate)."""
+    ``count``, ``mean`` (= ``G``), ``m2`` (``Σᵢ (gᵢ − G)²`` per coordinate), and the ``dtype``
+    the gradients were computed in."""
 
     count: int
     mean: torch.Tensor
     m2: torch.Tensor
+    dtype: torch.dtype = torch.float64  # of the gradients
 
     @classmethod
     def of(cls, chunks: Iterator[torch.Tensor]) -> "Moments":
@@ -145,7 +149,7 @@ class Moments:
         for rows in chunks:
             # within a chunk (≤ 64 rows) the model's precision is enough; the merge is float64
             mean = rows.mean(0)
-            part = cls(len(rows), mean.double(), (rows - mean).square_().sum(0).double())
+            part = cls(len(rows), wide(mean), wide((rows - mean).square_().sum(0)), rows.dtype)
             total = part if total is None else total.merged(part)
         if total is None:
             raise DataError("the sample holds no samples")
@@ -156,7 +160,7 @@ class Moments:
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / count)
         m2 = self.m2 + other.m2 + delta ** 2 * (self.count * other.count / count)
-        return Moments(count, mean, m2)
+        return Moments(count, mean, m2, self.dtype)
 
     @property
     def variance(self) -> torch.Tensor:
@@ -266,7 +270,7 @@ class GSNR:
     networks generalize well through GSNR of parameters", ICLR), per parameter coordinate
     ``r_j = G_j² / Σ_jj``, averaged over the coordinates. Left out: coordinates no sample
     moves (``Σ_jj = 0``), and those whose gradient is zero up to rounding — root mean square
-    ``sqrt(mean_i g_ij²)`` below :data:`ZERO_GRADIENT` (``1000·eps``) times the largest — such as
+    ``sqrt(mean_i g_ij²)`` below :data:`ZERO_GRADIENT` ``· eps`` times the largest — such as
     attention's key bias, which softmax ignores: their ratio would be rounding noise. Large GSNR: the samples agree on
     the direction, and what is learnt on one sample carries to others.
 
@@ -298,7 +302,7 @@ class GSNR:
         m = gradient_moments(ctx, self.chunk, self.max_samples)
         var = m.variance
         rms = (m.mean ** 2 + m.m2 / m.count).sqrt()  # sqrt(mean_i g_ij²)
-        used = (var > 0) & (rms > ZERO_GRADIENT * float(rms.max()))
+        used = (var > 0) & (rms > ZERO_GRADIENT * torch.finfo(m.dtype).eps * float(rms.max()))
         ratio = m.mean[used] ** 2 / var[used]
         value = float(ratio.mean()) if bool(used.any()) else math.nan
         trace, norm_sq = float(var.sum()), float((m.mean ** 2).sum())

@@ -304,6 +304,11 @@ def _kind(optimizer: torch.optim.Optimizer) -> str | None:
     return None
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 — float32 on Apple's MPS, which has no float64."""
+    return t.float() if t.device.type == "mps" else t.double()
+
+
 def _step_count(state: dict) -> float:
     return float(state["step"]) if "step" in state else 0.0
 
@@ -319,19 +324,19 @@ def _preconditioner(kind: str, group: dict, state: dict) -> torch.Tensor | None:
         beta1, beta2 = group["betas"]
         # Cohen et al. 2022 fold the first moment's bias correction into P: the step is
         # η/(1 − β₁^t) · m / (sqrt(v̂) + eps) = η · P⁻¹ m with P = (1 − β₁^t)(sqrt(v̂) + eps)
-        v_hat = state[key].detach().double() / (1 - beta2 ** t)
+        v_hat = wide(state[key].detach()) / (1 - beta2 ** t)
         return (1 - beta1 ** t) * (v_hat.sqrt() + eps)
     if kind == "rmsprop":
         if "square_avg" not in state:
             return None
-        v = state["square_avg"].detach().double()
+        v = wide(state["square_avg"].detach())
         if group.get("centered") and "grad_avg" in state:
-            v = v - state["grad_avg"].detach().double() ** 2
+            v = v - wide(state["grad_avg"].detach()) ** 2
         return v.clamp_min(0).sqrt() + eps
     if kind == "adagrad":
         if "sum" not in state or ("step" in state and _step_count(state) < 1):
             return None
-        return state["sum"].detach().double().sqrt() + eps
+        return wide(state["sum"].detach()).sqrt() + eps
     return None
 
 
@@ -383,15 +388,15 @@ def scaling(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> tup
         if len(rates) <= 1 and all(id(p) in groups for p in params):
             info["lr"] = rates.pop() if rates else info["lr"]
             return None, info
-        parts = [torch.full((p.numel(),), _rate(kind, groups[id(p)], None) if id(p) in groups else 0.0,
-                            dtype=torch.float64) for p in params]
-        return torch.cat(parts).to(params[0].device), info
+        parts = [wide(torch.full((p.numel(),), _rate(kind, groups[id(p)], None) if id(p) in groups else 0.0,
+                                 device=p.device)) for p in params]
+        return torch.cat(parts), info
     parts, found = [], 0
     for p in params:
         group, state = groups.get(id(p)), optimizer.state.get(p, {})
         P = _preconditioner(kind, group, state) if group is not None else None
         if P is None:
-            parts.append(torch.zeros(p.numel(), dtype=torch.float64, device=p.device))
+            parts.append(wide(torch.zeros(p.numel(), device=p.device)))
             continue
         found += 1
         parts.append((_rate(kind, group, state) / P).reshape(-1).to(p.device))
