@@ -287,7 +287,8 @@ def cli_run(tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main([*args, "--monitor"]) == 0
-    assert f"instrument readings (economy): {out / 'instruments.jsonl'}" in printed.getvalue()
+    assert f"instrument readings (economy): {out / 'instruments.jsonl'}\n  draw them: trainlab report {out}\n" \
+        in printed.getvalue()
     return out
 
 

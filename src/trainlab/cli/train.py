@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if distributed.rank() == 0:
         print(report(config, summary, out))
         if args.monitor:
-            print(f"instrument readings ({args.monitor}): {out / 'instruments.jsonl'}")
+            print(f"instrument readings ({args.monitor}): {out / 'instruments.jsonl'}\n"
+                  f"  draw them: trainlab report {out}")
     return 0
 
 
