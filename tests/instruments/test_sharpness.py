@@ -174,8 +174,19 @@ def adam_p(opt, p):
     return (1 - b1 ** t) * ((s["exp_avg_sq"] / (1 - b2 ** t)).sqrt() + g["eps"])
 
 
+def amsgrad_p(opt, p):
+    s, g = opt.state[p], opt.param_groups[0]
+    t, (b1, b2) = float(s["step"]), g["betas"]
+    return (1 - b1 ** t) * ((s["max_exp_avg_sq"] / (1 - b2 ** t)).sqrt() + g["eps"])
+
+
 def rms_p(opt, p):
     return opt.state[p]["square_avg"].sqrt() + opt.param_groups[0]["eps"]
+
+
+def centered_p(opt, p):
+    s = opt.state[p]
+    return (s["square_avg"] - s["grad_avg"] ** 2).sqrt() + opt.param_groups[0]["eps"]
 
 
 def adagrad_p(opt, p):
@@ -187,7 +198,9 @@ def adagrad_p(opt, p):
     (lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99)), adam_p, 18.0),
     (lambda p: torch.optim.AdamW(p, lr=0.01), adam_p, 38.0),
     (lambda p: tl.optim.RMSProp(p, lr=0.01), rms_p, 2.0),
+    (lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True), amsgrad_p, 38.0),
     (lambda p: torch.optim.RMSprop(p, lr=0.01), rms_p, 2.0),
+    (lambda p: torch.optim.RMSprop(p, lr=0.01, centered=True, momentum=0.5), centered_p, 3.0),
     (lambda p: tl.optim.Adagrad(p, lr=0.05), adagrad_p, 2.0),
     (lambda p: torch.optim.Adagrad(p, lr=0.05), adagrad_p, 2.0),
 ])

@@ -148,7 +148,7 @@ def _check_tracking(tol: Any, max_hvp: Any, refresh: Any) -> None:
         raise ConfigError(f"refresh={refresh!r} is not allowed; expected an integer >= 1 (a cold start every"
                           " refresh readings) or None (never)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise ConfigError(f"tol={tol!r} is not allowed; expected a number in (0, 1) (residual relative to λ)")
+        raise ConfigError(f"tol={tol!r} is not allowed; expected a number in (0, 1) (the estimated error relative to λ)")
     if isinstance(max_hvp, bool) or not isinstance(max_hvp, int) or max_hvp < 1:
         raise ConfigError(f"max_hvp={max_hvp!r} is not allowed; expected an integer >= 1")
 
