@@ -626,9 +626,9 @@ def _headline(run: Run) -> str:
             bits.append(f"{what} {s[key]:.4g}")
     for key, what in (("train_accuracy", "training accuracy"), ("eval_accuracy", "test accuracy")):
         if _finite(s.get(key)):
-            bits.append(f"{what} {100 * s[key]:.1f} %")
+            bits.append(f"{what} {100 * s[key]:.1f}\u00a0%")  # no-break spaces: a number stays with its unit
     if _finite(s.get("total_seconds")):
-        bits.append(f"{s['total_seconds']:.3g} s of training")
+        bits.append(f"{s['total_seconds']:.3g}\u00a0s of training")
     return (", ".join(bits) + ".") if bits else "No epoch completed yet."
 
 
