@@ -74,10 +74,10 @@ def test_per_sample_gradients_equal_a_loop_of_single_sample_gradients(make, shap
 def test_per_sample_gradients_through_batch_loss():
     model = Attention().double().eval()
     x, y = data((5, 4))
-    batch = {"tokens": x, "labels": y, "scale": torch.tensor(2.0, dtype=torch.float64)}
+    batch = {"tokens": x, "labels": y, "scale": torch.tensor(2.0, dtype=torch.float64), "reduction": "mean"}
 
     def batch_loss(m, b):
-        return b["scale"] * F.cross_entropy(m(b["tokens"]), b["labels"])
+        return b["scale"] * F.cross_entropy(m(b["tokens"]), b["labels"], reduction=b["reduction"])
 
     got = torch.cat(list(per_sample_gradients(model, None, batch, chunk=4, batch_loss=batch_loss)))
     torch.testing.assert_close(got, 2 * loop_gradients(model, x, y), rtol=1e-10, atol=1e-12)

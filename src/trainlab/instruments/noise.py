@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
 
 from trainlab.curvature import analysis_mode
 from trainlab.data.batches import BatchLoss, batch_size_of, map_tensors, take
@@ -111,7 +112,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
             state = {**{f"model.{k}": v for k, v in p.items()}, **prefixed}
             return functional_call(wrapper, state, (one,)).reshape(())
         # tensors with a leading sample dimension are split; anything else is passed whole
-        in_dims = map_tensors(batch, lambda t: 0 if t.dim() > 0 and len(t) == n else None)
+        in_dims = tree_map(lambda t: 0 if isinstance(t, torch.Tensor) and t.dim() > 0 and len(t) == n else None,
+                           batch)
 
     per_sample = vmap(grad(loss_of_one), in_dims=(None, in_dims))
     for start in range(0, n, chunk):
