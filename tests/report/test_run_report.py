@@ -126,7 +126,7 @@ def test_events_configuration_and_failures_are_shown(page):
     assert "<td data-label='reading'>stability</td>" in text  # the reading the doctor acted on
     assert "raise η: η 0.005 → 0.05 — a crawl: η·λ_max = 0.0007 ≪ 1" in text  # and its reason
     assert "mlp [32, 32] (relu) on digits · sgd, η = 0.05" in text
-    assert "1 reading failed (marked ✕), the first at update 150: out of memory" in text
+    assert "1 reading failed (marked ✕), the first at update 150: out of memory." in text
     assert "No dead or saturated unit at any reading in layer 3." in text
 
 

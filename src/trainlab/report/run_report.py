@@ -557,7 +557,8 @@ def _first_sentence(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     end = text.find(". ")
     text = text[:end + 1] if 0 <= end < limit else text
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if text.endswith((".", "…", "!", "?")) else text + "."
 
 
 # ------------------------------------------------------------------------------------------ the page
