@@ -125,6 +125,12 @@ def test_bad_instrument_period_is_refused():
         GradNorm(every=0)
 
 
+def test_a_missing_loss_is_refused_at_once():
+    with pytest.raises(ConfigError, match="loss_fn is None"):
+        Monitor(every=1, instruments=[GradNorm()]).after_step(nn.Linear(3, 2), None, None, (torch.ones(2, 3),
+                                                                                             torch.zeros(2).long()))
+
+
 def test_empty_data_is_a_data_error():
     with pytest.raises(DataError):
         Monitor(every=1, instruments=[GradNorm()]).after_step(nn.Linear(3, 2), None, F.cross_entropy, [])

@@ -239,6 +239,9 @@ class Monitor:
         batches with ``batch_loss``); ``step`` the updates done (default: one more than at the
         last call); ``batch_size`` the samples per update, for the noise readings.
         """
+        if loss_fn is None and self.batch_loss is None:
+            raise ConfigError("Monitor.after_step: loss_fn is None; pass the loss function (outputs, targets) -> mean"
+                              " loss, or build the Monitor with batch_loss=(model, batch) -> mean loss")
         self.step = self.step + 1 if step is None else int(step)
         due = [inst for inst in self.instruments if self.step % self.period(inst) == 0
                and not (getattr(inst, "needs_previous", False) and self._previous is None)]

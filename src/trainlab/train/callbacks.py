@@ -4,7 +4,10 @@ Subclass :class:`Callback` and override what you need; every hook receives the t
 so it can read ``trainer.model``, ``trainer.optimizer``, ``trainer.step`` or set
 ``trainer.stop_training = True`` (the run then ends after the current epoch).
 A callback with ``state_dict()`` / ``load_state_dict()`` is saved in checkpoints and
-restored on resume.
+restored on resume, each saved state going back to a callback of the same class (so a resume
+may add or drop callbacks). Any object with these methods works as a callback:
+:class:`trainlab.instruments.Monitor` (readings to ``instruments.jsonl`` through
+``trainer.log_readings``) is one, without importing this module.
 """
 
 from __future__ import annotations
