@@ -349,7 +349,7 @@ def _threshold(kind: str | None, group: dict) -> float:
         return 2 * (1 + beta)
     if kind == "adam":
         beta1 = float(group["betas"][0])
-        return (2 + 2 * beta1) / (1 - beta1)
+        return float(f"{(2 + 2 * beta1) / (1 - beta1):.12g}")  # 38, not 38.00000000000001
     if kind == "rmsprop":
         return 2 * (1 + float(group.get("momentum", 0.0)))
     return 2.0
