@@ -48,6 +48,7 @@ class UpdateRatio(Instrument):
 
     name = "update_ratio"
     needs_previous = True
+    runs_model = False
 
     @torch.no_grad()
     def read(self, ctx: Context) -> dict[str, Any]:

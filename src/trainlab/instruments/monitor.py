@@ -8,7 +8,7 @@ once), the optimizer, the update count — and calls the instrument's ``read(ctx
 reading becomes a :class:`Reading` (step, instrument, value, seconds, extra fields).
 
 An instrument is any object with ``name``, ``every`` and ``read(ctx) -> {"value": float, ...}``
-(optionally ``needs_previous``, ``state_dict`` and ``load_state_dict``); :class:`Instrument`
+(optionally ``needs_previous``, ``runs_model``, ``state_dict`` and ``load_state_dict``); :class:`Instrument`
 is the base class with those defaults. A reading that raises does not stop training: it is
 recorded with value NaN and an ``"error"`` field, and warned about once per instrument.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -104,10 +105,12 @@ class Reading:
 
 class Instrument:
     """Base class: an instrument named ``name``, read every ``every`` updates (``None``: the
-    Monitor's ``every``). ``needs_previous``: it reads ``ctx.previous``."""
+    Monitor's ``every``). ``needs_previous``: it reads ``ctx.previous``. ``runs_model = False``:
+    it reads parameters only, so the Monitor skips the analysis-mode guard."""
 
     name = "instrument"
     needs_previous = False
+    runs_model = True
 
     def __init__(self, every: int | None = None):
         if every is not None:
@@ -288,7 +291,10 @@ class Monitor:
     def _read(self, inst: Any, ctx: Context) -> Reading:
         started = time.perf_counter()
         try:
-            with analysis_mode(ctx.model, self.mode):
+            # an instrument that never runs the model (runs_model = False) needs no guard, which costs a
+            # snapshot of buffers, gradients and random states per reading
+            guard = analysis_mode(ctx.model, self.mode) if getattr(inst, "runs_model", True) else nullcontext()
+            with guard:
                 result = dict(inst.read(ctx))
             value = float(result.pop("value"))
             extra = _plain(result)
