@@ -274,12 +274,12 @@ def test_progress_bar_shows_short_readings(small, capsys):
 
 def test_presets_scale_with_every():
     pytest.importorskip("trainlab.instruments.noise")
-    economy = {inst.name: inst.every for inst in Monitor(every=10, instruments="economy").instruments}
-    assert economy == {"grad_norm": 10, "update_ratio": 10, "units": 50, "sharpness": 100, "stability": 100,
-                       "noise_scale": 100}
+    economy = {inst.name: inst.every for inst in Monitor(instruments="economy").instruments}
+    assert economy == {"grad_norm": 500, "update_ratio": 10, "units": 1000, "sharpness": 1000, "stability": 1000,
+                       "noise_scale": 2000}
     full = {inst.name: inst.every for inst in Monitor(every=5, instruments="full").instruments}
-    assert full == {"grad_norm": 5, "update_ratio": 5, "units": 5, "sharpness": 10, "stability": 10,
-                    "noise_scale": 10, "gsnr": 10, "trace": 50}
+    assert full == {"grad_norm": 25, "update_ratio": 5, "units": 50, "sharpness": 150, "stability": 150,
+                    "noise_scale": 250, "gsnr": 250, "trace": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -288,24 +288,26 @@ def cli_run(tmp_path_factory):
     from trainlab.cli import main
 
     out = tmp_path_factory.mktemp("cli") / "run"
-    args = ["train", "--set", "data.name=iris", "--set", "train.epochs=7", "--set", "model.hidden=[4]",
+    args = ["train", "--set", "data.name=iris", "--set", "train.epochs=34", "--set", "model.hidden=[4]",
             "--set", "train.batch_size=8", "--set", "train.device=cpu", "--no-progress", "--out", str(out)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main([*args, "--monitor"]) == 0
-    assert f"instrument readings (economy): {out / 'instruments.jsonl'}\n  draw them: trainlab report {out}\n" \
+        assert main([*args, "--monitor", "full"]) == 0
+    assert f"instrument readings (full): {out / 'instruments.jsonl'}\n  draw them: trainlab report {out}\n" \
         in printed.getvalue()
     return out
 
 
 def test_cli_monitor_writes_readings(cli_run):
-    last = {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}  # iris: 15 updates per epoch, 105 in all
-    assert {name: r["step"] for name, r in last.items()} == {"grad_norm": 100, "update_ratio": 100, "units": 100,
-                                                             "sharpness": 100, "stability": 100, "noise_scale": 100}
-    assert all("error" not in r for name, r in last.items() if name != "noise_scale")
+    last = {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}  # iris: 15 updates per epoch, 510 in all
+    assert {name: r["step"] for name, r in last.items()} == {"grad_norm": 500, "update_ratio": 510, "units": 500,
+                                                             "sharpness": 300, "stability": 300, "noise_scale": 500,
+                                                             "gsnr": 500}
+    assert all("error" not in r for name, r in last.items() if name not in ("noise_scale", "gsnr"))
 
 
 @pytest.mark.xfail(reason="noise_scale under vmap meets trainlab.nn.cross_entropy's data-dependent target check"
                           " (reported to its owner, /tmp/requests13.md)", strict=False)
-def test_cli_monitor_noise_scale_reads(cli_run):
-    assert "error" not in {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}["noise_scale"]
+def test_cli_monitor_noise_readings_read(cli_run):
+    last = {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}
+    assert "error" not in last["noise_scale"] and "error" not in last["gsnr"]
