@@ -178,10 +178,10 @@ class Trainer:
 
         A fresh run: ``out`` holds none of :data:`TRAINER_FILES` (unless ``overwrite``). A
         resume: ``checkpoint.pt`` loads, has every key, fits the model and optimizer (same
-        keys and shapes) and is finite, and the logs (``metrics.jsonl``, ``steps.jsonl``, ``instruments.jsonl``) have no damaged
-        line but a torn last one; then the callbacks take their saved states back (the one
-        step that changes anything, and only in memory). Raises
-        :class:`ConfigError`/:class:`DataError` otherwise.
+        keys and shapes) and is finite, and the logs (``metrics.jsonl``, ``steps.jsonl``,
+        ``instruments.jsonl``) have no damaged line but a torn last one; then the callbacks take
+        their saved states back (the one step that changes anything, and only in memory).
+        Raises :class:`ConfigError`/:class:`DataError` otherwise.
         Calling it before ``fit`` (as :func:`trainlab.train.run.train` does, holding the
         directory's lock) lets a caller write its own files only once the run will start.
         """
