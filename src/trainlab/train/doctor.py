@@ -68,7 +68,7 @@ when the loss measurably drops.
 Every finding is an event: a dict with the step, verdict, numbers and action, logged by the
 Trainer to ``metrics.jsonl`` (lines with an ``"event"`` key), to the progress bar and to the
 summary. After an event the window starts afresh; after one that changed nothing the doctor
-waits four windows before it looks again. In a plain PyTorch loop call
+waits four windows (of the kind the run uses) before it looks again. In a plain PyTorch loop call
 :meth:`StallDoctor.after_step` after each update (``full_batch=True`` when every update sees
 all the data; ``batch_size=`` for the noise reading).
 """
@@ -180,7 +180,7 @@ class StallDoctor(Callback):
         if event["applied"]:
             self._changed_at = self._steps
         else:
-            self._quiet_until = self._steps + 4 * self.window
+            self._quiet_until = self._steps + 4 * (self.full_batch_window if full_batch else self.window)
         self.events.append(event)
         return event
 
