@@ -521,7 +521,7 @@ def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spe
     if seconds:
         text += f"; {sum(seconds) / len(seconds):.3g} s per reading"
     hvps = [r["n_hvp"] for r in readings if _finite(r.get("n_hvp"))]
-    if hvps:
+    if hvps and sum(hvps) > 0:  # stability reuses the sharpness reading's λ_max at no cost
         text += f"; {sum(hvps) / len(hvps):.3g} Hessian-vector products per reading"
     text += "."
     if name == "sharpness":
