@@ -308,3 +308,29 @@ def test_escape_in_a_saddles_neighbourhood():
     assert events[0]["action"] == "escape" and events[0]["applied"] and "\n" not in events[0]["message"]
     assert "neighbourhood" in events[0]["message"]
     assert loss_fn(w, None).item() < before - 0.1
+
+
+def test_a_real_monitor_s_readings_decide(digits):
+    """A plain loop watched by a :class:`trainlab.instruments.Monitor`: at the stall the doctor
+    takes its stability and units readings instead of measuring them again."""
+    from trainlab.instruments import Monitor, Stability, Units
+
+    train, _ = digits
+    x, y = train.tensors
+    model = tl.nn.mlp(64, [16], 10, seed=0)
+    opt = tl.optim.SGD(model.parameters(), lr=1e-4)  # a crawl
+    monitor = Monitor(every=10, sample=128, instruments=[Stability(every=10), Units(every=10)], progress=False)
+    doctor = StallDoctor(window=20, monitor=monitor, max_samples=128)
+    events = []
+    for _ in range(30):  # the same batch each time: no noise to hide the stall
+        loss = F.cross_entropy(model(x[:128]), y[:128])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.after_step(model, loss.item(), F.cross_entropy, train, opt, batch_size=32)
+        events += [e for e in [doctor.after_step(model, loss.item(), F.cross_entropy, train, optimizer=opt)] if e]
+    event = events[0]
+    assert event["readings"]["stability"] == {"value": monitor.latest["stability"].value, "source": "monitor"}
+    assert event["readings"]["units"]["source"] == "monitor"
+    assert event["reading"] == "stability" and "raise η" in event["action"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 / monitor.latest["stability"].value)
