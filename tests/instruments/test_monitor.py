@@ -303,11 +303,4 @@ def test_cli_monitor_writes_readings(cli_run):
     assert {name: r["step"] for name, r in last.items()} == {"grad_norm": 500, "update_ratio": 510, "units": 500,
                                                              "sharpness": 300, "stability": 300, "noise_scale": 500,
                                                              "gsnr": 500}
-    assert all("error" not in r for name, r in last.items() if name not in ("noise_scale", "gsnr"))
-
-
-@pytest.mark.xfail(reason="noise_scale under vmap meets trainlab.nn.cross_entropy's data-dependent target check"
-                          " (reported to its owner, /tmp/requests13.md)", strict=False)
-def test_cli_monitor_noise_readings_read(cli_run):
-    last = {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}
-    assert "error" not in last["noise_scale"] and "error" not in last["gsnr"]
+    assert all("error" not in r and r["value"] == r["value"] for r in last.values())  # none failed, none NaN

@@ -122,3 +122,25 @@ def test_mse_is_flat_where_cross_entropy_is_not():
 def test_bad_targets_and_shapes_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cross_entropy_gives_per_sample_gradients_under_vmap():
+    """torch.func.vmap cannot run the target check's data-dependent branch; the loss still
+    works there (the instruments' per-sample gradients) and equals a loop of single samples."""
+    from torch.func import functional_call, grad, vmap
+
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    x, y = torch.randn(7, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
+    params = dict(model.named_parameters())
+
+    def one(p, xi, yi):
+        return tl.nn.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    per_sample = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(len(y)):
+        loop = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), list(params.values()))
+        for name, g in zip(params, loop):
+            torch.testing.assert_close(per_sample[name][i], g, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="target 7 at position 0"):
+        tl.nn.cross_entropy(model(x), torch.full((7,), 7))

@@ -88,7 +88,13 @@ def _check_classes(fn: str, target: torch.Tensor, shape: torch.Size) -> None:
         raise ValueError(f"{fn}: targets of shape {tuple(target.shape)} do not match logits of shape"
                          f" {tuple(shape)}; expected ({shape[0]},)")
     low, high = torch.aminmax(target) if target.numel() else (target.new_zeros(()), target.new_zeros(()))
-    if low < 0 or high >= shape[1]:
+    try:
+        out_of_range = bool(low < 0 or high >= shape[1])
+    except RuntimeError:
+        # under torch.func.vmap (per-sample gradients) a value cannot steer Python control flow;
+        # the same targets pass this check as a whole batch before they are split into samples
+        return
+    if out_of_range:
         i = int(((target < 0) | (target >= shape[1])).nonzero()[0, 0])
         raise ValueError(f"{fn}: target {int(target[i])} at position {i} is not a class index in [0, {shape[1]})")
 
