@@ -39,6 +39,14 @@ def test_healthy_run_raises_no_false_alarm():
     assert stalls.run("healthy", doctor=True).events == []
 
 
+def test_dead_units_are_named_and_left_for_a_restart():
+    treated = stalls.run("dead_units", doctor=True, epochs=4)
+    first = treated.events[0]
+    assert first["reading"] == "units" and first["action"] == "none" and not first["applied"]
+    assert "initialisation" in first["remedy"] and "normalisation" in first["remedy"]
+    assert first["readings"]["units"]["source"] == "doctor" and first["readings"]["units"]["value"] > 0.5
+
+
 @pytest.mark.parametrize("name, reading, action, budget", [
     ("short_full_batch", "curvature", "escape", 60),   # full-batch: within 60 updates of the onset
     ("too_large_step", "stability", "lower η", 60),

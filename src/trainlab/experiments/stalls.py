@@ -24,6 +24,10 @@
   (``mse_onehot`` without softmax: an exact quadratic, ``λ_max = 14.56`` on the digits), full-batch
   gradient descent with ``η·λ_max = 2.02``: the sharpest direction grows ×1.02 per update, so
   after a few updates the loss turns and rises, slowly (Cohen et al. 2021: above 2 diverges);
+* ``dead_units`` — a two-hidden-layer ReLU MLP whose first layer's biases start at −20: every
+  unit of that layer is dead on every sample (and the second layer sees only its biases), so the
+  network outputs one constant; the doctor names the units reading and the lecture's remedies
+  (initialisation, normalisation) and changes nothing — the run needs a restart;
 * ``healthy`` — an ordinary digits run with Adam, which must trigger no event.
 
 :func:`run` records every update's loss, so :meth:`Outcome.onset` can tell when an untreated
@@ -85,6 +89,12 @@ def _least_squares(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 LEAST_SQUARES_LAMBDA_MAX = 14.5601
 
 
+def _dead(model: nn.Module, bias: float = -20.0) -> nn.Module:
+    with torch.no_grad():
+        model[1].bias.fill_(bias)
+    return model
+
+
 def _sgd(lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
     return lambda model: tl.optim.SGD(model.parameters(), lr=lr)
 
@@ -104,6 +114,7 @@ SCENARIOS: dict[str, Scenario] = {
     "crawl": Scenario(lambda s: tl.nn.mlp(64, [32, 32], 10, seed=s), _sgd(1e-3), 32, 10),
     "too_large_step": Scenario(lambda s: tl.nn.mlp(64, [], 10, seed=s), _sgd(2.02 / LEAST_SQUARES_LAMBDA_MAX), "full",
                                150, _least_squares),
+    "dead_units": Scenario(lambda s: _dead(tl.nn.mlp(64, [32, 32], 10, seed=s)), _sgd(0.1), 32, 6),
     "healthy": Scenario(lambda s: tl.nn.mlp(64, [32], 10, seed=s),
                         lambda model: tl.optim.Adam(model.parameters(), lr=1e-3), 32, 30),
 }

@@ -32,14 +32,15 @@ units and noise scale with the instruments of the same names. Then, in this orde
    equivalent (stability 1);
 2. **degenerate** — gradient and Hessian both vanish (e.g. two hidden linear layers at zero):
    second order shows no way out; a small random perturbation;
-3. **negative curvature worth taking** — an eigenvalue below ``−max(eig_tol·λ_max, eig_floor)``
+3. **units dead or saturated** — the ``units`` reading above ``dead_share`` (0.5): said with the
+   lecture's remedies (a better initialisation, normalisation); nothing is changed — a step
+   among the few units still alive would not cure it;
+4. **negative curvature worth taking** — an eigenvalue below ``−max(eig_tol·λ_max, eig_floor)``
    in a saddle or a saddle's neighbourhood: :func:`trainlab.escape` along the negative
    eigenspace. During a crawl (below) it is worth taking only at a critical point (a plain step
    gains nothing there) or when it gains more than a plain step of the same length ``r``: along
    ``u`` the quadratic model gains ``½|λ_min| r²``, a gradient step with ``η = 1/λ_max`` gains at
    least ``½ λ_max r²`` (``r = ‖g‖/λ_max``), so the escape wins only if ``|λ_min| ≥ λ_max``;
-4. **units dead or saturated** — the ``units`` reading above ``dead_share`` (0.5): said with the
-   lecture's remedies (a better initialisation, normalisation); nothing is changed;
 5. **a crawl** — ``stability < crawl`` (0.1): the step is far below what the sharpest
    direction allows; ``η ← η / stability`` (stability 1, within the threshold) in a full-batch
    run; with gradient noise the step that gains most is smaller, ``ε_max / (1 + B_simple/B)``
@@ -285,15 +286,15 @@ class StallDoctor(Callback):
             found.append(Finding("curvature", 0.0, "degenerate point: gradient and Hessian both vanish, so second"
                                  f" order shows no way out; a small random perturbation (σ = {self.perturbation:g})",
                                  lambda: self._perturb(model)))
+        units = readings.get("units")
+        if units is not None and units["value"] > self.dead_share:
+            found.append(Finding("units", units["value"], f"{100 * units['value']:.0f} % of the units are dead or"
+                                 f" saturated (they pass no gradient); remedy: {UNITS_REMEDY}"))
         critical = d.grad_norm <= self.grad_tol
         if d.negative_curvature and (not crawling or critical or abs(lam_min) >= lam_max):
             where = "saddle" if d.verdict == "saddle" else f"saddle's neighbourhood ({d.verdict.replace('_', ' ')})"
             found.append(Finding("curvature", lam_min, f"{where}: negative curvature λ_min = {lam_min:.3g};"
                                  " step along it (trainlab.escape)", lambda: self._escape(model, loss_fn, sample, d)))
-        units = readings.get("units")
-        if units is not None and units["value"] > self.dead_share:
-            found.append(Finding("units", units["value"], f"{100 * units['value']:.0f} % of the units are dead or"
-                                 f" saturated (they pass no gradient); remedy: {UNITS_REMEDY}"))
         noise = readings.get("noise_scale")
         ratio = None
         if noise is not None and not full_batch:
