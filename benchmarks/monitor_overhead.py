@@ -8,14 +8,13 @@ order) for ``--updates`` updates; the runs alternate — none, economy, full, Co
 Cockpit full-like, none, … — and each time is the median of ``--repeats``. One thread. Targets:
 economy ≤ 1.10, full ≤ 1.5.
 
-Cockpit's nearest configuration reads what our presets read, as often:
-economy-like = GradNorm and UpdateSize every 10 updates, HessMaxEV and NormTest every 100;
-full-like = GradNorm and UpdateSize every 10, HessMaxEV, NormTest and MeanGSNR every 20,
-HessTrace every 100. Cockpit reads on the current mini-batch (32 samples); the Monitor on a
-fixed sample of 1,024. Cockpit is optional (the ``bench`` extra); where it cannot be imported
+Cockpit's nearest configuration reads what our preset reads, as often (:data:`COCKPIT_OF`:
+grad_norm → GradNorm, update_ratio → UpdateSize, sharpness → HessMaxEV, noise_scale → NormTest,
+gsnr → MeanGSNR, trace → HessTrace; units and stability have no counterpart). Cockpit reads on the current mini-batch (32 samples); the Monitor on a
+fixed sample (256 by default). Cockpit is optional (the ``bench`` extra); where it cannot be imported
 or run, its error is printed instead of its rows.
 
-    python benchmarks/monitor_overhead.py [--updates 400] [--repeats 3]
+    python benchmarks/monitor_overhead.py [--updates 2000] [--repeats 3] [--sample N] [--skip-cockpit]
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "small CNN (digits 8×8)": lambda seed: tl.nn.small_cnn(seed=seed),
 }
 BATCH, LR = 32, 0.05
-SAMPLE = 1024  # the Monitor's sample (--sample)
+SAMPLE: int | None = None  # the Monitor's sample (--sample; None: its default)
 
 
 def _order(n: int, updates: int, seed: int) -> list[torch.Tensor]:
@@ -59,7 +58,8 @@ def train_plain(build: Callable[[int], nn.Module], data: Any, updates: int, pres
     x, y = data.tensors
     model = build(0)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    monitor = Monitor(instruments=preset, sample=SAMPLE, progress=False) if preset else None
+    options = {} if SAMPLE is None else {"sample": SAMPLE}
+    monitor = Monitor(instruments=preset, progress=False, **options) if preset else None
     batches = _order(len(y), updates, 0)
     start = time.perf_counter()
     for idx in batches:
@@ -102,14 +102,23 @@ def _backpack_ready(model: nn.Module) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+#: The Cockpit quantity nearest to each trainlab instrument (units and stability have none; NormTest,
+#: like noise_scale, is a batch-size test from per-sample gradients).
+COCKPIT_OF = {"grad_norm": "GradNorm", "update_ratio": "UpdateSize", "sharpness": "HessMaxEV",
+              "noise_scale": "NormTest", "gsnr": "MeanGSNR", "trace": "HessTrace"}
+
+
+def cockpit_plan(kind: str) -> list[tuple[str, int]]:
+    """``(Cockpit quantity, interval)`` for each instrument of the trainlab preset ``kind``."""
+    monitor = Monitor(instruments=kind, progress=False)
+    return [(COCKPIT_OF[i.name], monitor.period(i)) for i in monitor.instruments if i.name in COCKPIT_OF]
+
+
 def cockpit_quantities(kind: str) -> list[Any]:
     from cockpit import quantities as q
     from cockpit.utils.schedules import linear
 
-    if kind == "economy":
-        return [q.GradNorm(linear(10)), q.UpdateSize(linear(10)), q.HessMaxEV(linear(100)), q.NormTest(linear(100))]
-    return [q.GradNorm(linear(10)), q.UpdateSize(linear(10)), q.HessMaxEV(linear(20)), q.NormTest(linear(20)),
-            q.MeanGSNR(linear(20)), q.HessTrace(linear(100))]
+    return [getattr(q, name)(linear(every)) for name, every in cockpit_plan(kind)]
 
 
 def train_cockpit(build: Callable[[int], nn.Module], data: Any, updates: int, kind: str) -> float:
@@ -188,9 +197,9 @@ def compare_values(build: Callable[[int], nn.Module], data: Any, samples: int = 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--updates", type=int, default=400)
+    p.add_argument("--updates", type=int, default=2000, help="updates per run (2,000: every preset interval is read)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sample", type=int, default=1024, help="the Monitor's sample (its default: 1024)")
+    p.add_argument("--sample", type=int, default=None, help="the Monitor's sample (default: the Monitor's own)")
     p.add_argument("--skip-cockpit", action="store_true", help="time trainlab only")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -205,7 +214,7 @@ def main() -> int:
     except Exception as e:  # ImportError, or a dependency that breaks on import
         cockpit_error = f"could not be imported — {type(e).__name__}: {e}"
     print(f"torch {torch.__version__}, 1 thread, {args.updates} updates of batch {BATCH}, median of {args.repeats}"
-          f" alternating repeats, the Monitor's sample {SAMPLE}\n")
+          f" alternating repeats, the Monitor's sample {SAMPLE or Monitor().sample}\n")
     steps: dict[str, float] = {}
     print("| model | configuration | seconds | ÷ no monitor | target |")
     print("|---|---|---|---|---|")
@@ -243,6 +252,9 @@ def main() -> int:
     if cockpit_error is not None:
         print(f"Cockpit: {cockpit_error}")
         return 0
+    for kind in ("economy", "full"):
+        print(f"Cockpit {kind}-like: " + ", ".join(f"{name} every {every}" for name, every in cockpit_plan(kind)))
+    print()
     print("Shared instruments, one model state (the MLP and CNN after 100 SGD updates), one batch of 256 samples:\n")
     print("| model | instrument | trainlab | Cockpit | trainlab ÷ Cockpit | dense Hessian (float64) |")
     print("|---|---|---|---|---|---|")
