@@ -29,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+#: More updates than a figure can show, and a list of rates that would take long to build.
+MAX_STEPS = 1_000_000
+
+
 def run(args: argparse.Namespace) -> int:
     if args.name not in schedules.SCHEDULES:
         raise ConfigError(f"unknown schedule {args.name!r}; use one of: {', '.join(schedules.SCHEDULES)}")
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if "total_steps" in schedules.parameters(args.name):
         kwargs.setdefault("total_steps", args.steps or 1000)
     steps = args.steps or kwargs.get("total_steps", 1000)  # trace() validates total_steps before using it
+    if isinstance(steps, int) and steps > MAX_STEPS:
+        raise ConfigError(f"--steps {steps} is not allowed; a plot shows at most {MAX_STEPS:,} updates")
+    if not str(args.out).strip():
+        raise ConfigError(f"--out {args.out!r} is not allowed; expected a PNG file name such as lr.png")
     if not 0 < args.lr < math.inf:
         raise ConfigError(f"--lr {args.lr} is not allowed; expected a finite number > 0")
     from trainlab.report import plots  # matplotlib: only when drawing

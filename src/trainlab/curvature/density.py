@@ -195,6 +195,9 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
     """
     timer = timer or Timer()
     _check_positive(probes=probes, steps=steps, grid_points=grid_points)
+    if sigma is not None and not (isinstance(sigma, (int, float)) and 0 < sigma < math.inf):
+        raise ConfigError(f"sigma={sigma!r} is not allowed; expected a finite number > 0 (the smoothing width),"
+                          " or None for 1% of the spectrum's range")
     check_max_hvp(max_hvp)
     before = op.n_hvp
     gen = torch.Generator().manual_seed(seed)

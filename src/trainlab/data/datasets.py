@@ -91,6 +91,9 @@ def load(name: str | Path, test_fraction: float = 0.2, seed: int = 0, standardiz
     or a split that leaves a class without training samples, and
     :class:`~trainlab.errors.ConfigError` for a bad ``test_fraction``, ``seed`` or ``num_classes``.
     """
+    if not isinstance(name, (str, Path)) or not str(name):
+        raise ConfigError(f"data set name {name!r} is not allowed; expected one of {', '.join(BUNDLED)}"
+                          " or a path to a .npz or .csv file")
     check_arguments(test_fraction, seed)  # before reading anything
     wanted = _check_num_classes(num_classes)
     if str(name) in BUNDLED:

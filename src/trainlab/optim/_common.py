@@ -17,6 +17,19 @@ def check(optimizer: str, name: str, value: Any, ok: bool, allowed: str) -> None
         raise ConfigError(f"{optimizer}: {name}={value!r} is not allowed; expected {allowed}")
 
 
+def parameters(optimizer: str, params: Any) -> list[Any]:
+    """``params`` as a list (torch.optim's own ``ValueError`` for none would name no optimizer);
+    refused when empty — often a ``model.parameters()`` generator already used up."""
+    if isinstance(params, torch.Tensor):
+        raise ConfigError(f"{optimizer}: params is one tensor; expected an iterable of tensors or of parameter"
+                          " groups (dicts), e.g. model.parameters()")
+    params = list(params)
+    if not params:
+        raise ConfigError(f"{optimizer}: got no parameters to optimise; pass model.parameters() (a generator"
+                          " passed twice is empty the second time)")
+    return params
+
+
 def check_lr(optimizer: str, lr: Any) -> None:
     ok = isinstance(lr, (int, float, torch.Tensor)) and not isinstance(lr, bool) and 0 < float(lr) < math.inf
     check(optimizer, "lr", lr, ok, "a finite number > 0")

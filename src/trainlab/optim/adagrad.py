@@ -31,6 +31,7 @@ class Adagrad(torch.optim.Optimizer):
         c.check_lr("Adagrad", lr)
         c.check_nonnegative("Adagrad", "eps", eps, strict=True)
         c.check_nonnegative("Adagrad", "weight_decay", weight_decay)
+        params = c.parameters("Adagrad", params)
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, foreach=foreach))
 
     @torch.no_grad()

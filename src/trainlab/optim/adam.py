@@ -34,6 +34,7 @@ class Adam(torch.optim.Optimizer):
         c.check_unit("Adam", "betas[1]", betas[1])
         c.check_nonnegative("Adam", "eps", eps, strict=True)
         c.check_nonnegative("Adam", "weight_decay", weight_decay)
+        params = c.parameters("Adam", params)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       decoupled=decoupled, foreach=foreach))
 

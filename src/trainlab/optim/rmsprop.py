@@ -31,6 +31,7 @@ class RMSProp(torch.optim.Optimizer):
         c.check_nonnegative("RMSProp", "eps", eps, strict=True)
         c.check("RMSProp", "init", init, init in INITS, " or ".join(map(repr, INITS)))
         c.check_nonnegative("RMSProp", "weight_decay", weight_decay)
+        params = c.parameters("RMSProp", params)
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, init=init, weight_decay=weight_decay,
                                       foreach=foreach))
 

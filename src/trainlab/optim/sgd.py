@@ -33,6 +33,7 @@ class SGD(torch.optim.Optimizer):
         c.check_unit("SGD", "momentum", momentum)
         c.check_nonnegative("SGD", "weight_decay", weight_decay)
         c.check("SGD", "nesterov", nesterov, not nesterov or momentum > 0, "False unless momentum > 0")
+        params = c.parameters("SGD", params)
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                       foreach=foreach))
 

@@ -123,6 +123,11 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: st
     if sizes != expected:
         raise DataError(f"checkpoint {where} does not fit the optimizer: parameter groups of sizes {sizes} there,"
                         f" {expected} here")
+    for saved, own in zip(groups, optimizer.param_groups):
+        if set(saved) != set(own):  # another optimizer's hyper-parameters (sgd's momentum where adam has betas)
+            raise DataError(f"checkpoint {where} holds the state of another optimizer: its settings are"
+                            f" {sorted(set(saved) - {'params'})}, this {type(optimizer).__name__}'s are"
+                            f" {sorted(set(own) - {'params'})}")
     params = dict(zip((i for g in groups for i in g["params"]),
                       (p for g in optimizer.param_groups for p in g["params"])))
     for index, entry in per_param.items():

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from trainlab import distributed as dist
 from trainlab.errors import ConfigError, DataError, DivergenceError
+from trainlab.nn import batchnorm as tnn_batchnorm
 from trainlab.train import checkpoint, rundir
 from trainlab.train.callbacks import HOOKS
 
@@ -101,6 +102,8 @@ class Trainer:
         self.eval_data = _on_device(eval_data, self.device) if eval_data is not None and len(eval_data) else None
         self._shard = math.ceil(len(train_data) / self.world)  # samples this rank trains on per epoch
         self.batch_size = samples_per_update(batch_size, self._shard)
+        _check_data(self.train_data, self.eval_data)
+        _check_batch_norm_batches(self.module, self.batch_size, self._shard)
         self.epochs, self.seed, self.checkpoint_every = epochs, seed, checkpoint_every
         self.callbacks = list(callbacks)
         self._hooks = {name: [getattr(cb, name) for cb in self.callbacks if hasattr(cb, name)] for name in HOOKS}
@@ -609,6 +612,44 @@ def samples_per_update(batch_size: int | str, n: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is not allowed; use an integer >= 1 or \"full\"")
     return min(batch_size, n)
+
+
+def _check_data(train_data: Dataset, eval_data: Dataset | None) -> None:
+    """Refuse (``DataError``) what would train on nonsense or fail an epoch later: non-finite
+    values in a ``TensorDataset``, and evaluation inputs of another shape than the training ones."""
+    for name, data in (("train_data", train_data), ("eval_data", eval_data)):
+        if not isinstance(data, TensorDataset):
+            continue
+        for t, tensor in enumerate(data.tensors):
+            if tensor.is_floating_point() or tensor.is_complex():
+                bad = ~torch.isfinite(tensor)
+                if bad.any():
+                    where = tuple(int(i) for i in bad.nonzero()[0])
+                    raise DataError(f"{name} tensor {t} holds {tensor[where].item()} at index {where};"
+                                    " every value must be finite")
+    if isinstance(train_data, TensorDataset) and isinstance(eval_data, TensorDataset):
+        shape, other = train_data.tensors[0].shape[1:], eval_data.tensors[0].shape[1:]
+        if shape != other:
+            raise DataError(f"eval_data's inputs have shape {tuple(other)} per sample, train_data's {tuple(shape)};"
+                            " they must match")
+
+
+def _check_batch_norm_batches(model: nn.Module, batch_size: int, samples: int) -> None:
+    """BatchNorm1d cannot normalise a training batch of one sample (its variance is undefined):
+    refuse a ``batch_size`` that makes one, every batch or the epoch's last."""
+    if not any(isinstance(m, (nn.BatchNorm1d, tnn_batchnorm.BatchNorm1d)) for m in model.modules()):
+        return
+    def leaves_one(b: int) -> bool:
+        return b == 1 or samples % b == 1
+
+    if leaves_one(batch_size):
+        what = "every batch holds" if batch_size == 1 else (
+            f"the epoch's last batch holds ({samples} = {samples // batch_size}·{batch_size} + 1)")
+        fits = next((b for b in range(batch_size + 1, samples + 1) if not leaves_one(b)), None)
+        fix = (f"choose a batch_size that leaves at least two samples in every batch (e.g. {fits})" if fits
+               else "BatchNorm1d needs at least two training samples")
+        raise ConfigError(f"batch_size={batch_size} is not allowed with BatchNorm1d: {what} one sample, whose"
+                          f" batch variance is undefined; {fix}")
 
 
 def _on_device(data: Dataset, device: torch.device) -> Dataset:
