@@ -37,7 +37,8 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is None and e.errno is not None:  # a failed write() names no file; the user needs to know which
+        # the user needs the file they asked for: a failed write() names none, a failed open() the temporary one
+        if e.errno is not None and (e.filename is None or str(e.filename) == str(tmp)):
             e.filename = str(path)
         raise
     finally:
