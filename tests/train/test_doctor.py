@@ -171,11 +171,21 @@ class _Monitor:
 def test_monitor_stability_reading_lowers_an_adaptive_step():
     """Adam: the Monitor's preconditioned stability (with its own threshold) decides, not η·λ_max(H)."""
     model, loss_fn, opt = _quadratic(1e-5, tl.optim.Adam)
-    monitor = _Monitor(stability=_Reading(50.0, 10, threshold=38.0, preconditioned=True, lambda_max=5e4))
+    monitor = _Monitor(stability=_Reading(50.0, 10, threshold=38.0, preconditioned=True, lambda_max=5e6))
     event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 30)[0]
-    assert event["reading"] == "stability" and event["readings"]["stability"] == {"value": 50.0, "source": "monitor"}
+    assert event["reading"] == "stability"
+    assert event["readings"]["stability"] == {"value": pytest.approx(50.0), "source": "monitor"}
     assert "> 38" in event["remedy"] and event["applied"] and "lower η" in event["action"]
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 / 50)
+
+
+def test_a_stability_reading_follows_the_learning_rate_a_schedule_moved():
+    """Read at η = 1e-5 (η·λ = 50 > 38); a schedule has since lowered η to 1e-7: η·λ = 0.5 now."""
+    model, loss_fn, opt = _quadratic(1e-7, tl.optim.Adam)
+    monitor = _Monitor(stability=_Reading(50.0, 10, threshold=38.0, preconditioned=True, lambda_max=5e6))
+    event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 30)[0]
+    assert event["readings"]["stability"] == {"value": pytest.approx(0.5), "source": "monitor"}
+    assert "lower η" not in event["action"]
 
 
 def test_dead_units_are_named_with_the_lectures_remedy_and_nothing_changes():
@@ -338,7 +348,8 @@ def test_a_real_monitor_s_readings_decide(digits):
         monitor.after_step(model, loss.item(), F.cross_entropy, train, opt, batch_size=32)
         events += [e for e in [doctor.after_step(model, loss.item(), F.cross_entropy, train, optimizer=opt)] if e]
     event = events[0]
-    assert event["readings"]["stability"] == {"value": monitor.latest["stability"].value, "source": "monitor"}
+    assert event["readings"]["stability"] == {"value": pytest.approx(monitor.latest["stability"].value),
+                                              "source": "monitor"}
     assert event["readings"]["units"]["source"] == "monitor"
     assert event["reading"] == "stability" and "raise η" in event["action"]
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 / monitor.latest["stability"].value)

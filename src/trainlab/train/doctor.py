@@ -19,7 +19,8 @@ The doctor then runs :func:`trainlab.diagnose` on a bounded sample of the traini
 (``max_samples``) and takes the readings its decision needs. With a
 :class:`~trainlab.instruments.Monitor` (``monitor=``, or one among the Trainer's callbacks) it
 reads ``monitor.latest`` — ``stability``, ``units``, ``noise_scale`` — when a reading was taken
-after the doctor's own last change; otherwise it measures them itself on the same sample:
+after the doctor's own last change (stability as the current ``η`` times the reading's
+``lambda_max``, since a schedule may have moved ``η``); otherwise it measures them itself on the same sample:
 stability as ``η·λ_max`` from the diagnosis for SGD-type optimizers (the preconditioned
 ``η·λ_max(P⁻¹H)`` of :class:`~trainlab.instruments.Stability` for Adam, RMSProp, Adagrad),
 units and noise scale with the instruments of the same names. Then, in this order:
@@ -362,6 +363,9 @@ class StallDoctor(Callback):
         lr = None if optimizer is None else float(optimizer.param_groups[0]["lr"])
         if "stability" in readings:
             readings["stability"].setdefault("threshold", _threshold(optimizer))
+            lam = readings["stability"].get("lambda_max")
+            if lr is not None and isinstance(lam, (int, float)) and math.isfinite(lam):
+                readings["stability"]["value"] = lr * lam  # η now: a schedule may have moved it since the reading
         elif optimizer is not None and not _adaptive(optimizer):
             readings["stability"] = {"value": lr * float(d.eigenvalues[0]), "threshold": _threshold(optimizer),
                                      "source": "diagnosis"}
