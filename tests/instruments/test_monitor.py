@@ -273,9 +273,8 @@ def test_progress_bar_shows_short_readings(small, capsys):
 
 
 def test_presets_scale_with_every():
-    pytest.importorskip("trainlab.instruments.noise")
     economy = {inst.name: inst.every for inst in Monitor(instruments="economy").instruments}
-    assert economy == {"grad_norm": 500, "update_ratio": 10, "units": 1000, "sharpness": 1000, "stability": 1000,
+    assert economy == {"grad_norm": 500, "update_ratio": 20, "units": 1000, "sharpness": 1000, "stability": 1000,
                        "noise_scale": 2000}
     full = {inst.name: inst.every for inst in Monitor(every=5, instruments="full").instruments}
     assert full == {"grad_norm": 25, "update_ratio": 5, "units": 50, "sharpness": 150, "stability": 150,
@@ -284,7 +283,6 @@ def test_presets_scale_with_every():
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    pytest.importorskip("trainlab.instruments.noise")
     from trainlab.cli import main
 
     out = tmp_path_factory.mktemp("cli") / "run"

@@ -128,14 +128,14 @@ class Instrument:
 
 
 def _economy(every: int) -> list[Any]:
-    """update_ratio every ``every`` updates, grad_norm every 50×, units, sharpness and stability every
-    100×, noise_scale every 200×."""
+    """update_ratio every 2 × ``every`` updates, grad_norm every 50×, units, sharpness and stability
+    every 100×, noise_scale every 200×."""
     from trainlab.instruments.gradients import GradNorm, UpdateRatio
     from trainlab.instruments.noise import NoiseScale
     from trainlab.instruments.sharpness import Sharpness, Stability
     from trainlab.instruments.units import Units
 
-    return [GradNorm(every=50 * every), UpdateRatio(every=every), Units(every=100 * every),
+    return [GradNorm(every=50 * every), UpdateRatio(every=2 * every), Units(every=100 * every),
             Sharpness(every=100 * every), Stability(every=100 * every), NoiseScale(every=200 * every)]
 
 
@@ -153,7 +153,7 @@ def _full(every: int) -> list[Any]:
 
 
 #: Preset name → ``(every) -> instruments``. With the default ``every=10`` and ``sample=256``:
-#: economy reads update_ratio every 10 updates, grad_norm every 500, units, sharpness and
+#: economy reads update_ratio every 20 updates, grad_norm every 500, units, sharpness and
 #: stability every 1,000, noise_scale every 2,000; full reads update_ratio every 10, grad_norm
 #: every 50, units every 100, sharpness and stability every 300, noise_scale and gsnr every 500,
 #: the trace every 2,000. Why so rarely: a reading works on the whole sample, 8× a batch of 32,
