@@ -128,15 +128,15 @@ class Instrument:
 
 
 def _economy(every: int) -> list[Any]:
-    """update_ratio every 2 × ``every`` updates, grad_norm every 50×, units, sharpness and stability
-    every 100×, noise_scale every 200×."""
+    """update_ratio every 5 × ``every`` updates, grad_norm every 50×, units every 100×, sharpness,
+    stability and noise_scale every 200×."""
     from trainlab.instruments.gradients import GradNorm, UpdateRatio
     from trainlab.instruments.noise import NoiseScale
     from trainlab.instruments.sharpness import Sharpness, Stability
     from trainlab.instruments.units import Units
 
-    return [GradNorm(every=50 * every), UpdateRatio(every=2 * every), Units(every=100 * every),
-            Sharpness(every=100 * every), Stability(every=100 * every), NoiseScale(every=200 * every)]
+    return [GradNorm(every=50 * every), UpdateRatio(every=5 * every), Units(every=100 * every),
+            Sharpness(every=200 * every), Stability(every=200 * every), NoiseScale(every=200 * every)]
 
 
 def _full(every: int) -> list[Any]:
@@ -153,8 +153,8 @@ def _full(every: int) -> list[Any]:
 
 
 #: Preset name → ``(every) -> instruments``. With the default ``every=10`` and ``sample=256``:
-#: economy reads update_ratio every 20 updates, grad_norm every 500, units, sharpness and
-#: stability every 1,000, noise_scale every 2,000; full reads update_ratio every 10, grad_norm
+#: economy reads update_ratio every 50 updates, grad_norm every 500, units every 1,000, sharpness,
+#: stability and noise_scale every 2,000; full reads update_ratio every 10, grad_norm
 #: every 50, units every 100, sharpness and stability every 300, noise_scale and gsnr every 500,
 #: the trace every 2,000. Why so rarely: a reading works on the whole sample, 8× a batch of 32,
 #: and costs (in training updates of the digits MLP and small CNN, benchmarks/monitor_overhead.py)
