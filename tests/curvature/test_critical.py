@@ -211,6 +211,16 @@ def test_k_above_the_parameter_count_on_the_lanczos_path_computes_every_eigenval
     assert d.n_hvp <= 57 and d.minimum_ratio_stderr == 0 and "clamped" in str(d)
 
 
+def test_auto_takes_the_exact_path_when_k_covers_the_spectrum(small_mlp_problem):
+    model, x, y = small_mlp_problem  # 57 parameters, above dense_max_params=10
+    d = diagnose(model, F.cross_entropy, (x, y), dense_max_params=10, k=29, progress=False)
+    assert d.method == "dense" and "covers all 57 eigenvalues" in d.notes[0]
+    torch.testing.assert_close(d.eigenvalues, reference_eigenvalues(model, F.cross_entropy, x, y).flip(0),
+                               rtol=1e-9, atol=1e-9)
+    assert d.n_positive + d.n_negative + d.n_flat == 57
+    assert diagnose(model, F.cross_entropy, (x, y), dense_max_params=10, k=28, progress=False).method == "lanczos"
+
+
 def test_the_exact_path_refuses_past_its_time_and_memory_budget(small_mlp_problem, monkeypatch):
     model, x, y = small_mlp_problem
     before = [p.detach().clone() for p in model.parameters()]

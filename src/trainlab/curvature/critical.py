@@ -252,7 +252,8 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             ``"lanczos"``), ``"dense"`` (exact, float64) or ``"lanczos"`` (estimates).
         dense_max_params: the automatic choice's threshold (2,000).
         k: eigenpairs at each end on the Lanczos path (10); clamped to ``ceil(n/2)`` with a note
-            (then every eigenvalue is computed and the counts are exact).
+            (then every eigenvalue is computed and the counts are exact; with ``method="auto"`` the
+            exact path is taken instead, within its budget).
         tol: Lanczos convergence tolerance, relative to ``max|λ|`` (1e-6).
         probes, steps: the density's probes and Lanczos steps per probe (10, 80).
         seed: seed of the random vectors (0); mode: ``"eval"`` (default) or ``"train"``.
@@ -292,6 +293,11 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     chosen = method
     if method == "auto":
         chosen = "dense" if n <= dense_max_params else "lanczos"
+        if chosen == "lanczos" and 2 * k >= n:
+            # k at each end covers the whole spectrum: Lanczos would need n products and a growing
+            # basis; the exact path needs the same n products and one eigh (its budget still applies)
+            notes.append(f"k={k:,} at each end covers all {n:,} eigenvalues: the exact path is used")
+            chosen = "dense"
     needed = n + min(n, TIMING_PRODUCTS)
     if chosen == "dense" and max_hvp is not None and max_hvp < needed:
         reason = (f"the exact path needs {needed:,} Hessian-vector products (one per parameter, and a few to time"
