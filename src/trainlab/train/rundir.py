@@ -64,8 +64,9 @@ def check_fresh(out: str | Path, names: Iterable[str] = RUN_FILES, overwrite: bo
         raise ConfigError(f"output directory {str(out)!r} already holds a run (checkpoint.pt); resume it"
                           " (resume=True, --resume), overwrite it (overwrite=True, --overwrite) or choose another"
                           " directory")
+    them = "them" if len(present) > 1 else "it"
     raise ConfigError(f"output directory {str(out)!r} already holds {', '.join(present)}; a new run would replace"
-                      " them: overwrite them (overwrite=True, --overwrite) or choose another directory")
+                      f" {them}: overwrite {them} (overwrite=True, --overwrite) or choose another directory")
 
 
 def new_run_dir(root: str | Path = "runs", now: float | None = None) -> Path:
