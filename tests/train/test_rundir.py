@@ -239,11 +239,11 @@ def test_read_log(tmp_path, text, records, torn):
     ('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n', 2, "is damaged"),
     ('{"st\n{"step": 2}\n', 1, "is damaged"),
     (b'{"step": 1}\n\xff\xfe\n{"step": 3}\n', 2, "is damaged"),
-    ('{"step": 1}\n[1, 2]\n{"step": 3}\n', 2, r"is not a trainlab record \(it needs an integer 'step'"),
-    ('{"step": "2"}\n{"step": 3}\n', 1, r"is not a trainlab record \(it needs an integer 'step'"),
-    ('{"step": true}\n', 1, r"is not a trainlab record \(it needs an integer 'step'"),
+    ('{"step": 1}\n[1, 2]\n{"step": 3}\n', 2, r"is not a trainlab record: it needs an integer 'step'"),
+    ('{"step": "2"}\n{"step": 3}\n', 1, r"is not a trainlab record: it needs an integer 'step'"),
+    ('{"step": true}\n', 1, r"is not a trainlab record: it needs an integer 'step'"),
     # parses, so it was not torn by a crash: refused, not dropped
-    ('{"step": 1}\n{"loss": 2}\n', 2, r"is not a trainlab record \(it needs an integer 'step'"),
+    ('{"step": 1}\n{"loss": 2}\n', 2, r"is not a trainlab record: it needs an integer 'step'"),
 ])
 def test_read_log_refuses_damage_with_file_and_line(tmp_path, text, line, fragment):
     path = tmp_path / "log.jsonl"
@@ -255,7 +255,7 @@ def test_read_log_refuses_damage_with_file_and_line(tmp_path, text, line, fragme
 def test_read_log_metrics_events_need_a_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "step": 29}\n{"event": "escape", "epoch": 2}\n{"epoch": 2, "step": 58}\n')
-    with pytest.raises(DataError, match="line 2 is not a trainlab record .*'step'"):
+    with pytest.raises(DataError, match="line 2 is not a trainlab record: .*'step'"):
         rundir.read_log(path, "epoch")
 
 

@@ -32,15 +32,15 @@ import io
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from matplotlib.figure import Figure
 
-from trainlab import __version__
+from trainlab import __version__, _toml
 from trainlab.errors import ConfigError, DataError
+from trainlab.train import rundir
 from trainlab.train.checkpoint import write_text
 
 #: The files of a run directory the report reads.
@@ -181,31 +181,10 @@ def read(run_dir: str | Path) -> Run:
 
 
 def read_jsonl(path: Path, check: Callable[[Any], str | None]) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (none when it is missing). ``check(record)`` returns
-    what is wrong with a record, or ``None``. A last line that does not parse is a write cut
-    short and is ignored, as the Trainer does; any other damaged line raises a
-    :class:`DataError` naming the file and line."""
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    records = []
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if i == last:
-                break
-            raise DataError(f"{str(path)!r} line {i + 1} is damaged (not a JSON record); repair or delete that line"
-                            " and run the report again") from None
-        problem = check(record)
-        if problem:
-            raise DataError(f"{str(path)!r} line {i + 1} is not a trainlab record: {problem}; repair or delete that"
-                            " line and run the report again")
-        records.append(record)
-    return records
+    """The records of a JSON-lines file of the run (:func:`trainlab.train.rundir.read_records`):
+    a torn last line is ignored, as the Trainer does; any other damaged line, or one that
+    ``check`` finds wrong, is a :class:`DataError` naming the file and line."""
+    return rundir.read_records(path, check, "repair or delete that line and run the report again")[0]
 
 
 def _check_metrics(record: Any) -> str | None:
@@ -248,8 +227,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        return _toml.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, _toml.TOMLDecodeError) as e:
         raise DataError(f"{str(path)!r} is not valid TOML ({' '.join(str(e).split())}); repair it or move it"
                         " away") from None
 

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from trainlab.errors import ConfigError, DataError
 
@@ -169,14 +169,14 @@ def _busy(out: Path, holder: str | None) -> str:
             " wait for it to finish or choose another directory")
 
 
-def read_log(path: str | Path, key: str) -> tuple[list[dict[str, Any]], bool]:
-    """The records of a JSON-lines log and whether its last line was torn.
+def read_records(path: str | Path, check: Callable[[Any], str | None], remedy: str
+                 ) -> tuple[list[dict[str, Any]], bool]:
+    """The records of a JSON-lines file and whether its last line was torn.
 
-    Every record must be a JSON object with an integer ``key`` (lines of ``metrics.jsonl``
-    that carry an ``"event"`` need ``step`` instead). A last line that does not parse is a
-    write cut short by a crash and is dropped; any other damaged line raises a
-    :class:`DataError` with the file and line number, so no history is ever cut away.
-    Blank lines are skipped. A missing file has no records.
+    A last line that does not parse is a write cut short by a crash and is dropped; any other
+    damaged line, or a record for which ``check(record)`` names a problem, raises a
+    :class:`DataError` with the file, the line number and ``remedy`` — so no history is ever
+    cut away silently. Blank lines are skipped. A missing file has no records.
     """
     path = Path(path)
     if not path.exists():
@@ -192,12 +192,21 @@ def read_log(path: str | Path, key: str) -> tuple[list[dict[str, Any]], bool]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             if i == last:
                 return records, True
-            raise DataError(f"{str(path)!r} line {i + 1} is damaged (not a JSON record); resuming would lose the"
-                            f" history after it: repair or delete that line and resume again") from None
-        wanted = "step" if isinstance(record, dict) and "event" in record else key
-        value = record.get(wanted) if isinstance(record, dict) else None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DataError(f"{str(path)!r} line {i + 1} is not a trainlab record (it needs an integer {wanted!r});"
-                            f" repair or delete that line and resume again")
+            raise DataError(f"{str(path)!r} line {i + 1} is damaged (not a JSON record); {remedy}") from None
+        problem = check(record)
+        if problem:
+            raise DataError(f"{str(path)!r} line {i + 1} is not a trainlab record: {problem}; {remedy}")
         records.append(record)
     return records, False
+
+
+def read_log(path: str | Path, key: str) -> tuple[list[dict[str, Any]], bool]:
+    """A run's log for ``--resume`` (:func:`read_records`): every record a JSON object with an
+    integer ``key`` (lines of ``metrics.jsonl`` that carry an ``"event"`` need ``step`` instead)."""
+    def check(record: Any) -> str | None:
+        wanted = "step" if isinstance(record, dict) and "event" in record else key
+        value = record.get(wanted) if isinstance(record, dict) else None
+        return f"it needs an integer {wanted!r}" if isinstance(value, bool) or not isinstance(value, int) else None
+
+    return read_records(path, check, "resuming would lose the history after it: repair or delete that line and"
+                                     " resume again")
