@@ -14,7 +14,7 @@ gsnr → MeanGSNR, trace → HessTrace; units and stability have no counterpart)
 fixed sample (256 by default). Cockpit is optional (the ``bench`` extra); where it cannot be imported
 or run, its error is printed instead of its rows.
 
-    python benchmarks/monitor_overhead.py [--updates 2000] [--repeats 3] [--sample N] [--skip-cockpit]
+    python benchmarks/monitor_overhead.py [--updates 4000] [--repeats 3] [--sample N] [--skip-cockpit]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def compare_values(build: Callable[[int], nn.Module], data: Any, samples: int = 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--updates", type=int, default=2000, help="updates per run (2,000: every preset interval is read)")
+    p.add_argument("--updates", type=int, default=4000, help="updates per run (4,000: every preset interval is read)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sample", type=int, default=None, help="the Monitor's sample (default: the Monitor's own)")
     p.add_argument("--skip-cockpit", action="store_true", help="time trainlab only")
