@@ -20,14 +20,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Peers (PyHessian, hessian-eigenthings, scipy) come from the bench extra, never the runtime.
+# Peers (PyHessian, hessian-eigenthings, SciPy, Cockpit) come from the bench extra, never the runtime;
+# Cockpit and BackPACK without their dependencies, which would let pip replace torch (pyproject.toml).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m pip install --quiet --no-deps "cockpit-for-pytorch>=1.0.2" "backpack-for-pytorch>=1.7"
+	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/trainer_overhead.py
 	$(BIN)/python benchmarks/optim_step.py
 	$(BIN)/python benchmarks/batchnorm.py
 	$(BIN)/python benchmarks/curvature.py
 	$(BIN)/python benchmarks/hvp_batching.py
+	$(BIN)/python benchmarks/analysis_memory.py
+	$(BIN)/python benchmarks/sharpness_tracking.py
+	$(BIN)/python benchmarks/doctor_scenarios.py
+	$(BIN)/python benchmarks/monitor_overhead.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
