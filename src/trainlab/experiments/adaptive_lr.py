@@ -40,16 +40,45 @@ def loss(b: torch.Tensor | float, w: torch.Tensor | float) -> torch.Tensor:
 
 
 def gradient(p: torch.Tensor) -> torch.Tensor:
+    """The exact gradient of :func:`loss`: ``∂L/∂b = −2 Σ r``, ``∂L/∂w = −2 Σ r x`` with ``r = y − b − w x``.
+
+    Parameters:
+        p: a ``(2,)`` float64 tensor ``(b, w)`` (no default).
+
+    Returns:
+        A ``(2,)`` tensor ``(∂L/∂b, ∂L/∂w)``.
+    """
     r = Y - p[0] - p[1] * X
     return torch.stack([-2 * r.sum(), -2 * (r * X).sum()])
 
 
 def optimum() -> torch.Tensor:
+    """The minimiser ``(b*, w*)`` of :func:`loss` on the lecture's ten points, by least squares.
+
+    Parameters: none.
+
+    Returns:
+        A ``(2,)`` float64 tensor ``(b*, w*)``.
+    """
     design = torch.stack([torch.ones_like(X), X], 1)
     return torch.linalg.lstsq(design, Y.unsqueeze(1)).solution[:, 0]
 
 
 def run(config: Config | None = None) -> Result:
+    """Lecture part 3: :func:`valley`, then :func:`schedules`, then :func:`warmup`.
+
+    Parameters:
+        config: a :class:`~trainlab.experiments.result.Config` (default ``None``: ``Config()``). ``quick``
+            shortens the descents (10,000 updates at η = 1e-7 and 5,000 for the others, instead of
+            100,000 and 20,000) and the warm-up runs (2 seeds × 3 epochs instead of 4 × 8); ``seed`` picks
+            the digits split and the warm-up networks' weights; ``progress`` shows a bar over the 3 stages.
+
+    Returns:
+        A :class:`~trainlab.experiments.result.Result` named ``"adaptive_lr"`` (``seconds`` set) with the
+        tables ``descent`` and ``warmup``; the figures ``valley``, ``schedules`` and ``transformer_schedule``;
+        and seven claims: η = 1e-7 has not arrived; a large η zig-zags; η/σ bursts; Adagrad removes the
+        bursts; RMSProp and Adam arrive; the Transformer schedule's shape; warm-up helps.
+    """
     config = config or Config()
     result = Result(NAME, TITLE, config=config)
     with stages(result, 3) as bar:
@@ -89,6 +118,21 @@ def _largest_spike(losses: np.ndarray, after: int) -> float:
 
 
 def valley(result: Result, config: Config) -> None:
+    """Gradient descent, η/σ, Adagrad, RMSProp and Adam from ``(−120, −4)`` on the lecture's valley (exact gradient).
+
+    Lecture claims: with η = 1e-7 gradient descent has not arrived after 100,000 updates; at the largest
+    stable η (here 1.9/λ_max) it zig-zags across the valley; dividing by σ, the RMS of all past gradients,
+    at a constant η reaches the valley and then bursts; decaying η as η/√(t+1) (Adagrad) removes the bursts.
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+        config: ``quick``: 10,000 updates at η = 1e-7 and 5,000 for the others (else 100,000 and 20,000).
+
+    Returns:
+        ``None``. Adds to ``result`` the table ``descent`` (per method: updates, final b and w, distance to
+        the optimum, final loss, first update within 1 of the optimum, largest loss spike afterwards),
+        five claims and the figure ``valley`` (paths on the surface; distance to the optimum per update).
+    """
     best = optimum()
     design = torch.stack([torch.ones_like(X), X], 1)
     values, vectors = torch.linalg.eigh(2 * design.T @ design)  # the Hessian, constant for this loss
@@ -166,6 +210,18 @@ def _valley_figure(paths: dict[str, torch.Tensor], best: torch.Tensor) -> Figure
 
 
 def schedules(result: Result) -> None:
+    """Three warm-up schedules of :mod:`trainlab.optim.schedules`, and a check of the Transformer schedule.
+
+    Formula (Vaswani et al.): ``η_t = d^−0.5 · min(t^−0.5, t · w^−1.5)``; at d = 512, w = 4,000 it peaks at
+    update 4,000 and is √(1/2) of the peak at update 8,000.
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+
+    Returns:
+        ``None``. Adds the figures ``schedules`` (``linear_warmup``, ``warmup_cosine``, ``warmup_inverse_sqrt``
+        over 1,000 updates, warm-up 100) and ``transformer_schedule``, and one claim.
+    """
     shown = {"linear_warmup": dict(warmup_steps=100), "warmup_cosine": dict(warmup_steps=100, total_steps=1000),
              "warmup_inverse_sqrt": dict(warmup_steps=100)}
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
@@ -202,6 +258,19 @@ class _Losses(tl.train.Callback):
 
 
 def warmup(result: Result, config: Config) -> None:
+    """Adam (η = 0.01) on an MLP 64-256×4-10 on the digits, with and without a linear warm-up over 100 updates.
+
+    Lecture claim: warm-up helps when the first steps are large (ResNet; RAdam).
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+        config: ``seed`` picks the digits split and, with each run's own seed, the initial weights;
+            ``quick``: 2 seeds × 3 epochs (else 4 seeds × 8 epochs).
+
+    Returns:
+        ``None``. Adds the table ``warmup`` (per setting: highest loss in the first 100 updates, mean and
+        worst-seed test accuracy) and one claim, held when warm-up raises the mean test accuracy by > 0.005.
+    """
     train, test = tl.data.load_digits(seed=config.seed)
     seeds = range(2 if config.quick else 4)
     rows = []

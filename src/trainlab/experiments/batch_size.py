@@ -29,6 +29,20 @@ LECTURE_TIMES = {1: (0.0, 362), 10: (0.0, 44), 100: (0.0, 14), 1000: (0.15, 9)} 
 
 
 def run(config: Config | None = None) -> Result:
+    """Lecture part 2, small batch against large batch: :func:`timing`, :func:`equal_epochs`, :func:`equal_loss`.
+
+    Parameters:
+        config: a :class:`~trainlab.experiments.result.Config` (default ``None``: ``Config()``). ``quick``
+            times 30 updates per size instead of 100, trains 3 epochs instead of 15, and trains to a
+            training loss of 0.3 instead of 0.05 with a quarter of the epoch budget; ``seed`` picks the data
+            splits, initial weights and batch order; ``progress`` shows a bar over the 3 stages.
+
+    Returns:
+        A :class:`~trainlab.experiments.result.Result` named ``"batch_size"`` (``seconds`` set) with the
+        tables ``timing``, ``equal_epochs`` and ``equal_loss``; the figures ``timing`` and ``equal_epochs``;
+        five claims (longer per update; less time per epoch; the full batch trains worse at equal epochs;
+        at equal loss the large batch is sharper and generalises worse); and a note on the equal-loss setting.
+    """
     config = config or Config()
     result = Result(NAME, TITLE, config=config)
     with stages(result, 3) as bar:
@@ -46,6 +60,20 @@ def _sizes(n: int) -> list[int]:
 
 
 def timing(result: Result, config: Config) -> None:
+    """Time per update and per epoch of SGD on an MLP 64-128-128-10 on the digits, on one CPU thread.
+
+    Lecture claim: a larger batch takes longer per update but less time per epoch (measured there on a V100
+    with MNIST). Batch sizes 1, 10, 100, 1,000 and the whole training set.
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+        config: ``seed`` picks the digits split, the weights and the sample order; ``quick``: 30 timed
+            updates per size (else 100; the median leaves out the first 5).
+
+    Returns:
+        ``None``. Adds the table ``timing`` (batch size, updates per epoch, median ms per update, s per epoch,
+        the lecture's times), two claims and the figure ``timing``.
+    """
     train, _ = tl.data.load_digits(seed=config.seed)
     x, y = train.tensors
     rows = []
@@ -101,6 +129,20 @@ def _timing_figure(rows: list[list]) -> Figure:
 
 
 def equal_epochs(result: Result, config: Config) -> None:
+    """An MLP 64-32-10 trained by SGD (η = 0.01) for the same number of epochs at each batch size, on the digits.
+
+    Lecture claim: at an equal number of epochs large batches train worse, an optimisation effect.
+    Batch sizes 1, 10, 100, 1,000 and the whole training set.
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+        config: ``quick``: 3 epochs (else 15); ``seed``: digits split, weights and batch order.
+
+    Returns:
+        ``None``. Adds the table ``equal_epochs`` (batch size, updates, train loss, train and test accuracy),
+        one claim (held when the full batch's train accuracy is > 0.02 below the best smaller batch's) and
+        the figure ``equal_epochs``.
+    """
     train, test = tl.data.load_digits(seed=config.seed)
     epochs = 3 if config.quick else 15
     rows = []
@@ -153,6 +195,21 @@ class _StopBelow(tl.train.Callback):
 
 
 def equal_loss(result: Result, config: Config) -> None:
+    """Small batch (32) against large batch (a quarter of the training set), trained to the same training loss.
+
+    Lecture claim (Keskar et al. 2017): the large batch lands in a sharper minimum and generalises worse.
+    An MLP 40-256-256-10 on MNIST-1D, Adam η = 1e-3 until the full training loss is below the target;
+    sharpness is the top Hessian eigenvalue on the training set (Lanczos).
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+        config: ``quick``: target 0.3 and at most 50 / 750 epochs (else 0.05 and 200 / 3,000); ``seed``:
+            data split, weights and batch order.
+
+    Returns:
+        ``None``. Adds the table ``equal_loss`` (batch size, updates, train loss, test accuracy, top Hessian
+        eigenvalue), two claims (held only if both runs reached the target) and a note.
+    """
     train, test = tl.data.load("mnist1d", seed=config.seed)
     target = 0.3 if config.quick else 0.05
     small_b, large_b = 32, len(train) // 4

@@ -46,10 +46,32 @@ class TwoWeights(nn.Module):
 
 
 def squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean (target − out)²``: the toy network's loss, ``L = (1 − w₁w₂)²`` at ``x = y = 1``.
+
+    Parameters:
+        out, target: tensors of the same shape (no defaults).
+
+    Returns:
+        A scalar tensor.
+    """
     return ((target - out) ** 2).mean()
 
 
 def run(config: Config | None = None) -> Result:
+    """Lecture part 1, critical points: :func:`toy`, then :func:`minimum_ratio`.
+
+    Parameters:
+        config: a :class:`~trainlab.experiments.result.Config` (default ``None``: ``Config()``). ``quick``
+            uses 150 digits instead of 300, 2 starts per width instead of 5 and 300 L-BFGS iterations
+            instead of 1,000; ``seed`` picks the narrower networks' initial weights (the digits are always
+            the first of the seed-0 split); ``progress`` shows a bar over the 2 stages.
+
+    Returns:
+        A :class:`~trainlab.experiments.result.Result` named ``"critical_points"`` (``seconds`` set) with the
+        tables ``toy_hessian`` and ``minimum_ratio``; the figures ``toy_surface`` and ``minimum_ratio``;
+        the claims of both stages (three for the toy; two or three for the minimum ratio, the last only
+        when at least 3 critical points were found); and a note on the setting.
+    """
     config = config or Config()
     result = Result(NAME, TITLE, config=config)
     with stages(result, 2) as bar:
@@ -61,6 +83,19 @@ def run(config: Config | None = None) -> Result:
 
 
 def toy(result: Result) -> None:
+    """The toy network ``ŷ = w₁w₂x`` at ``w = (0, 0)`` on the one sample ``x = y = 1``, ``L = (1 − w₁w₂)²``.
+
+    Lecture claims: the gradient vanishes and ``H = [[0, −2], [−2, 0]]`` (λ = ±2), so the origin is a saddle
+    point; a step along the eigenvector u of λ = −2 lowers the loss, ``L(θ′ + u) ≈ L(θ′) + ½ λ‖u‖²``
+    (taken with :func:`trainlab.escape`).
+
+    Parameters:
+        result: the :class:`~trainlab.experiments.result.Result` to add to (no default).
+
+    Returns:
+        ``None``. Adds three claims, the table ``toy_hessian`` (the Hessian, its eigenvalues and
+        eigenvectors) and the figure ``toy_surface`` (the surface, the eigenvectors, the point after escape).
+    """
     model = TwoWeights()
     data = (torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     g = tl.curvature.gradient(model, squared_error, data)

@@ -49,18 +49,67 @@ class Result:
     config: Config = field(default_factory=Config)
 
     def claim(self, text: str, held: bool, evidence: str, lecture: str = "") -> None:
+        """Record a claim this run checked, as a :class:`Claim` appended to ``claims``.
+
+        Parameters:
+            text: the lecture's claim, as a statement this run can check (no default).
+            held: whether this run's numbers bear it out; stored as ``bool(held)`` (no default).
+            evidence: what this run measured (no default).
+            lecture: what the lecture (or its paper) reported (default ``""``).
+
+        Returns:
+            ``None``.
+        """
         self.claims.append(Claim(text, bool(held), evidence, lecture))
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Store a :class:`Table` under ``tables[name]``, replacing one of that name.
+
+        Parameters:
+            name: the table's key (no default).
+            columns: the column headings (no default).
+            rows: lists of values (no default); tensors and NumPy scalars become Python numbers (a tensor of
+                more than one element a list), for JSON.
+
+        Returns:
+            ``None``.
+        """
         self.tables[name] = Table(columns, [[_plain(v) for v in row] for row in rows])
 
     def figure(self, name: str, title: str, fig: Figure) -> None:
+        """Store a figure under ``figures[name]`` as ``(title, fig)``, replacing one of that name.
+
+        Parameters:
+            name: the figure's key, also its file name (see :meth:`figure_file`) (no default).
+            title: its caption (no default).
+            fig: a :class:`matplotlib.figure.Figure` (no default).
+
+        Returns:
+            ``None``.
+        """
         self.figures[name] = (title, fig)
 
     def figure_file(self, name: str) -> str:
+        """The file name a figure is written to: ``"<result name>-<figure name>.png"``.
+
+        Parameters:
+            name: the figure's key (no default; need not be stored yet).
+
+        Returns:
+            The file name, a ``str``.
+        """
         return f"{self.name}-{name}.png"
 
     def to_json(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict; figures by title and file name, not the images.
+
+        Parameters: none.
+
+        Returns:
+            A dict with ``name``, ``title``, ``seconds``, ``config`` (``quick`` and ``seed`` only), ``claims``
+            (a list of ``{text, held, evidence, lecture}``), ``tables`` (``{name: {columns, rows}}``), ``figures``
+            (a list of ``{name, title, file}``) and ``notes``.
+        """
         return {
             "name": self.name, "title": self.title, "seconds": self.seconds,
             "config": {"quick": self.config.quick, "seed": self.config.seed},

@@ -168,6 +168,21 @@ class _Recorder(Callback):
 
 
 def run(name: str, doctor: bool, seed: int = 0, epochs: int | None = None, window: int = 100) -> Outcome:
+    """Train one of the :data:`SCENARIOS` on the digits (CPU), with or without a :class:`~trainlab.train.StallDoctor`.
+
+    Parameters:
+        name: a key of :data:`SCENARIOS` (no default; another name raises ``KeyError``).
+        doctor: attach ``StallDoctor(window=window, seed=seed)`` (no default).
+        seed: the digits split, the model's initial weights, the batch order and the doctor's random
+            vectors (default 0).
+        epochs: epochs to train (default ``None``: the scenario's own).
+        window: the doctor's window in updates (default 100); unused without the doctor.
+
+    Returns:
+        An :class:`Outcome`: ``losses`` (training loss per epoch), ``events`` (the Trainer's events, e.g. the
+        doctor's), ``seconds`` (total training time), ``update_losses`` (every update's loss) and
+        ``full_batch`` (whether an epoch is one update).
+    """
     scenario = SCENARIOS[name]
     train, _ = tl.data.load_digits(seed=seed)
     model = scenario.build(seed)
