@@ -71,10 +71,18 @@ def active(distributed: bool | None = None, group: Any = None) -> bool:
 
 
 def rank(group: Any = None) -> int:
+    """This process's rank in ``group`` (``None``: the default group); 0 without an initialised process group.
+
+    Parameters: ``group`` a ``torch.distributed`` process group (None). Returns: an int.
+    """
     return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
 
 
 def world_size(group: Any = None) -> int:
+    """The number of processes in ``group`` (``None``: the default group); 1 without an initialised process group.
+
+    Parameters: ``group`` a ``torch.distributed`` process group (None). Returns: an int.
+    """
     return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -110,6 +118,12 @@ def check_same_parameters(params: list[torch.Tensor], group: Any = None) -> None
 
 
 def check_enough_samples(samples: int, group: Any = None) -> None:
+    """Refuse more processes than samples, since every rank needs at least one sample of its share.
+
+    Parameters: ``samples`` the number of samples to share out; ``group`` the process group (None:
+    the default one). Returns ``None``; raises :class:`~trainlab.errors.ConfigError` when
+    :func:`world_size` exceeds ``samples``.
+    """
     if world_size(group) > samples:
         raise ConfigError(f"world size {world_size(group)} is larger than the {samples} samples to share; use at most"
                           f" {samples} processes")

@@ -24,6 +24,22 @@ from trainlab.errors import DataError
 
 
 class Standardizer(nn.Module):
+    """Per-feature standardisation ``x̃ = (x − m) / σ``, fitted on training data (see the module docstring).
+
+    ``m`` is the mean and ``σ`` the biased standard deviation of each feature over the samples
+    (dimension 0); a constant feature gets ``σ = 1``, so it is only centred.
+
+    Parameters: none; the statistics come from :meth:`fit`.
+
+    Fields:
+        ``mean``, ``std`` — buffers of the feature shape (``None`` until fitted), saved in
+        ``state_dict()``; an unfitted Standardizer takes their shapes when it loads one.
+        ``fitted`` — whether :meth:`fit` (or a loaded state) has set them.
+
+    Methods: :meth:`fit`, :meth:`forward` (also ``transform``), :meth:`fit_transform`,
+    :meth:`inverse_transform`; transforming before fitting raises ``RuntimeError``, inputs of
+    another feature shape :class:`~trainlab.errors.DataError`.
+    """
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", None)
@@ -60,6 +76,12 @@ class Standardizer(nn.Module):
     transform = forward
 
     def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`fit` on ``x``, then ``(x − m) / σ``.
+
+        Parameters: ``x`` ``(n_samples, ...)``, finite real numbers (bad inputs raise
+        :class:`~trainlab.errors.DataError`, as :meth:`fit` says).
+        Returns: the standardised ``x``, same shape; the statistics stay stored in ``self``.
+        """
         return self.fit(x).transform(x)
 
     def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:

@@ -230,11 +230,27 @@ class Monitor:
 
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: Any) -> None:
+        """The Trainer's hook before the first step: take the trainer's update count (so a resumed
+        run reads at the same updates) and keep the parameters if an instrument due after the
+        coming update reads ``previous``.
+
+        Parameters: ``trainer`` the :class:`~trainlab.train.Trainer` (``step`` and ``module`` are
+        read). Returns ``None``. Cost: none (at most a copy of the parameters).
+        """
         self.step = trainer.step
         if self._previous is None:
             self._remember_if_due(trainer.module)
 
     def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        """The Trainer's hook after each update: :meth:`after_step` on the trainer's model, loss,
+        training data, optimizer, batch size and update count.
+
+        Parameters: ``trainer`` the :class:`~trainlab.train.Trainer`; ``record`` its step record
+        (``record["loss"]`` is used). Returns ``None``; the readings taken (if any) go to
+        ``trainer.log_readings`` as :meth:`Reading.to_dict` lines, with :meth:`postfix` when ``progress``.
+        Cost: that of the instruments due at this update (see each; curvature instruments take
+        Hessian-vector products), nothing otherwise.
+        """
         readings = self.after_step(trainer.module, record["loss"], trainer.loss_fn, trainer.train_data,
                                    trainer.optimizer, batch_size=trainer.batch_size, step=trainer.step)
         if readings and hasattr(trainer, "log_readings"):

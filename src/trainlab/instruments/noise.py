@@ -158,6 +158,14 @@ class Moments:
         return total
 
     def merged(self, other: "Moments") -> "Moments":
+        """The moments of both sets of gradients together (Chan et al.'s pairwise update), exact.
+
+        With ``n = n_a + n_b`` and ``δ = G_b − G_a``: ``G = G_a + δ · n_b/n`` and
+        ``m2 = m2_a + m2_b + δ² · n_a n_b / n``.
+
+        Parameters: ``other`` the second :class:`Moments` (same shape). Returns: a new
+        :class:`Moments` (``count``, ``mean``, ``m2``; ``dtype`` kept from ``self``); neither input changes.
+        """
         count = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / count)

@@ -31,16 +31,32 @@ def parameters(optimizer: str, params: Any) -> list[Any]:
 
 
 def check_lr(optimizer: str, lr: Any) -> None:
+    """Refuse a learning rate that is not a finite number > 0 (an int, float or tensor; not a bool).
+
+    Parameters: ``optimizer`` the name used in the message; ``lr`` the value checked.
+    Returns ``None``; raises :class:`~trainlab.errors.ConfigError` (a ``ValueError``) otherwise.
+    """
     ok = isinstance(lr, (int, float, torch.Tensor)) and not isinstance(lr, bool) and 0 < float(lr) < math.inf
     check(optimizer, "lr", lr, ok, "a finite number > 0")
 
 
 def check_unit(optimizer: str, name: str, value: Any) -> None:
+    """Refuse a value outside ``[0, 1)`` (a momentum or decay rate; an int or float, not a bool).
+
+    Parameters: ``optimizer`` and ``name`` for the message; ``value`` the value checked.
+    Returns ``None``; raises :class:`~trainlab.errors.ConfigError` (a ``ValueError``) otherwise.
+    """
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
     check(optimizer, name, value, ok, "a number in [0, 1)")
 
 
 def check_nonnegative(optimizer: str, name: str, value: Any, strict: bool = False) -> None:
+    """Refuse a value that is not a finite number ``>= 0`` (``> 0`` when ``strict``; an int or float, not a bool).
+
+    Parameters: ``optimizer`` and ``name`` for the message; ``value`` the value checked;
+    ``strict`` require ``> 0`` (False).
+    Returns ``None``; raises :class:`~trainlab.errors.ConfigError` (a ``ValueError``) otherwise.
+    """
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 if strict else value >= 0) \
         and value < math.inf
     check(optimizer, name, value, ok, "a finite number > 0" if strict else "a finite number >= 0")

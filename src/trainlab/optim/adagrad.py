@@ -26,6 +26,29 @@ from trainlab.optim import _common as c
 
 
 class Adagrad(torch.optim.Optimizer):
+    """Adagrad: each step divided by the root of the sum of past squared gradients (the module docstring's rule).
+
+    ``s^t = s^{t-1} + (g^t)²``, ``θ^{t+1} = θ^t − η · g^t / (sqrt(s^t) + eps)`` — the lecture's
+    ``η/sqrt(t+1)`` over the root mean square, rewritten. Agrees with ``torch.optim.Adagrad``
+    (``lr_decay=0``, ``initial_accumulator_value=0``) to rounding (see the module docstring).
+
+    Parameters:
+        params: an iterable of tensors or of parameter groups (dicts), e.g. ``model.parameters()``.
+        lr: the learning rate ``η`` (1e-2; a finite number > 0).
+        eps: added to ``sqrt(s)`` (1e-10; a finite number > 0).
+        weight_decay: ``wd ≥ 0``, added to the gradient as ``wd · θ`` (0.0).
+        foreach: ``True`` multi-tensor path, ``False`` single-tensor path, ``None`` (default) the
+            multi-tensor path on GPUs and the single-tensor path on CPU.
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`; sparse gradients a ``RuntimeError``.
+    Complex parameters are treated as real pairs.
+
+    State:
+        ``self.state[p]["sum"]`` — ``s``, created as zeros on a parameter's first update.
+
+    Returns:
+        ``step(closure=None)`` returns the closure's loss, or ``None`` without a closure.
+    """
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0, *,
                  foreach: bool | None = None):
         c.check_lr("Adagrad", lr)

@@ -25,6 +25,34 @@ from trainlab.optim import _common as c
 
 
 class Adam(torch.optim.Optimizer):
+    """Adam (or AdamW with ``decoupled=True``): RMSProp plus momentum, with bias correction (the module
+    docstring's update rule).
+
+    ``θ^t = θ^{t-1} − η · m̂ / (sqrt(v̂) + eps)`` with ``m̂ = m^t/(1 − β₁^t)``, ``v̂ = v^t/(1 − β₂^t)``;
+    the update is ``torch.optim.Adam``'s (``torch.optim.AdamW``'s when decoupled), as the module
+    docstring says.
+
+    Parameters:
+        params: an iterable of tensors or of parameter groups (dicts), e.g. ``model.parameters()``.
+        lr: the learning rate ``η`` (1e-3; a finite number > 0).
+        betas: ``(β₁, β₂)``, each in ``[0, 1)`` ((0.9, 0.999)).
+        eps: added to ``sqrt(v̂)`` (1e-8; a finite number > 0).
+        weight_decay: ``wd ≥ 0`` (0.0): added to the gradient as ``wd · θ``, or with ``decoupled``
+            applied as ``θ ← θ (1 − η wd)`` before the step.
+        decoupled: AdamW's decoupled weight decay (False).
+        foreach: ``True`` multi-tensor path, ``False`` single-tensor path, ``None`` (default) the
+            multi-tensor path on GPUs and the single-tensor path on CPU.
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`; sparse gradients a ``RuntimeError``.
+    Complex parameters are treated as real pairs.
+
+    State:
+        ``self.state[p]``: ``"exp_avg"`` (``m``) and ``"exp_avg_sq"`` (``v``), created as zeros, and
+        ``"step"`` (``t``, an int: 1 after the parameter's first update).
+
+    Returns:
+        ``step(closure=None)`` returns the closure's loss, or ``None`` without a closure.
+    """
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False, *,
                  foreach: bool | None = None):

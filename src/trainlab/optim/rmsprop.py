@@ -24,6 +24,31 @@ INITS = ("first_grad", "zero")
 
 
 class RMSProp(torch.optim.Optimizer):
+    """RMSProp: each step divided by a moving root mean square of the gradient (the module docstring's rule).
+
+    ``σ^t = sqrt(α (σ^{t-1})² + (1 − α) (g^t)²)``, ``θ^{t+1} = θ^t − η g^t / (σ^t + eps)``, starting
+    from ``σ^0 = |g^0|`` (the lecture's form) or, with ``init="zero"``, from 0 — which is
+    ``torch.optim.RMSprop(alpha=α)`` exactly (see the module docstring).
+
+    Parameters:
+        params: an iterable of tensors or of parameter groups (dicts), e.g. ``model.parameters()``.
+        lr: the learning rate ``η`` (1e-3; a finite number > 0).
+        alpha: the moving average's decay ``α`` in ``[0, 1)`` (0.9, the lecture's; PyTorch's is 0.99).
+        eps: added to ``σ`` (1e-8; a finite number > 0).
+        init: ``"first_grad"`` (default: ``v = (g^0)²`` on the first update) or ``"zero"``.
+        weight_decay: ``wd ≥ 0``, added to the gradient as ``wd · θ`` (0.0).
+        foreach: ``True`` multi-tensor path, ``False`` single-tensor path, ``None`` (default) the
+            multi-tensor path on GPUs and the single-tensor path on CPU.
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`; sparse gradients a ``RuntimeError``.
+    Complex parameters are treated as real pairs.
+
+    State:
+        ``self.state[p]["square_avg"]`` — ``v = σ²``, created on a parameter's first update.
+
+    Returns:
+        ``step(closure=None)`` returns the closure's loss, or ``None`` without a closure.
+    """
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, alpha: float = 0.9, eps: float = 1e-8,
                  init: str = "first_grad", weight_decay: float = 0.0, *, foreach: bool | None = None):
         c.check_lr("RMSProp", lr)

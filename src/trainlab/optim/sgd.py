@@ -27,6 +27,30 @@ from trainlab.optim import _common as c
 
 
 class SGD(torch.optim.Optimizer):
+    """Stochastic gradient descent with momentum, in the lecture's form (the module docstring's update rule).
+
+    ``m^i = λ m^{i-1} − η^i g^{i-1}``, ``θ^i = θ^{i-1} + m^i`` (Nesterov: ``θ^i = θ^{i-1} + λ m^i − η^i g^{i-1}``).
+    It differs from ``torch.optim.SGD`` only under a learning-rate schedule: each gradient keeps the
+    rate of its own step (see the module docstring).
+
+    Parameters:
+        params: an iterable of tensors or of parameter groups (dicts), e.g. ``model.parameters()``.
+        lr: the learning rate ``η`` (required; a finite number > 0).
+        momentum: ``λ`` in ``[0, 1)`` (0.0: plain gradient descent ``θ ← θ − η g``).
+        nesterov: the look-ahead step (False; only with ``momentum > 0``).
+        weight_decay: ``wd ≥ 0``, added to the gradient as ``wd · θ`` (0.0).
+        foreach: ``True`` multi-tensor path, ``False`` single-tensor path, ``None`` (default) the
+            multi-tensor path on GPUs and the single-tensor path on CPU.
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`; sparse gradients a ``RuntimeError``.
+
+    State:
+        ``self.state[p]["movement"]`` — ``m``, created as zeros on a parameter's first update; only
+        with ``momentum > 0``.
+
+    Returns:
+        ``step(closure=None)`` returns the closure's loss, or ``None`` without a closure.
+    """
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, *, foreach: bool | None = None):
         c.check_lr("SGD", lr)

@@ -52,6 +52,12 @@ def write(results: dict[str, Result], out: str | Path, seed: int, seconds: float
 
 
 def environment() -> dict[str, Any]:
+    """Where the report was made, as stored in ``results.json`` and shown in its header line.
+
+    Parameters: none. Returns: ``{"trainlab": version, "torch": version, "python": version,
+    "machine": platform.machine(), "threads": torch.get_num_threads(), "date": "YYYY-MM-DD HH:MM:SS"}``
+    (the date in local time).
+    """
     return {"trainlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -70,6 +76,13 @@ def claims_table(results: dict[str, Result]) -> str:
 
 
 def markdown(results: dict[str, Result], seed: int, seconds: float) -> str:
+    """The report as Markdown (``summary.md``): the count of claims held, then per experiment its claims
+    table (held, claim, this run, the lecture), its tables, its figures (linked PNG files) and notes.
+
+    Parameters: ``results`` experiment name → :class:`~trainlab.experiments.result.Result`, in
+    report order; ``seed`` and ``seconds`` the run's seed and duration, shown in the header with
+    :func:`environment`. Returns: the Markdown text.
+    """
     held = sum(c.held for r in results.values() for c in r.claims)
     total = sum(len(r.claims) for r in results.values())
     lines = ["# trainlab demo — what to do when a network won't train", "",
@@ -91,6 +104,12 @@ def markdown(results: dict[str, Result], seed: int, seconds: float) -> str:
 
 
 def to_html(results: dict[str, Result], seed: int, seconds: float, pngs: dict[str, bytes]) -> str:
+    """The report as one self-contained HTML page (``index.html``): header, table of contents, then per
+    experiment its claims, figures (embedded as PNG data URIs), tables and notes; all text escaped.
+
+    Parameters: ``results``, ``seed``, ``seconds`` as for :func:`markdown`; ``pngs`` each figure's
+    PNG bytes, keyed by ``Result.figure_file(name)`` (every figure must have one). Returns: the HTML text.
+    """
     held = sum(c.held for r in results.values() for c in r.claims)
     total = sum(len(r.claims) for r in results.values())
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",

@@ -16,6 +16,29 @@ from typing import Any
 
 
 class Callback:
+    """Base class of the Trainer's hooks; every hook does nothing until overridden (see the module docstring).
+
+    The Trainer calls each hook on every callback that has it, in the order of its
+    ``callbacks``, passing itself first:
+
+    - ``on_fit_start(trainer)``: once per ``fit()``, before the first step (after a resume's
+      state is restored).
+    - ``on_epoch_start(trainer, epoch)``: before each epoch draws its batches (``epoch`` 1-based).
+    - ``on_step_end(trainer, record)``: after each optimizer step; ``record`` has ``step, epoch,
+      loss, grad_norm, lr``.
+    - ``on_epoch_end(trainer, record)``: after each epoch's evaluation; ``record`` is the
+      ``metrics.jsonl`` line.
+    - ``on_fit_end(trainer, summary)``: after a completed run (not one that diverged or was
+      interrupted); ``summary`` is what ``fit()`` returns.
+
+    Parameters: none. A subclass may add ``state_dict() -> dict`` and ``load_state_dict(state)``:
+    the state is saved in each checkpoint under the callback's class name and, on resume, given
+    back to a callback of the same class (a state it cannot load is a
+    :class:`~trainlab.errors.DataError`).
+
+    Returns: the hooks return ``None``; to stop, set ``trainer.stop_training = True`` (the run ends
+    after the current epoch).
+    """
     def on_fit_start(self, trainer: Any) -> None:
         """Before the first step (also when resuming)."""
 

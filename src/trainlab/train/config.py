@@ -161,9 +161,19 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain nested dicts (``dataclasses.asdict``).
+
+        Parameters: none. Returns: ``{"seed": int, "data": {...}, "model": {...}, "optimizer": {...},
+        "schedule": {...}, "train": {...}}``, each section with every key of its dataclass.
+        """
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
+        """The configuration as TOML text (``seed`` first, then one table per section), as in ``config.toml``.
+
+        Parameters: none. Returns: a ``str`` that :func:`trainlab._toml.loads` reads back to
+        :meth:`to_dict`; a string that is not UTF-8 text raises ``ValueError``.
+        """
         return _toml.dumps(self.to_dict())
 
 

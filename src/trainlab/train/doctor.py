@@ -113,6 +113,42 @@ class Finding:
 
 
 class StallDoctor(Callback):
+    """Notice a stalled run, diagnose it and treat the first finding — the method is the module docstring's.
+
+    A Trainer callback (:meth:`on_step_end`); in a plain loop call :meth:`after_step` after each update.
+
+    Parameters:
+        window: updates per mini-batch stall test, an integer ≥ 10 (100); the confirmation
+            comes ``window // 2`` updates later.
+        min_rel_improvement: a stall is a relative loss decrease below this (0.01).
+        grad_tol, k, eig_tol, eig_floor: passed to :func:`trainlab.diagnose` (1e-2, 5, 1e-3, 1e-4).
+        act: apply the first finding's remedy (True); ``False`` only reports it.
+        max_samples: the training samples analysed, from the start of the data (2,048).
+        perturbation: σ of the random perturbation at a degenerate point (1e-2).
+        seed: seed of the diagnosis, the readings and the perturbation (0).
+        monitor: a :class:`~trainlab.instruments.Monitor` whose ``latest`` readings are used (``None``:
+            one among the Trainer's callbacks, if any; else the doctor measures them).
+        full_batch_window: losses per full-batch stall test, an integer ≥ 2 (30).
+        crawl: stability below this is a crawl (0.1).
+        dead_share: a ``units`` reading above this is a finding (0.5).
+        batch_ratio: ``batch_over_noise`` below this suggests a larger batch (0.1).
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`.
+
+    Cost: per event one :func:`trainlab.diagnose` on at most ``max_samples`` samples (its
+    Hessian-vector products; see its Cost), plus the readings no fresh Monitor reading supplies
+    (the preconditioned stability of adaptive optimizers costs products too); a mini-batch run
+    also evaluates the sample loss twice per suspected stall. No products otherwise.
+
+    Returns (each event, also kept in ``self.events``): a dict with ``event`` (``"stall"``),
+    ``verdict``, ``loss``, ``grad_norm``, ``lambda_max``, ``lambda_min``, ``negative_curvature``,
+    ``samples``, ``method``, ``n_hvp``, ``seconds``, ``full_batch``; ``readings`` (name →
+    ``{"value", "source"}``, source ``"monitor"``, ``"diagnosis"`` or ``"doctor"``); ``reading`` and
+    ``remedy`` of the finding treated; ``findings`` (each ``{"reading", "value", "remedy"}``);
+    ``action``, ``applied``, ``message``; with a learning-rate change ``lr_before``/``lr_after``,
+    with an escape ``loss_after``, ``escape_step``, ``predicted_change``, ``directions``. The
+    Trainer adds ``epoch`` and ``step`` when it logs it.
+    """
     def __init__(self, window: int = 100, min_rel_improvement: float = 0.01, grad_tol: float = 1e-2,
                  act: bool = True, k: int = 5, max_samples: int = 2048, eig_tol: float = 1e-3, eig_floor: float = 1e-4,
                  perturbation: float = 1e-2, seed: int = 0, *, monitor: Any = None, full_batch_window: int = 30,
@@ -145,6 +181,13 @@ class StallDoctor(Callback):
 
     # ---------------------------------------------------------------- hooks
     def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        """The Trainer's hook: :meth:`after_step` with the trainer's model, loss, data, optimizer and schedule.
+
+        Parameters: ``trainer`` the :class:`~trainlab.train.Trainer`; ``record`` its step record
+        (``record["loss"]`` is used). ``full_batch`` is set when an epoch is one update.
+        While no monitor is set, one among the trainer's callbacks is taken.
+        Returns ``None``; an event is passed to ``trainer.log_event``.
+        """
         if self.monitor is None:  # a Monitor among the Trainer's callbacks is read, not duplicated
             self.monitor = next((cb for cb in trainer.callbacks
                                  if cb is not self and isinstance(getattr(cb, "latest", None), dict)), None)

@@ -73,6 +73,13 @@ def build(config: RunConfig) -> Parts:
 
 
 def build_optimizer(cfg: config_mod.OptimizerConfig, params: Any) -> torch.optim.Optimizer:
+    """The :mod:`trainlab.optim` optimizer ``cfg.name`` names, with ``cfg.lr`` and that optimizer's own keys.
+
+    Parameters: ``cfg`` the ``[optimizer]`` section (a validated ``OptimizerConfig``; only the keys
+    of :data:`~trainlab.train.config.OPTIMIZER_KEYS` for its name are passed, ``betas`` as a tuple);
+    ``params`` what the optimizer takes, e.g. ``model.parameters()``.
+    Returns: an :class:`~trainlab.optim.SGD`, ``Adagrad``, ``RMSProp`` or ``Adam``.
+    """
     kwargs = {k: getattr(cfg, k) for k in config_mod.OPTIMIZER_KEYS[cfg.name]}
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
@@ -90,6 +97,14 @@ def build_schedule(cfg: config_mod.ScheduleConfig, optimizer: torch.optim.Optimi
 
 
 def build_model(cfg: config_mod.ModelConfig, input_shape: torch.Size, num_classes: int, seed: int) -> nn.Module:
+    """The network ``cfg.name`` names: :func:`trainlab.nn.mlp` or :func:`trainlab.nn.small_cnn`.
+
+    Parameters: ``cfg`` the ``[model]`` section (``hidden`` is used by ``mlp`` only; ``activation``
+    and ``batch_norm`` by both); ``input_shape`` one sample's shape (``small_cnn``: ``(C, H, H)`` or
+    ``H·H`` features, ``H`` divisible by 4, else :class:`~trainlab.errors.ConfigError`);
+    ``num_classes`` the outputs; ``seed`` the initialisation's seed.
+    Returns: an ``nn.Sequential``, without the :class:`~trainlab.data.Standardizer` that :func:`build` puts first.
+    """
     if cfg.name == "mlp":
         return tnn.mlp(math.prod(input_shape), cfg.hidden, num_classes, activation=cfg.activation,
                        batch_norm=cfg.batch_norm, seed=seed)
