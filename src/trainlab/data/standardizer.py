@@ -47,6 +47,7 @@ class Standardizer(nn.Module):
 
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`fit` has set the statistics."""
         return self.mean is not None
 
     @torch.no_grad()

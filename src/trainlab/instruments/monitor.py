@@ -97,6 +97,7 @@ class Reading:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "Reading":
+        """A reading from its ``instruments.jsonl`` line (the inverse of :meth:`to_dict`)."""
         record = dict(record)
         value = record.pop("value")
         return cls(int(record.pop("step")), str(record.pop("instrument")), math.nan if value is None else float(value),
@@ -121,10 +122,11 @@ class Instrument:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
+        """What the instrument keeps between readings (e.g. a warm-start vector); none here."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Take back what :meth:`state_dict` saved."""
 
 
 def _economy(every: int) -> list[Any]:
@@ -291,6 +293,8 @@ class Monitor:
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """For the Trainer's checkpoints: the update count, the parameters kept for ``update_ratio``,
+        each instrument's state and ``latest``."""
         return {"step": self.step,
                 "previous": None if self._previous is None else {k: v.cpu() for k, v in self._previous.items()},
                 "instruments": {inst.name: inst.state_dict() for inst in self.instruments
@@ -298,6 +302,7 @@ class Monitor:
                 "latest": {name: r.to_dict() for name, r in self.latest.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved (refusing a state that is not one)."""
         step, previous = state["step"], state["previous"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step {step!r} is not an update count")

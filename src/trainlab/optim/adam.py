@@ -68,6 +68,8 @@ class Adam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter with a gradient, by the rule in the module docstring; ``closure``
+        (optional) re-evaluates and returns the loss, which ``step`` then returns (else ``None``)."""
         loss = c.closure_loss(closure)
         for group in self.param_groups:
             params, grads = c.with_grads("Adam", group)

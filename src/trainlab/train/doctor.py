@@ -230,11 +230,14 @@ class StallDoctor(Callback):
         return event
 
     def state_dict(self) -> dict[str, Any]:
+        """The doctor's memory for a checkpoint: the window's losses, updates seen, the quiet period
+        and a suspected stall's start."""
         return {"losses": list(self._losses), "steps": self._steps, "quiet_until": self._quiet_until,
                 "changed_at": self._changed_at, "candidate": list(self._candidate) if self._candidate else None,
                 "events": len(self.events)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved, so a resumed run watches as an uninterrupted one."""
         self._losses.clear()
         self._losses.extend(state["losses"])
         self._steps, self._quiet_until = state["steps"], state["quiet_until"]
