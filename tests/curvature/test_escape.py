@@ -1,10 +1,6 @@
 """escape: refuses away from a critical point unless forced, and changes the parameters only when
 it accepts a step — never buffers, flags, .grad or random states, also when the loss raises."""
 
-import hashlib
-import random
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,20 +9,7 @@ from torch import nn
 from trainlab.curvature import diagnose, escape
 from trainlab.errors import ConfigError
 
-
-def state(model: nn.Module, parameters: bool = True) -> str:
-    """A digest of everything escape could change (parameters optional)."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if parameters:
-            h.update(p.detach().numpy().tobytes())
-        h.update(f"{name} {p.requires_grad} {None if p.grad is None else p.grad.sum().item()}".encode())
-    for name, b in model.named_buffers():
-        h.update(name.encode() + b.detach().numpy().tobytes())
-    h.update(repr([m.training for m in model.modules()]).encode())
-    h.update(torch.get_rng_state().numpy().tobytes() + repr(np.random.get_state()).encode()
-             + repr(random.getstate()).encode())
-    return h.hexdigest()
+from digests import model_digest
 
 
 @pytest.fixture
@@ -52,21 +35,21 @@ def test_escape_at_a_saddle_moves_only_the_parameters(saddle):
     model, data = saddle
     d = diagnose(model, F.mse_loss, data, progress=False)
     assert d.verdict == "saddle" and d.grad_norm == 0
-    before, params_before = state(model, parameters=False), state(model)
+    before, params_before = model_digest(model, parameters=False), model_digest(model)
     e = escape(model, F.mse_loss, data, d)
     assert e.accepted and e.loss_after < e.loss_before
-    assert state(model) != params_before and state(model, parameters=False) == before
+    assert model_digest(model) != params_before and model_digest(model, parameters=False) == before
 
 
 def test_escape_refuses_away_from_a_critical_point_and_changes_nothing(saddle):
     model, data = saddle
     d = diagnose(model, F.mse_loss, data, progress=False)
     d.grad_norm, d.grad_tol = 0.3, 1e-3  # as at a random initialisation
-    before = state(model)
+    before = model_digest(model)
     with pytest.raises(ConfigError, match=r"gradient norm 0\.3 is above grad_tol=0\.001: this is not a critical"
                                           r" point.*force=True"):
         escape(model, F.mse_loss, data, d)
-    assert state(model) == before
+    assert model_digest(model) == before
     e = escape(model, F.mse_loss, data, d, force=True)
     assert e.accepted and any("forced" in note for note in e.notes)
 
@@ -82,10 +65,10 @@ def test_a_loss_raising_in_the_line_search_leaves_everything_as_it_was(saddle):
             raise RuntimeError("disk went away")
         return F.mse_loss(out, target)
 
-    before = state(model)
+    before = model_digest(model)
     with pytest.raises(RuntimeError, match="disk went away"):
         escape(model, flaky, data, d)
-    assert trials and state(model) == before
+    assert trials and model_digest(model) == before
 
 
 def test_no_step_qualifies_parameters_bit_identical():
@@ -97,11 +80,11 @@ def test_no_step_qualifies_parameters_bit_identical():
     for p in model.parameters():
         nn.init.zeros_(p)
     d = diagnose(model, F.mse_loss, (x, y), progress=False)
-    before = state(model)
+    before = model_digest(model)
 
     def rising(out, target):  # the diagnosed loss plus a wall around the origin
         return F.mse_loss(out, target) + 1e6 * sum((p ** 2).sum() for p in model.parameters())
 
     e = escape(model, rising, (x, y), d, max_halvings=3)
-    assert not e.accepted and e.step == 0 and state(model) == before
+    assert not e.accepted and e.step == 0 and model_digest(model) == before
     assert "parameters unchanged" in str(e)

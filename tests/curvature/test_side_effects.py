@@ -5,7 +5,6 @@ flags, .grad, and the torch / NumPy / random states — on success and when it r
 The reference is a digest of the full state computed here, independently of trainlab.state.
 """
 
-import hashlib
 import inspect
 import random
 
@@ -22,31 +21,7 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.nn.surface import slice2d
 from trainlab.state import preserved
 
-
-def digest(model: nn.Module) -> str:
-    """One hash of everything an analysis could change."""
-    h = hashlib.sha256()
-
-    def add(label, value):
-        h.update(label.encode())
-        if isinstance(value, torch.Tensor):
-            h.update(str((value.dtype, tuple(value.shape))).encode())
-            h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            h.update(repr(value).encode())
-
-    for name, p in model.named_parameters():
-        add(f"param {name}", p)
-        add(f"requires_grad {name}", p.requires_grad)
-        add(f"grad {name}", "none" if p.grad is None else p.grad)
-    for name, b in model.named_buffers():
-        add(f"buffer {name}", b)
-    for name, m in model.named_modules():
-        add(f"training {name}", m.training)
-    add("torch rng", torch.get_rng_state())
-    add("numpy rng", repr(np.random.get_state()))
-    add("random rng", repr(random.getstate()))
-    return h.hexdigest()
+from digests import model_digest
 
 
 def bn_dropout_mlp(dropout: float = 0.0) -> nn.Module:
@@ -120,9 +95,9 @@ def test_an_analysis_leaves_a_batchnorm_model_untouched(problem, name, mode):
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     np.random.seed(3)
     random.seed(3)
-    before = digest(model)
+    before = model_digest(model)
     analyses(DataLoader(TensorDataset(x, y), batch_size=10), n)[name](model, F.cross_entropy, mode)
-    assert digest(model) == before
+    assert model_digest(model) == before
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -130,16 +105,16 @@ def test_train_mode_with_dropout_raises_and_leaves_no_trace(problem, name):
     x, y = problem
     model = lived_in(bn_dropout_mlp(dropout=0.5), x)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    before = digest(model)
+    before = model_digest(model)
     call = analyses((x, y), n)[name]
     if name == "slice2d":  # always in eval mode: dropout off, nothing to refuse
         call(model, F.cross_entropy, "train")
     else:
         with pytest.raises(ConfigError, match="different gradient each time"):
             call(model, F.cross_entropy, "train")
-    assert digest(model) == before
+    assert model_digest(model) == before
     call(model, F.cross_entropy, "eval")  # dropout is off in eval mode
-    assert digest(model) == before
+    assert model_digest(model) == before
 
 
 class FailsOnCall:
@@ -162,10 +137,10 @@ def test_a_loss_that_raises_midway_leaves_no_trace(problem, name, mode, calls):
     x, y = problem
     model = lived_in(bn_dropout_mlp(), x)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    before = digest(model)
+    before = model_digest(model)
     with pytest.raises(RuntimeError, match="loss failed"):
         analyses(DataLoader(TensorDataset(x, y), batch_size=10), n)[name](model, FailsOnCall(calls), mode)
-    assert digest(model) == before
+    assert model_digest(model) == before
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "slice2d"])
@@ -176,10 +151,10 @@ def test_nan_data_raises_a_data_error_and_leaves_no_trace(problem, name, mode):
     x[13, 1] = float("nan")
     model = lived_in(bn_dropout_mlp(), x[:8])
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    before = digest(model)
+    before = model_digest(model)
     with pytest.raises(DataError, match=r"nan.*in x of batch 1, sample 3 \(sample 13 of the data\)"):
         analyses(DataLoader(TensorDataset(x, y), batch_size=10), n)[name](model, F.cross_entropy, mode)
-    assert digest(model) == before
+    assert model_digest(model) == before
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -190,9 +165,9 @@ def test_a_cnn_with_batchnorm_is_untouched(name, mode):
     y = torch.randint(0, 3, (12,), generator=gen)
     model = lived_in(bn_cnn(), x)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    before = digest(model)
+    before = model_digest(model)
     analyses([(x[:6], y[:6]), (x[6:], y[6:])], n)[name](model, tl.nn.cross_entropy, mode)
-    assert digest(model) == before
+    assert model_digest(model) == before
 
 
 def test_train_mode_analyses_see_batch_statistics_but_keep_the_running_ones(problem):
@@ -211,16 +186,16 @@ def test_the_stall_doctor_diagnosis_leaves_no_trace(problem):
     model = lived_in(bn_dropout_mlp(dropout=0.3), x)
     doctor = tl.train.StallDoctor(window=10, max_samples=24, act=False)  # act=False: diagnose, change nothing
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    before = digest(model)
+    before = model_digest(model)
     event = doctor._treat(model, F.cross_entropy, (x, y), optimizer, None)
-    assert event["verdict"] and digest(model) == before
+    assert event["verdict"] and model_digest(model) == before
 
 
 def test_preserved_restores_everything_it_promises():
     model = lived_in(bn_dropout_mlp(dropout=0.2), torch.randn(8, 5, dtype=torch.float64))
     np.random.seed(1)
     random.seed(1)
-    before = digest(model)
+    before = model_digest(model)
     grad_object = next(model.parameters()).grad
     buffer_object = model[1].running_mean
     with pytest.raises(KeyError):
@@ -236,7 +211,7 @@ def test_preserved_restores_everything_it_promises():
             np.random.rand()
             random.random()
             raise KeyError("fail inside")
-    assert digest(model) == before
+    assert model_digest(model) == before
     assert next(model.parameters()).grad is grad_object and model[1].running_mean is buffer_object
 
 

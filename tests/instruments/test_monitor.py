@@ -1,7 +1,6 @@
 """The Monitor: schedule, fixed sample, no side effects, failures, arguments, Trainer runs and resume."""
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -18,6 +17,8 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.instruments import Context, GradNorm, Instrument, Monitor, Reading, UpdateRatio, Units
 from trainlab.train import Callback, Trainer
 
+from digests import model_digest
+
 
 def bn_dropout_model(seed=0):
     torch.manual_seed(seed)
@@ -26,18 +27,6 @@ def bn_dropout_model(seed=0):
 
 def mine():
     return [GradNorm(), UpdateRatio(), Units(every=10)]
-
-
-def state_hash(model):
-    """Every parameter, buffer, gradient and flag of the model, and the global random state."""
-    h = hashlib.sha256()
-    for name, t in list(model.state_dict(keep_vars=True).items()):
-        h.update(name.encode() + t.detach().cpu().numpy().tobytes())
-        if getattr(t, "grad", None) is not None:
-            h.update(t.grad.cpu().numpy().tobytes())
-    h.update(bytes(m.training for m in model.modules()))
-    h.update(torch.get_rng_state().numpy().tobytes())
-    return h.hexdigest()
 
 
 class Recorder(Instrument):
@@ -62,11 +51,11 @@ def test_readings_leave_the_model_untouched(digits, mode):
     loader = DataLoader(train, batch_size=100, shuffle=True)  # a shuffling loader draws from the global RNG
     monitor = Monitor(every=1, sample=300, instruments=[GradNorm(), UpdateRatio(), Units()], mode=mode)
     monitor.after_step(model, None, F.cross_entropy, loader)  # step 1: no previous yet for update_ratio
-    before = state_hash(model)
+    before = model_digest(model)
     readings = monitor.after_step(model, None, F.cross_entropy, loader)
     assert {r.instrument for r in readings} == {"grad_norm", "update_ratio", "units"}
     assert all(math.isfinite(r.value) for r in readings)
-    assert state_hash(model) == before
+    assert model_digest(model) == before
 
 
 def test_schedule_and_context():

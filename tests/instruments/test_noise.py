@@ -2,11 +2,8 @@
 loop of single-sample ``backward`` calls, and B_simple, GSNR and the norm test computed by
 brute force from all of them."""
 
-import hashlib
-import random
 import types
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +12,8 @@ from torch import nn
 import trainlab as tl
 from trainlab.errors import ConfigError
 from trainlab.instruments.noise import GSNR, NoiseScale, gradient_moments, per_sample_gradients
+
+from digests import model_digest
 
 
 class Attention(nn.Module):
@@ -157,20 +156,6 @@ def test_dropout_in_training_mode_is_refused():
         GSNR(every=1).read(context(model, x, y, mode="train"))
 
 
-def digest(model):
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(f"{name} {p.requires_grad}".encode() + p.detach().numpy().tobytes())
-        h.update(b"none" if p.grad is None else p.grad.numpy().tobytes())
-    for name, b in model.named_buffers():
-        h.update(name.encode() + b.numpy().tobytes())
-    for name, m in model.named_modules():
-        h.update(f"{name} {m.training}".encode())
-    h.update(torch.get_rng_state().numpy().tobytes())
-    h.update(repr(np.random.get_state()).encode() + repr(random.getstate()).encode())
-    return h.hexdigest()
-
-
 def test_readings_leave_the_model_untouched():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)).double()
@@ -178,10 +163,10 @@ def test_readings_leave_the_model_untouched():
     opt = tl.optim.SGD(model.parameters(), lr=0.1)
     F.cross_entropy(model(x), y).backward()  # training mode, a gradient left in .grad
     opt.step()
-    before = digest(model)
+    before = model_digest(model)
     for inst in (NoiseScale(every=1), GSNR(every=1)):
         inst.read(context(model, x, y, batch_size=8))
-        assert digest(model) == before, inst.name
+        assert model_digest(model) == before, inst.name
 
 
 def test_bad_options_are_refused():

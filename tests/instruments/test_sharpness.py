@@ -3,11 +3,8 @@
 scaling ``D`` rebuilt here from its state), the trace of that Hessian, and a state digest
 showing that a reading leaves the model untouched."""
 
-import hashlib
-import random
 import types
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +14,8 @@ from torch.func import functional_call, hessian
 import trainlab as tl
 from trainlab.errors import ConfigError
 from trainlab.instruments.sharpness import HessianTrace, Sharpness, Stability, top_eigenpair
+
+from digests import model_digest
 
 
 def context(model, x, y, optimizer=None, lr=None, step=0, mode="eval", seed=0, batch_size=None):
@@ -53,21 +52,6 @@ def dense_hessian(model, x, y):
     H = hessian(loss)(flat)
     model.train(was)
     return (H + H.T) / 2
-
-
-def digest(model):
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(f"{name} {p.requires_grad}".encode())
-        h.update(p.detach().numpy().tobytes())
-        h.update(b"none" if p.grad is None else p.grad.numpy().tobytes())
-    for name, b in model.named_buffers():
-        h.update(name.encode() + b.numpy().tobytes())
-    for name, m in model.named_modules():
-        h.update(f"{name} {m.training}".encode())
-    h.update(torch.get_rng_state().numpy().tobytes())
-    h.update(repr(np.random.get_state()).encode() + repr(random.getstate()).encode())
-    return h.hexdigest()
 
 
 def train(model, optimizer, x, y, steps):
@@ -257,10 +241,10 @@ def test_readings_leave_the_model_untouched():
     opt = tl.optim.Adam(model.parameters(), lr=0.01)
     train(model, opt, x, y, 2)  # training mode: BatchNorm statistics and dropout in use
     model[0].weight.requires_grad_(True)
-    before = digest(model)
+    before = model_digest(model)
     for inst in (Sharpness(every=1), Stability(every=1), HessianTrace(every=1, samples=6)):
         inst.read(context(model, x, y, opt, lr=0.01))
-        assert digest(model) == before, inst.name
+        assert model_digest(model) == before, inst.name
 
 
 def test_a_summed_loss_is_refused_at_the_first_reading():

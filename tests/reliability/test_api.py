@@ -5,12 +5,9 @@ flags, gradients and the global random states (hashed here independently of trai
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,24 +21,12 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.nn.surface import slice2d
 from trainlab.optim import schedules
 
+from digests import model_digest
+
 
 def user_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.1), nn.Linear(6, 3))
-
-
-def digest(model: nn.Module) -> str:
-    """Everything an analysis must leave as it found it, as one hash."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode() + p.detach().cpu().numpy().tobytes() + bytes([p.requires_grad]))
-        h.update(b"none" if p.grad is None else p.grad.cpu().numpy().tobytes())
-    for name, b in model.named_buffers():
-        h.update(name.encode() + b.cpu().numpy().tobytes())
-    h.update(bytes(m.training for m in model.modules()))
-    h.update(torch.get_rng_state().numpy().tobytes())
-    h.update(repr(np.random.get_state()).encode() + repr(random.getstate()).encode())
-    return h.hexdigest()
 
 
 @pytest.fixture
@@ -191,10 +176,10 @@ CURVATURE = [
 def test_analysis_refuses_and_leaves_the_model_as_it_was(c, call, error, names, prepare):
     if prepare is not None:
         prepare(c)
-    before = digest(c.model)
+    before = model_digest(c.model)
     with pytest.raises(error) as info:
         call(c)
-    after = digest(c.model)
+    after = model_digest(c.model)
     message = str(info.value)
     assert "\n" not in message.strip(), message
     for name in names:
@@ -224,9 +209,9 @@ def test_analysis_leaves_the_model_as_it_was(c, analysis, mode):
     num_batches_tracked. (Dropout is switched off for train mode, where its random masks would
     make the loss a different function at every call.)"""
     c.model[3].p = 0.0 if mode == "train" else 0.1
-    before = digest(c.model)
+    before = model_digest(c.model)
     ANALYSES[analysis](c, mode)
-    assert digest(c.model) == before
+    assert model_digest(c.model) == before
 
 
 # ---------------------------------------------------------------- what the issue says must work
@@ -251,11 +236,11 @@ def test_dict_and_extra_field_batches_through_batch_loss(c):
 
 
 def test_huge_k_is_clamped_with_a_note_and_counts_add_up(c):
-    before = digest(c.model)
+    before = model_digest(c.model)
     d = cv.diagnose(c.model, c.loss, (c.x, c.y), method="lanczos", k=100_000, progress=False)
     assert d.n_positive + d.n_negative + d.n_flat == pytest.approx(c.n)
     assert any("100,000" in note or "100000" in note for note in d.notes)
-    assert digest(c.model) == before
+    assert model_digest(c.model) == before
     assert len(str(d).splitlines()) < 40 and len(repr(d).splitlines()) < 40
 
 

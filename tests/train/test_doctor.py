@@ -11,6 +11,8 @@ from trainlab.errors import ConfigError
 from trainlab.experiments import stalls
 from trainlab.train.doctor import StallDoctor, bounded_sample
 
+from digests import model_digest
+
 
 @pytest.mark.parametrize("name, verdict", [("zero_linear", "saddle"), ("tiny_init", "saddle"),
                                            ("identical_units", "saddle")])
@@ -265,25 +267,6 @@ def test_local_minimum_is_named_and_left_alone():
     assert len(events) <= 3  # it waits four windows after a finding it cannot act on
 
 
-def _state(model: torch.nn.Module) -> str:
-    """A hash of everything a diagnosis could change: parameters, buffers, ``.grad``,
-    ``training`` and ``requires_grad`` flags, and the torch, NumPy and Python random states."""
-    import hashlib
-    import random
-
-    import numpy as np
-
-    h = hashlib.sha256()
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        h.update(name.encode() + t.detach().cpu().numpy().tobytes() + bytes([t.requires_grad]))
-    for name, p in model.named_parameters():
-        h.update(b"grad-none" if p.grad is None else p.grad.cpu().numpy().tobytes())
-    h.update(bytes(m.training for m in model.modules()))
-    h.update(torch.get_rng_state().numpy().tobytes())
-    h.update(repr(np.random.get_state()).encode() + repr(random.getstate()).encode())
-    return h.hexdigest()
-
-
 @pytest.mark.parametrize("source", ["pair", "dataset", "shuffling_loader"])
 def test_a_diagnosis_that_changes_nothing_leaves_no_trace(source):
     """BatchNorm and dropout in training mode, gradients present, one frozen parameter: after
@@ -298,11 +281,11 @@ def test_a_diagnosis_that_changes_nothing_leaves_no_trace(source):
             "shuffling_loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32,
                                                             shuffle=True)}[source]
     doctor = StallDoctor(window=10, act=False, max_samples=64)
-    before = _state(model)
+    before = model_digest(model)
     events = [doctor.after_step(model, 1.0, F.cross_entropy, data) for _ in range(20)]  # a flat loss: a stall
     found = [e for e in events if e]
     assert len(found) == 1 and not found[0]["applied"] and found[0]["samples"] == 64
-    assert _state(model) == before
+    assert model_digest(model) == before
     assert model.training and model[0].bias.grad is not None
 
 
