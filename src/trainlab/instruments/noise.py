@@ -32,9 +32,10 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from trainlab.curvature import analysis_mode
+from trainlab.curvature.operator import _has_batch_norm
 from trainlab.data.batches import BatchLoss, batch_size_of, map_tensors, take
 from trainlab.errors import ConfigError, DataError
-from trainlab.instruments.sharpness import wide
+from trainlab.instruments.sharpness import _check_every, wide
 
 #: Samples per vmap chunk, at most.
 CHUNK = 64
@@ -43,11 +44,6 @@ CHUNK = 64
 ZERO_GRADIENT = 100
 #: Memory for one chunk of flat per-sample gradients; the chunk shrinks to fit.
 CHUNK_BYTES = 256 * 2**20
-
-
-def _has_training_batch_norm(model: nn.Module) -> bool:
-    return any(m.training and (isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__)
-               for m in model.modules())
 
 
 class _LossOfOne(nn.Module):
@@ -79,11 +75,10 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     Yields: ``(m, n_params)`` tensors in the parameters' dtype, ``m ≤ chunk``, in sample order.
     Cost: about one forward and backward pass per sample, vectorised.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ConfigError(f"chunk={chunk!r} is not allowed; expected an integer >= 1 (samples per vmap call)")
+    _check_chunk(chunk)
     if loss_fn is None and batch_loss is None:
         raise ConfigError("loss_fn=None needs batch_loss=(model, batch) -> mean loss; give one of them")
-    if _has_training_batch_norm(model):
+    if _has_batch_norm(model):
         raise ConfigError("per-sample gradients are undefined with BatchNorm in training mode (each sample's output"
                           " depends on the whole batch); read them in mode='eval', which uses the running statistics")
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -213,13 +208,6 @@ def _check_chunk(chunk: Any) -> int:
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ConfigError(f"chunk={chunk!r} is not allowed; expected an integer >= 1 (samples per vmap call)")
     return chunk
-
-
-def _check_every(every: Any) -> int | None:
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise ConfigError(f"every={every!r} is not allowed; expected an integer >= 1 (updates between readings)"
-                          " or None (the Monitor's)")
-    return every
 
 
 def _batch_size(ctx: Any) -> int | None:
