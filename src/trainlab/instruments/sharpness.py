@@ -49,7 +49,7 @@ import torch
 
 from trainlab.curvature import HessianOperator, analysis_mode
 from trainlab.curvature.density import trace_of
-from trainlab.curvature.lanczos import step
+from trainlab.curvature.lanczos import _orthogonalise, _unit, step
 from trainlab.errors import ConfigError
 
 #: Memory for a tracking Lanczos basis; the basis shrinks below ``basis_size`` to fit.
@@ -94,7 +94,7 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
     x = start.reshape(-1).to(device=device, dtype=dtype) if start is not None else random()
     if not bool(torch.isfinite(x).all()) or float(x.norm()) == 0.0:
         x = random()
-    V[0] = x / x.norm()
+    V[0] = _unit(x)
     # a Krylov space that closes is exact; it holds the top of the spectrum when it grew from
     # a random vector (almost surely), not necessarily when it grew from a warm start
     seen_random = start is None
@@ -111,20 +111,19 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
         converged = error <= tol * max(abs(value), 1e-300)
         if (converged and not (exhausted and not seen_random)) or used >= max_matvecs or size == n:
             vector = (y.to(device=device, dtype=dtype) @ V[:size])
-            return TopPair(value, vector / vector.norm(), residual, error, bool(converged), used)
+            return TopPair(value, _unit(vector), residual, error, bool(converged), used)
         if exhausted:
             # an invariant subspace: its top Ritz value is exact for it, but the top of the
             # spectrum may lie outside; continue from a fresh direction, uncoupled
             seen_random = True
             w = random()
-            w -= V[:size].T @ (V[:size] @ w)
-            w -= V[:size].T @ (V[:size] @ w)
+            _orthogonalise(w, V[:size])
             beta = float(w.norm())
         if size == m:  # restart from the top Ritz vector
             x = y.to(device=device, dtype=dtype) @ V[:size]
             V.zero_()
             T.zero_()
-            V[0] = x / x.norm()
+            V[0] = _unit(x)
             j = 0
             continue
         V[j + 1] = w / beta
