@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,3 +45,25 @@ def model_digest(model: nn.Module, parameters: bool = True) -> str:
     add("random rng", repr(random.getstate()))
     return h.hexdigest()
 
+
+def tree_digest(root: str | Path) -> dict[str, str] | None:
+    """``{path relative to root: sha256 | "dir" | "-> target" | "<unreadable errno>"}`` of ``root``
+    (as ``"."``) and everything under it, hidden files too; links are recorded, not followed.
+    ``None`` when ``root`` does not exist."""
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return None
+    items = [root] + sorted(root.rglob("*")) if root.is_dir() and not root.is_symlink() else [root]
+    found: dict[str, str] = {}
+    for p in items:
+        key = str(p.relative_to(root))
+        if p.is_symlink():
+            found[key] = f"-> {os.readlink(p)}"
+        elif p.is_dir():
+            found[key] = "dir"
+        else:
+            try:
+                found[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+            except OSError as e:  # unreadable to us: still its presence counts
+                found[key] = f"<unreadable {e.errno}>"
+    return found

@@ -1,6 +1,5 @@
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import pickle
@@ -17,6 +16,8 @@ import torch
 from trainlab.cli import main
 from trainlab.train import rundir
 from trainlab.train import trainer as trainer_mod
+
+from digests import tree_digest
 
 QUICK = ["--set", "train.epochs=2", "--set", "data.name=iris", "--no-progress"]
 
@@ -108,17 +109,6 @@ def test_console_script_help_and_exit_code(tmp_path):
 # code, one line on stderr with no traceback, and (for refusals) that no file changed.
 
 RUN_FILES = ["checkpoint.pt", "config.toml", "metrics.jsonl", "steps.jsonl", "summary.json"]
-
-
-def snapshot(root):
-    """Every file under ``root`` (hidden ones too) with the SHA-256 of its bytes."""
-    root = Path(root)
-    if not root.exists():
-        return None
-    if root.is_file():
-        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
 
 
 def error_line(capsys, code, expected_code):
@@ -264,7 +254,7 @@ def test_run_directory_refusals(finished_run, tmp_path, capsys, setup, extra, co
         out = run / "sub"
     elif setup is not None:
         setup(run)
-    before = snapshot(run)
+    before = tree_digest(run)
     try:
         line = error_line(capsys, main(["train", *extra, "--out", str(out)]), code)
     finally:
@@ -272,7 +262,7 @@ def test_run_directory_refusals(finished_run, tmp_path, capsys, setup, extra, co
             os.close(held)
     assert line.startswith("trainlab train: error: ") and fragment in line, line
     assert str(out) in line or "--overwrite" in line
-    assert snapshot(run) == before
+    assert tree_digest(run) == before
 
 
 def test_overwrite_replaces_an_earlier_run(finished_run, tmp_path, capsys):
@@ -292,9 +282,9 @@ def test_failed_resume_writes_nothing_then_a_good_one_keeps_all_history(finished
     metrics = (run / "metrics.jsonl").read_text()
     good = (run / "checkpoint.pt").read_bytes()
     _write("checkpoint.pt", b"")(run)
-    before = snapshot(run)
+    before = tree_digest(run)
     assert main(["train", "--out", str(run), *RESUME]) == 2
-    assert snapshot(run) == before  # config.toml included: it is rewritten only once all is checked
+    assert tree_digest(run) == before  # config.toml included: it is rewritten only once all is checked
     (run / "checkpoint.pt").write_bytes(good)
     assert main(["train", "--out", str(run), *RESUME]) == 0
     assert (run / "metrics.jsonl").read_text().startswith(metrics)
@@ -375,10 +365,10 @@ def test_other_subcommands_are_one_line_too(finished_run, tmp_path, capsys, argv
     if code == 2:
         (run / "checkpoint.pt").write_text("garbage\n")
     fill = {"run": str(run), "file": str(tmp_path / "file")}
-    before = snapshot(tmp_path)
+    before = tree_digest(tmp_path)
     line = error_line(capsys, main([a.format(**fill) for a in argv]), code)
     assert fragment.format(**fill) in line, line
-    assert snapshot(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def test_default_run_directories_are_unique_within_one_second(tmp_path, capsys, monkeypatch):
@@ -423,10 +413,10 @@ def test_a_second_run_is_refused_while_another_process_holds_the_directory(tmp_p
                              env=env)
     try:
         assert first.stdout.readline().strip() == "holding"
-        before = snapshot(run)
+        before = tree_digest(run)
         code = main(["train", "--set", "train.epochs=1", "--set", "data.name=iris", "--no-progress", "--out", str(run),
                      "--overwrite"])
-        assert snapshot(run) == before
+        assert tree_digest(run) == before
     finally:
         go.write_text("")
         first.wait(timeout=120)

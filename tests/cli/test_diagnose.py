@@ -1,19 +1,19 @@
 """``trainlab diagnose``: a run directory, and a model trained elsewhere (``--model``); every bad
 input is one line on stderr, exit 2, no traceback, and no file changed."""
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
 
 from trainlab.cli import main
+
+from digests import tree_digest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 HEAVY = ("sklearn", "scipy", "matplotlib", "mnist1d", "trainlab.experiments", "trainlab.report")
@@ -49,11 +49,6 @@ def wide():
 
 NOT_CALLABLE = 3
 """
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -134,14 +129,14 @@ def bad_cases():
 
 @pytest.mark.parametrize("args, fragment", bad_cases())
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(user, tmp_path, capsys, args, fragment):
-    before = tree(tmp_path)
+    before = tree_digest(tmp_path)
     code = main(["diagnose", *[a.format(m=user) for a in args]])
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert code == 2, captured.err
     assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
     assert fragment.format(m=user) in lines[0]
-    assert tree(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> None:
@@ -163,7 +158,7 @@ def test_model_from_a_factory_gives_the_direct_analysis(user, tmp_path):
     x, y = train.tensors
     _train(model, x, y)
     torch.save({"model": model.state_dict(), "optimizer": {}}, tmp_path / "trained.pt")
-    before = tree(tmp_path)
+    before = tree_digest(tmp_path)
     result = subprocess.run([sys.executable, "-m", "trainlab", "diagnose", "--model", f"{user}:build", "--weights",
                              "trained.pt", "--data", "iris", "--no-progress"],
                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
@@ -175,7 +170,7 @@ def test_model_from_a_factory_gives_the_direct_analysis(user, tmp_path):
     assert f"{direct.n_positive:,.0f} positive, {direct.n_negative:,.0f} negative" in printed
     assert f"loss {direct.loss:.6g}" in printed
     assert f"training split ({len(y):,} samples, standardised)" in printed
-    assert tree(tmp_path) == before  # no figure without --out, no __pycache__ in the user's folder
+    assert tree_digest(tmp_path) == before  # no figure without --out, no __pycache__ in the user's folder
 
     # saved from a DistributedDataParallel wrapper: every key prefixed with "module."
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
@@ -238,11 +233,11 @@ def test_run_directory_then_checkpoint_faults(tmp_path, capsys):
                               (data[:100], "cannot be read by torch.load"), (b"", "is empty (0 bytes)"),
                               (b"not a checkpoint", "cannot be read by torch.load")):
         (out / "checkpoint.pt").write_bytes(content)
-        before = tree(tmp_path)
+        before = tree_digest(tmp_path)
         code = main(["diagnose", str(out), "--out", str(tmp_path / "s.png")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and fragment in err[0], err
-        assert tree(tmp_path) == before and (tmp_path / "s.png").read_bytes() == good
+        assert tree_digest(tmp_path) == before and (tmp_path / "s.png").read_bytes() == good
 
 
 def test_diagnose_bad_path_is_exit_2(tmp_path, capsys):

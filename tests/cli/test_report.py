@@ -1,6 +1,5 @@
 """``trainlab report RUN``: exit codes, one-line errors, and no file changed when it fails."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -9,16 +8,12 @@ import pytest
 
 from trainlab.cli import main
 
+from digests import tree_digest
+
 QUICK = ["--set", "train.epochs=2", "--set", "data.name=iris", "--no-progress"]
 READINGS = [{"step": s, "instrument": "sharpness", "value": 3.0 + s / 10, "seconds": 0.01, "n_hvp": 6}
             for s in (2, 4, 6)] + [{"step": 6, "instrument": "grad_norm", "value": 0.5, "seconds": 0.001,
                                     "parts": {"0.weight": 0.4, "0.bias": 0.1}}]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (hidden ones too) with the SHA-256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
 
 
 def error_line(capsys, code, expected):
@@ -43,10 +38,10 @@ def run(trained, tmp_path):
 
 
 def test_report_of_a_run_without_instruments(run, capsys):
-    before = snapshot(run)
+    before = tree_digest(run)
     assert main(["report", str(run)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run / 'report.html'}"
-    after = snapshot(run)
+    after = tree_digest(run)
     assert set(after) - set(before) == {"report.html"} and all(after[k] == v for k, v in before.items())
     text = (run / "report.html").read_text()
     assert "no instrument readings (train with --monitor)" in text and "data:image/png;base64," in text
@@ -75,10 +70,10 @@ def test_report_with_instruments_and_out(run, tmp_path, capsys):
 def test_damaged_files_are_one_line_exit_2_and_change_nothing(run, capsys, damage, fragment):
     (run / "report.html").write_text("an earlier report")
     damage(run)
-    before = snapshot(run)
+    before = tree_digest(run)
     line = error_line(capsys, main(["report", str(run)]), 2)
     assert line.startswith("trainlab report: error: ") and fragment in line
-    assert snapshot(run) == before
+    assert tree_digest(run) == before
 
 
 @pytest.mark.parametrize("make, fragment", [
@@ -89,17 +84,17 @@ def test_damaged_files_are_one_line_exit_2_and_change_nothing(run, capsys, damag
 ])
 def test_not_a_run_directory_is_one_sentence_exit_2(tmp_path, capsys, make, fragment):
     path = make(tmp_path)
-    before = snapshot(tmp_path)
+    before = tree_digest(tmp_path)
     line = error_line(capsys, main(["report", str(path)]), 2)
     assert line == f"trainlab report: error: {fragment.format(path)}; give the directory `trainlab train --out` wrote" \
         or line.endswith(fragment.format(path))
-    assert snapshot(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def test_bad_out(run, tmp_path, capsys):
-    before = snapshot(tmp_path)
+    before = tree_digest(tmp_path)
     line = error_line(capsys, main(["report", str(run), "--out", str(tmp_path)]), 2)
     assert f"--out {str(tmp_path)!r} is a directory; give the file to write" in line
     line = error_line(capsys, main(["report", str(run), "--out", str(tmp_path / "no" / "r.html")]), 1)
     assert str(tmp_path / "no" / "r.html") in line  # the environment's fault: exit 1, naming the path
-    assert snapshot(tmp_path) == before
+    assert tree_digest(tmp_path) == before

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 import trainlab as tl
 from trainlab.errors import ConfigError, DataError
 
+from digests import tree_digest
+
 
 @pytest.fixture
 def xy():
@@ -218,24 +220,17 @@ HOSTILE = [
 ]
 
 
-def _digest(path):
-    import hashlib
-    if path.is_dir():
-        return "dir"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.mark.parametrize("name, write, kwargs, error, match", [case[1:] for case in HOSTILE],
                          ids=[case[0] for case in HOSTILE])
 def test_hostile_file_gives_one_sentence_and_leaves_the_file_alone(tmp_path, name, write, kwargs, error, match):
     path = tmp_path / name
     write(path)
-    before = _digest(path)
+    before = tree_digest(path)
     with pytest.raises(error, match=match) as info:
         tl.data.load(path, **kwargs)
     message = str(info.value)
     assert "\n" not in message and "Traceback" not in message
-    assert _digest(path) == before
+    assert tree_digest(path) == before
 
 
 def test_bom_csv_gives_the_same_arrays_as_without(tmp_path, xy):

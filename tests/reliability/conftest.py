@@ -11,7 +11,6 @@ in ``err``, so a case fails with the traceback in view instead of erroring out.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import signal
@@ -27,6 +26,8 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from digests import tree_digest  # noqa: E402  (after the thread settings: it imports torch)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -87,23 +88,9 @@ def subprocess_env() -> dict[str, str]:
 
 
 def tree_hash(*paths: str | Path) -> dict[str, str]:
-    """``{path: sha256 | "<dir>" | "-> target"}`` of everything under ``paths`` (files, folders, links)."""
-    found: dict[str, str] = {}
-    for root in map(Path, paths):
-        if not root.exists() and not root.is_symlink():
-            continue
-        items = [root] + sorted(root.rglob("*")) if root.is_dir() and not root.is_symlink() else [root]
-        for p in items:
-            if p.is_symlink():
-                found[str(p)] = f"-> {os.readlink(p)}"
-            elif p.is_dir():
-                found[str(p)] = "<dir>"
-            else:
-                try:
-                    found[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-                except OSError as e:  # unreadable to us: still its presence counts
-                    found[str(p)] = f"<unreadable {e.errno}>"
-    return found
+    """``tree_digest`` of each of ``paths`` (files, folders, links), keyed by the full path."""
+    return {str(root if rel == "." else root / rel): h
+            for root in map(Path, paths) for rel, h in (tree_digest(root) or {}).items()}
 
 
 def assert_unchanged(before: dict[str, str], after: dict[str, str], allowed_new: Iterable[str] = ()) -> None:

@@ -2,7 +2,6 @@
 checks before a resume writes anything, and checkpoints that hold only good states."""
 
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -19,11 +18,7 @@ from torch import nn
 from trainlab.errors import ConfigError, DataError, DivergenceError
 from trainlab.train import Callback, Trainer, checkpoint, rundir
 
-
-def snapshot(root):
-    """Every file under ``root`` (hidden ones too) with the SHA-256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+from digests import tree_digest
 
 
 def model_state(model):
@@ -87,10 +82,10 @@ def test_trainer_refuses_a_directory_with_any_of_its_files_and_changes_nothing(d
     out = tmp_path / "run"
     out.mkdir()
     (out / name).write_text("the user's own file\n")
-    before = snapshot(out)
+    before = tree_digest(out)
     with pytest.raises(ConfigError, match="already holds"):
         make(digits[0], out).fit()
-    assert snapshot(out) == before
+    assert tree_digest(out) == before
 
 
 def test_overwrite_replaces_only_the_trainers_files(digits, finished):
@@ -183,13 +178,13 @@ def test_lock_survives_a_holder_that_unlinks_between_open_and_flock(tmp_path, mo
 
 
 def test_a_locked_run_directory_refuses_a_trainer_and_changes_nothing(digits, finished):
-    before = snapshot(finished)
+    before = tree_digest(finished)
     fd = os.open(finished / rundir.LOCK_NAME, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         with pytest.raises(ConfigError, match="in use by another trainlab run"):
             make(digits[0], finished, epochs=3, resume=True).fit()
-        after = snapshot(finished)
+        after = tree_digest(finished)
     finally:
         os.close(fd)
         os.unlink(finished / rundir.LOCK_NAME)
@@ -312,13 +307,13 @@ RESUME_DAMAGE = [
 @pytest.mark.parametrize("setup, fragment", [c[1:] for c in RESUME_DAMAGE], ids=[c[0] for c in RESUME_DAMAGE])
 def test_resume_checks_everything_before_writing_or_loading(digits, finished, setup, fragment):
     setup(finished)
-    before = snapshot(finished)
+    before = tree_digest(finished)
     model = small_model(seed=7)
     untouched = model_state(model)
     trainer = make(digits[0], finished, epochs=3, model=model, resume=True)
     with pytest.raises(DataError, match=fragment):
         trainer.fit()
-    assert snapshot(finished) == before  # nothing rewritten, no lock file left
+    assert tree_digest(finished) == before  # nothing rewritten, no lock file left
     assert all(torch.equal(v, untouched[k]) for k, v in model.state_dict().items())  # nor the model loaded
     assert trainer.optimizer.state_dict()["state"] == {}
 
@@ -525,12 +520,12 @@ def test_a_callback_state_it_cannot_load_is_refused_before_any_write(digits, tmp
     assert state["callbacks"] == [{"steps": 58}]
     state["callbacks"] = [{"count": 58}]
     torch.save(state, out / "checkpoint.pt")
-    before = snapshot(out)
+    before = tree_digest(out)
     model = small_model(seed=3)
     untouched = model_state(model)
     with pytest.raises(DataError, match=r"callback Counter cannot load \(KeyError: 'steps'\)"):
         make(digits[0], out, epochs=3, model=model, callbacks=[Counter()], resume=True).fit()
-    assert snapshot(out) == before
+    assert tree_digest(out) == before
     assert all(torch.equal(v, untouched[k]) for k, v in model.state_dict().items())
 
 
@@ -589,8 +584,8 @@ def test_run_train_refuses_a_bad_callback_state_before_rewriting_config_toml(tmp
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["callbacks"] = [{"count": 1}]
     torch.save(state, out / "checkpoint.pt")
-    before = snapshot(out)
+    before = tree_digest(out)
     with pytest.raises(DataError, match="callback Counter cannot load"):
         run.train(config.load(None, ["data.name=iris", "train.epochs=2"]), out, resume=True, progress=False,
                   callbacks=[Counter()])
-    assert snapshot(out) == before  # config.toml (train.epochs = 2) not written
+    assert tree_digest(out) == before  # config.toml (train.epochs = 2) not written
