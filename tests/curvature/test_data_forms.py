@@ -33,16 +33,6 @@ def reference(model, x, y, loss_fn=F.cross_entropy):
     return torch.func.grad(f)(theta), lambda v: torch.func.jvp(torch.func.grad(f), (theta,), (v,))[1]
 
 
-@pytest.fixture
-def problem():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (40,), generator=gen)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    return model, x, y
-
-
 class Samples(Dataset):
     """A plain map-style Dataset of (x_i, y_i) pairs."""
 
@@ -69,16 +59,16 @@ def forms(x, y):
 
 
 @pytest.mark.parametrize("form", list(forms(torch.zeros(40, 1), torch.zeros(40))))
-def test_every_data_form_gives_the_full_data_gradient_and_hvp(problem, form):
-    model, x, y = problem
+def test_every_data_form_gives_the_full_data_gradient_and_hvp(small_mlp_problem, form):
+    model, x, y = small_mlp_problem
     g_ref, hvp_ref = reference(model, x, y)
     v = torch.randn(g_ref.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     torch.testing.assert_close(gradient(model, F.cross_entropy, forms(x, y)[form]), g_ref, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(hvp(model, F.cross_entropy, forms(x, y)[form], v), hvp_ref(v), rtol=1e-11, atol=1e-13)
 
 
-def test_dict_and_extra_field_batches_through_batch_loss(problem):
-    model, x, y = problem
+def test_dict_and_extra_field_batches_through_batch_loss(small_mlp_problem):
+    model, x, y = small_mlp_problem
     w = torch.rand(40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     g_ref, hvp_ref = reference(model, x, y)
     v = torch.randn(g_ref.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -107,8 +97,8 @@ def test_dict_and_extra_field_batches_through_batch_loss(problem):
         gradient(model, None, (x, y))
 
 
-def test_unequal_batches_are_weighted_by_their_samples(problem):
-    model, x, y = problem
+def test_unequal_batches_are_weighted_by_their_samples(small_mlp_problem):
+    model, x, y = small_mlp_problem
     sizes = [1, 3, 17, 19]
     batches = list(zip(x.split(sizes), y.split(sizes)))
     full = hessian(model, F.cross_entropy, (x, y))
@@ -144,8 +134,8 @@ def test_batch_size_of():
 
 
 class TestSumReduction:
-    def test_a_loss_module_with_reduction_sum_or_none(self, problem):
-        model, x, y = problem
+    def test_a_loss_module_with_reduction_sum_or_none(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         with pytest.raises(ConfigError, match="CrossEntropyLoss\\(reduction='sum'\\), not a mean over the batch.*"
                                               "use reduction='mean' or divide by the batch size"):
             hvp(model, nn.CrossEntropyLoss(reduction="sum"), (x, y), torch.zeros(57, dtype=torch.float64))
@@ -153,33 +143,33 @@ class TestSumReduction:
             gradient(model, nn.CrossEntropyLoss(reduction="none"), (x, y))
 
     @pytest.mark.parametrize("scale", [1.0, 0.01])
-    def test_a_plain_function_that_sums(self, problem, scale):
-        model, x, y = problem
+    def test_a_plain_function_that_sums(self, small_mlp_problem, scale):
+        model, x, y = small_mlp_problem
         with pytest.raises(ConfigError, match="loss_fn returns a sum over the batch \\(reduction='sum'\\?\\), not a"
                                               " mean.*use reduction='mean' or divide by the batch size"):
             hessian(model, lambda out, t: scale * F.cross_entropy(out, t, reduction="sum"), (x, y))
 
-    def test_a_batch_loss_that_sums(self, problem):
-        model, x, y = problem
+    def test_a_batch_loss_that_sums(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         with pytest.raises(ConfigError, match="batch_loss returns a sum over the batch"):
             gradient(model, None, [{"x": x, "y": y}],
                      batch_loss=lambda m, b: F.cross_entropy(m(b["x"]), b["y"], reduction="sum"))
 
-    def test_a_per_sample_loss_vector(self, problem):
-        model, x, y = problem
+    def test_a_per_sample_loss_vector(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         with pytest.raises(ConfigError, match="loss_fn returns a tensor of shape \\(40,\\), not a scalar mean"):
             gradient(model, lambda out, t: F.cross_entropy(out, t, reduction="none"), (x, y))
 
-    def test_means_pass_even_with_a_constant_term_and_in_train_mode_with_batchnorm(self, problem):
-        model, x, y = problem
+    def test_means_pass_even_with_a_constant_term_and_in_train_mode_with_batchnorm(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         decay = lambda out, t: F.cross_entropy(out, t) + 0.1 * model[0].weight.square().sum()  # noqa: E731
         assert torch.isfinite(hessian(model, decay, (x, y))).all()
         assert torch.isfinite(gradient(model, F.mse_loss, (x, F.one_hot(y, 3).double()))).all()
         bn = nn.Sequential(nn.Linear(5, 6), tl.nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
         assert torch.isfinite(hessian(bn, F.cross_entropy, (x, y), mode="train")).all()
 
-    def test_check_false_skips_it(self, problem):
-        model, x, y = problem
+    def test_check_false_skips_it(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         summed = nn.CrossEntropyLoss(reduction="sum")
         with analysis_mode(model, "eval"):
             op = HessianOperator(model, summed, (x, y), check=False)
@@ -188,15 +178,15 @@ class TestSumReduction:
 
 class TestNonFinite:
     @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-    def test_non_finite_inputs_are_named(self, problem, value):
-        model, x, y = problem
+    def test_non_finite_inputs_are_named(self, small_mlp_problem, value):
+        model, x, y = small_mlp_problem
         x = x.clone()
         x[33, 4] = value
         with pytest.raises(DataError, match=rf"non-finite value \({value}\) in x of batch 2, sample 1 \(sample 33"):
             gradient(model, F.cross_entropy, DataLoader(TensorDataset(x, y), batch_size=16))
 
-    def test_non_finite_targets_and_dict_fields_are_named(self, problem):
-        model, x, _ = problem
+    def test_non_finite_targets_and_dict_fields_are_named(self, small_mlp_problem):
+        model, x, _ = small_mlp_problem
         t = torch.randn(40, 3, dtype=torch.float64)
         t[5, 0] = float("nan")
         with pytest.raises(DataError, match=r"in y of batch 0, sample 5"):
@@ -204,24 +194,24 @@ class TestNonFinite:
         with pytest.raises(DataError, match=r"in batch\['t'\] of batch 0, sample 5"):
             gradient(model, None, {"x": x, "t": t}, batch_loss=lambda m, b: F.mse_loss(m(b["x"]), b["t"]))
 
-    def test_a_non_finite_parameter_is_named(self, problem):
-        model, x, y = problem
+    def test_a_non_finite_parameter_is_named(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         with torch.no_grad():
             model[2].weight[0, 0] = float("inf")
         with pytest.raises(DataError, match=r"loss on batch 0 is (nan|inf) at the analysed point: parameter"
                                             r" '2.weight'"):
             hvp(model, F.cross_entropy, (x, y), torch.zeros(57, dtype=torch.float64))
 
-    def test_a_loss_that_overflows(self, problem):
-        model, x, y = problem
+    def test_a_loss_that_overflows(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         with pytest.raises(DataError, match=r"loss on batch 1 is inf .*the model or the loss overflows"):
             gradient(model, lambda out, t: F.cross_entropy(out, t) / (len(t) != 10),
                      [(x[:30], y[:30]), (x[30:], y[30:])])
 
 
 class TestMaxSamples:
-    def test_only_the_first_samples_are_used(self, problem):
-        model, x, y = problem
+    def test_only_the_first_samples_are_used(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         loader = DataLoader(TensorDataset(x, y), batch_size=10)
         g_ref, hvp_ref = reference(model, x[:25], y[:25])
         torch.testing.assert_close(gradient(model, F.cross_entropy, loader, max_samples=25), g_ref, rtol=1e-12,
@@ -232,8 +222,8 @@ class TestMaxSamples:
         torch.testing.assert_close(gradient(model, F.cross_entropy, TensorDataset(x, y), max_samples=25), g_ref,
                                    rtol=1e-12, atol=1e-14)
 
-    def test_later_batches_are_never_read(self, problem):
-        model, x, y = problem
+    def test_later_batches_are_never_read(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
 
         def batches():
             yield x[:20], y[:20]
@@ -244,8 +234,8 @@ class TestMaxSamples:
                                    reference(model, x, y)[0], rtol=1e-12, atol=1e-14)
 
     @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
-    def test_bad_values(self, problem, bad):
-        model, x, y = problem
+    def test_bad_values(self, small_mlp_problem, bad):
+        model, x, y = small_mlp_problem
         with pytest.raises(ConfigError, match="max_samples="):
             gradient(model, F.cross_entropy, (x, y), max_samples=bad)
 
@@ -282,8 +272,8 @@ class TestStreaming:
             torch.testing.assert_close(g, gk, rtol=1e-10, atol=1e-12)
             assert loss == pytest.approx(lk, rel=1e-12) and total == pytest.approx(tk, rel=1e-12)
 
-    def test_train_mode_without_batchnorm_may_chunk(self, problem):
-        model, x, y = problem
+    def test_train_mode_without_batchnorm_may_chunk(self, small_mlp_problem):
+        model, x, y = small_mlp_problem
         (hk, gk, _, _), *others = self.operators(model, (x, y), mode="train")
         for h, g, _, _ in others:
             torch.testing.assert_close(h, hk, rtol=1e-10, atol=1e-12)
@@ -321,8 +311,8 @@ class TestStreaming:
             assert not tight.keep_graph and len(tight.pieces) >= 3
 
     @pytest.mark.parametrize("bad", [0, -5, float("nan"), "1GB", True])
-    def test_bad_budgets(self, problem, bad):
-        model, x, y = problem
+    def test_bad_budgets(self, small_mlp_problem, bad):
+        model, x, y = small_mlp_problem
         with pytest.raises(ConfigError, match="max_graph_bytes="):
             gradient(model, F.cross_entropy, (x, y), max_graph_bytes=bad)
 
