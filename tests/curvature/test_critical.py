@@ -9,7 +9,7 @@ import trainlab as tl
 from trainlab.curvature import diagnose, escape
 from trainlab.errors import ConfigError
 
-from toys import Product, squared_error
+from toys import Product, linear_saddle, squared_error
 
 
 class Point(nn.Module):
@@ -92,12 +92,7 @@ def test_flat_directions_are_counted_and_allowed_at_a_minimum():
 
 def test_escape_moves_every_interchangeable_unit():
     """A linear network at zero: one negative eigenvalue per hidden unit; all units must leave zero."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(3, 2, generator=gen, dtype=torch.float64)
-    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)).double()
-    for p in model.parameters():
-        nn.init.zeros_(p)
+    model, x, y = linear_saddle()
     d = diagnose(model, F.mse_loss, (x, y))
     assert d.verdict == "saddle" and d.grad_norm == 0
     smallest = d.escape_eigenvalues.min()
@@ -298,12 +293,7 @@ def test_every_analysis_takes_batch_loss_and_max_samples(small_mlp_problem):
 
 
 def test_escape_takes_batch_loss():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(3, 2, generator=gen, dtype=torch.float64)
-    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)).double()
-    for p in model.parameters():
-        nn.init.zeros_(p)
+    model, x, y = linear_saddle()
     batches = [{"x": x[i:i + 16], "y": y[i:i + 16]} for i in range(0, 64, 16)]
 
     def batch_loss(m, batch):

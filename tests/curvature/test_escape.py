@@ -10,6 +10,7 @@ from trainlab.curvature import diagnose, escape
 from trainlab.errors import ConfigError
 
 from digests import model_digest
+from toys import linear_saddle
 
 
 @pytest.fixture
@@ -73,12 +74,7 @@ def test_a_loss_raising_in_the_line_search_leaves_everything_as_it_was(saddle):
 
 def test_no_step_qualifies_parameters_bit_identical():
     """A loss that never falls along the direction: not accepted, parameters exactly restored."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(32, 3, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(3, 2, generator=gen, dtype=torch.float64)
-    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)).double()
-    for p in model.parameters():
-        nn.init.zeros_(p)
+    model, x, y = linear_saddle(n=32, seed=1)
     d = diagnose(model, F.mse_loss, (x, y), progress=False)
     before = model_digest(model)
 
