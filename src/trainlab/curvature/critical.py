@@ -60,7 +60,7 @@ from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.density import density_of, fit_budget
 from trainlab.curvature.eigs import check_max_hvp, clamp_k, eigs_of
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
-from trainlab.curvature.products import _operator, dense
+from trainlab.curvature.products import _operator, _size, dense
 from trainlab.data.batches import Batch, BatchLoss, as_batches, map_tensors
 from trainlab.errors import ConfigError
 
@@ -416,10 +416,6 @@ def _eigh_seconds(n: int) -> float:
     start = time.perf_counter()
     torch.linalg.eigh(A + A.T)
     return (time.perf_counter() - start) * (n / m) ** 3
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int, seed: int, eig_tol: float,
