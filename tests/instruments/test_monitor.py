@@ -4,8 +4,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.instruments import Context, GradNorm, Instrument, Monitor, Reading, UpdateRatio, Units
 from trainlab.train import Callback, Trainer
 
+from callbacks import Counter, InterruptAt
 from digests import model_digest
 
 
@@ -195,17 +194,6 @@ def test_trainer_writes_instruments_jsonl(small, tmp_path):
         make(small, 1, tmp_path / "other").fit()
 
 
-class InterruptAt(Callback):
-    """A real SIGINT (Ctrl-C) after update ``step``."""
-
-    def __init__(self, step):
-        self.at = step
-
-    def on_step_end(self, trainer, record):
-        if record["step"] == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_kill_and_resume_reads_what_an_uninterrupted_run_reads(small, tmp_path):
     make(small, 4, tmp_path / "whole").fit()
     # update 9 is the one before a due reading: the kept parameters must survive in the checkpoint
@@ -217,20 +205,6 @@ def test_kill_and_resume_reads_what_an_uninterrupted_run_reads(small, tmp_path):
     make(small, 4, tmp_path / "cut", callbacks=[Callback()], resume=True).fit()
     whole, cut = lines(tmp_path / "whole" / "instruments.jsonl"), lines(tmp_path / "cut" / "instruments.jsonl")
     assert without_seconds(cut) == without_seconds(whole)
-
-
-class Counter(Callback):
-    def __init__(self):
-        self.steps = 0
-
-    def on_step_end(self, trainer, record):
-        self.steps += 1
-
-    def state_dict(self):
-        return {"steps": self.steps}
-
-    def load_state_dict(self, state):
-        self.steps = state["steps"]
 
 
 def test_a_resume_may_add_a_callback_before_the_monitor(small, tmp_path):

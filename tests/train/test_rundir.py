@@ -18,6 +18,7 @@ from torch import nn
 from trainlab.errors import ConfigError, DataError, DivergenceError
 from trainlab.train import Callback, Trainer, checkpoint, rundir
 
+from callbacks import Counter, InterruptAt
 from digests import tree_digest
 
 
@@ -421,21 +422,12 @@ def test_ctrl_c_refuses_to_checkpoint_a_non_finite_state(digits, tmp_path):
 
 def test_divergence_after_a_resume_names_the_resumed_checkpoint(digits, tmp_path):
     out = tmp_path / "run"
-    cut = make(digits[0], out, epochs=3, callbacks=[_InterruptAt(40)])
+    cut = make(digits[0], out, epochs=3, callbacks=[InterruptAt(40)])
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
     resumed = make(digits[0], out, epochs=3, callbacks=[Spoil(45, "param", math.nan)], resume=True)
     with pytest.raises(DivergenceError, match=r"step 46 .*loss became nan.*\(it holds step 40, inside epoch 2\)"):
         resumed.fit()
-
-
-class _InterruptAt(Callback):
-    def __init__(self, step):
-        self.at = step
-
-    def on_step_end(self, trainer, record):
-        if record["step"] == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 # ---------------------------------------------------------------------------------------------- faults
@@ -497,20 +489,6 @@ def test_a_modules_extra_state_is_left_to_the_module(tmp_path):
     checkpoint.check_module_state(state["model"], model, tmp_path / "c.pt")
     model.load_state_dict(state["model"])
     assert model[0].note == "kept"
-
-
-class Counter(Callback):
-    def __init__(self):
-        self.steps = 0
-
-    def on_step_end(self, trainer, record):
-        self.steps += 1
-
-    def state_dict(self):
-        return {"steps": self.steps}
-
-    def load_state_dict(self, state):
-        self.steps = state["steps"]
 
 
 def test_a_callback_state_it_cannot_load_is_refused_before_any_write(digits, tmp_path):

@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import signal
 
 import pytest
@@ -13,6 +12,8 @@ import trainlab as tl
 from trainlab.errors import ConfigError, DivergenceError
 from trainlab.train import Callback, Trainer
 from trainlab.train import checkpoint
+
+from callbacks import InterruptAt
 
 TIME_KEYS = {"seconds", "seconds_per_update", "total_seconds"}
 
@@ -178,17 +179,6 @@ def test_resume_at_an_epoch_boundary_is_bitwise_identical(digits, tmp_path):
     summary = resumed.fit()
     assert summary["epochs"] == 4 and len(resumed.history) == 4
     assert_same_run(whole, resumed, tmp_path / "whole", tmp_path / "split")
-
-
-class InterruptAt(Callback):
-    """Sends this process a real SIGINT (Ctrl-C) after update ``step``."""
-
-    def __init__(self, step):
-        self.at = step
-
-    def on_step_end(self, trainer, record):
-        if record["step"] == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_ctrl_c_mid_epoch_checkpoints_and_resumes_bitwise(digits, tmp_path):
