@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trainlab.curvature import progress as progress_bar
-from trainlab.curvature.lanczos import WHICH, lanczos
+from trainlab.curvature.lanczos import check_request, lanczos
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
 from trainlab.data.batches import Batch, BatchLoss
@@ -153,10 +153,7 @@ def clamp_k(k: int, which: str, n: int) -> tuple[int, list[str]]:
     ``n`` the parameter count. Returns ``(k, notes)``. Raises ConfigError for a bad ``k`` or
     ``which``. Cost: none.
     """
-    if which not in WHICH:
-        raise ConfigError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k={k!r} is not allowed; expected a positive integer")
+    check_request(k, which)
     most = -(-n // 2) if which == "both" else n
     if k <= most:
         return k, []

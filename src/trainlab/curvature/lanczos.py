@@ -77,10 +77,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
         ``O(m·n)`` work per product for the reorthogonalisation.
     """
     sync = sync or (lambda v: v)
-    if which not in WHICH:
-        raise ConfigError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k={k!r} is not allowed; expected a positive integer")
+    check_request(k, which)
     if not tol > 0:
         raise ConfigError(f"tol={tol!r} is not allowed; expected a number > 0")
     wanted = min(n, k * (2 if which == "both" else 1))
@@ -123,6 +120,14 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
         T.zero_()
         T[range(keep), range(keep)] = ritz.theta[kept]
         start = keep
+
+
+def check_request(k: int, which: str) -> None:
+    """Raise ConfigError unless ``which`` is one of :data:`WHICH` and ``k`` a positive integer. Cost: none."""
+    if which not in WHICH:
+        raise ConfigError(f"which={which!r} is not allowed; use one of: {', '.join(WHICH)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k={k!r} is not allowed; expected a positive integer")
 
 
 class _Ritz:
