@@ -17,17 +17,10 @@ from trainlab.cli import main
 from trainlab.train import rundir
 from trainlab.train import trainer as trainer_mod
 
+from cli_checks import error_line
 from digests import tree_digest
 
 QUICK = ["--set", "train.epochs=2", "--set", "data.name=iris", "--no-progress"]
-
-
-def one_error_line(capsys, code):
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_train_writes_the_run_directory(tmp_path, capsys):
@@ -68,18 +61,18 @@ def test_config_file(tmp_path, capsys):
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
     code = main(["train", *args, "--no-progress"] + (["--out", str(tmp_path / "r")] if "--resume" not in args else []))
-    line = one_error_line(capsys, code)
+    line = error_line(capsys, code)
     assert line.startswith("trainlab train: error: ") and fragment in line
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
 def test_unreadable_toml_and_bad_data_file(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("seed = = 1\n")
-    line = one_error_line(capsys, main(["train", "--config", str(tmp_path / "bad.toml")]))
+    line = error_line(capsys, main(["train", "--config", str(tmp_path / "bad.toml")]))
     assert "is not valid TOML" in line
     np.savez(tmp_path / "d.npz", x=np.array([[0.0], [np.nan]]), y=np.array([0, 1]))
-    line = one_error_line(capsys, main(["train", "--set", f"data.name={tmp_path / 'd.npz'}", "--out",
-                                        str(tmp_path / "r"), "--no-progress"]))
+    line = error_line(capsys, main(["train", "--set", f"data.name={tmp_path / 'd.npz'}", "--out",
+                                    str(tmp_path / "r"), "--no-progress"]))
     assert "inputs must be finite" in line
 
 
@@ -87,7 +80,7 @@ def test_existing_run_is_kept(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", *QUICK, "--out", out]) == 0
     before = open(os.path.join(out, "checkpoint.pt"), "rb").read()
-    line = one_error_line(capsys, main(["train", *QUICK, "--out", out]))
+    line = error_line(capsys, main(["train", *QUICK, "--out", out]))
     assert "already holds a run" in line and "--resume" in line
     assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == before
 
@@ -109,14 +102,6 @@ def test_console_script_help_and_exit_code(tmp_path):
 # code, one line on stderr with no traceback, and (for refusals) that no file changed.
 
 RUN_FILES = ["checkpoint.pt", "config.toml", "metrics.jsonl", "steps.jsonl", "summary.json"]
-
-
-def error_line(capsys, code, expected_code):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == expected_code, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +371,7 @@ def test_default_run_directories_are_unique_within_one_second(tmp_path, capsys, 
 def test_a_failed_run_leaves_no_empty_default_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     np.savez(tmp_path / "d.npz", x=np.array([[0.0], [np.nan]]), y=np.array([0, 1]))
-    one_error_line(capsys, main(["train", "--set", f"data.name={tmp_path / 'd.npz'}", "--no-progress"]))
+    error_line(capsys, main(["train", "--set", f"data.name={tmp_path / 'd.npz'}", "--no-progress"]))
     assert list((tmp_path / "runs").iterdir()) == []
 
 
@@ -443,5 +428,5 @@ def test_num_classes_with_an_empty_class_warns_in_one_line_and_builds_that_many_
 def test_small_cnn_on_data_it_cannot_pool_names_the_key(tmp_path, capsys):
     code = main(["train", "--set", "data.name=iris", "--set", "model.name=small_cnn", "--no-progress",
                  "--out", str(tmp_path / "r")])
-    line = one_error_line(capsys, code)
+    line = error_line(capsys, code)
     assert "model.name = 'small_cnn'" in line and "(4,)" in line and not (tmp_path / "r").exists()

@@ -13,6 +13,7 @@ import torch
 
 from trainlab.cli import main
 
+from cli_checks import error_line
 from digests import tree_digest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -131,11 +132,7 @@ def bad_cases():
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(user, tmp_path, capsys, args, fragment):
     before = tree_digest(tmp_path)
     code = main(["diagnose", *[a.format(m=user) for a in args]])
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert fragment.format(m=user) in lines[0]
+    assert fragment.format(m=user) in error_line(capsys, code)
     assert tree_digest(tmp_path) == before
 
 

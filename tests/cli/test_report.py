@@ -8,20 +8,13 @@ import pytest
 
 from trainlab.cli import main
 
+from cli_checks import error_line
 from digests import tree_digest
 
 QUICK = ["--set", "train.epochs=2", "--set", "data.name=iris", "--no-progress"]
 READINGS = [{"step": s, "instrument": "sharpness", "value": 3.0 + s / 10, "seconds": 0.01, "n_hvp": 6}
             for s in (2, 4, 6)] + [{"step": 6, "instrument": "grad_norm", "value": 0.5, "seconds": 0.001,
                                     "parts": {"0.weight": 0.4, "0.bias": 0.1}}]
-
-
-def error_line(capsys, code, expected):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == expected, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
