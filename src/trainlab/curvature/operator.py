@@ -62,7 +62,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from trainlab import distributed as dist
-from trainlab.data.batches import Batch, BatchLoss, as_batches, batch_size_of, named_tensors, take, to_device
+from trainlab.data.batches import Batch, BatchLoss, batch_size_of, first_samples, named_tensors, take, to_device
 from trainlab.errors import ConfigError, DataError
 from trainlab.state import preserved
 
@@ -451,17 +451,7 @@ def _check_options(loss_fn: Any, batch_loss: Any, max_samples: Any, max_graph_by
 
 def _load(data: Any, batch_loss: BatchLoss | None, max_samples: int | None, device: torch.device) -> list[Any]:
     """The batches of ``data`` on ``device``, stopping after ``max_samples`` samples."""
-    batches, count = [], 0
-    for batch in as_batches(data, batch_loss):
-        if max_samples is not None:
-            n = batch_size_of(batch)
-            if count + n > max_samples:
-                batch = take(batch, 0, max_samples - count)
-            count += min(n, max_samples - count)
-        batches.append(to_device(batch, device))
-        if max_samples is not None and count >= max_samples:
-            break
-    return batches
+    return [to_device(batch, device) for batch in first_samples(data, max_samples, batch_loss)]
 
 
 def _first_non_finite(t: torch.Tensor) -> tuple[int, float]:

@@ -52,6 +52,21 @@ def as_batches(data: Any, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
         yield _checked(batch, batch_loss)
 
 
+def first_samples(data: Any, max_samples: int | None, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
+    """The batches of ``data`` (:func:`as_batches`) up to its first ``max_samples`` samples, the
+    last one cut to fit (:func:`take`); ``None``: every batch. Stops drawing once it has them."""
+    count = 0
+    for batch in as_batches(data, batch_loss):
+        if max_samples is not None:
+            n = batch_size_of(batch)
+            if count + n > max_samples:
+                batch = take(batch, 0, max_samples - count)
+            count += min(n, max_samples - count)
+        yield batch
+        if max_samples is not None and count >= max_samples:
+            break
+
+
 def batch_size_of(batch: Any) -> int:
     """The number of samples in ``batch``: ``len(y)`` of an ``(x, y)`` pair; for a dict, tuple
     or list the leading dimension its tensors share (a :class:`DataError` if they disagree)."""

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from trainlab.curvature import analysis_mode
-from trainlab.data.batches import BatchLoss, as_batches, batch_size_of, take, to_device
+from trainlab.data.batches import BatchLoss, batch_size_of, first_samples, to_device
 from trainlab.errors import ConfigError, DataError
 from trainlab.state import preserved
 
@@ -349,16 +349,8 @@ class Monitor:
         DataLoader does not move the global random state."""
         if self._source is not data:
             with preserved(model, parameters=False):
-                batches, count = [], 0
-                for batch in as_batches(data, self.batch_loss):
-                    n = batch_size_of(batch)
-                    if count + n > self.sample:
-                        batch = take(batch, 0, self.sample - count)
-                    batches.append(batch)
-                    count += min(n, self.sample - count)
-                    if count >= self.sample:
-                        break
-            if count == 0:
+                batches = list(first_samples(data, self.sample, self.batch_loss))
+            if sum(batch_size_of(batch) for batch in batches) == 0:
                 raise DataError("the training data holds no samples for the Monitor's readings")
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             self._sample = to_device(batches[0] if len(batches) == 1 else _concat(batches), device)
