@@ -50,6 +50,7 @@ def preserved(model: nn.Module, parameters: bool = True) -> Iterator[None]:
 class _Snapshot:
     buffers: list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
     params: list[tuple[nn.Module, str, nn.Parameter]] = field(default_factory=list)
+    unique: list[nn.Parameter] = field(default_factory=list)  # each parameter of ``params`` once
     values: list[torch.Tensor] | None = None
     flags: list[tuple[nn.Module, bool]] = field(default_factory=list)
     requires_grad: list[bool] = field(default_factory=list)
@@ -66,11 +67,11 @@ class _Snapshot:
             for name, p in module._parameters.items():
                 if p is not None:
                     s.params.append((module, name, p))
-        unique = _unique([p for _, _, p in s.params])
-        s.requires_grad = [p.requires_grad for p in unique]
-        s.grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in unique]
+        s.unique = _unique([p for _, _, p in s.params])
+        s.requires_grad = [p.requires_grad for p in s.unique]
+        s.grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in s.unique]
         if parameters:
-            s.values = [p.detach().clone() for p in unique]
+            s.values = [p.detach().clone() for p in s.unique]
         s.rng = _rng_states()
         return s
 
@@ -79,13 +80,12 @@ class _Snapshot:
         for module, name, p in self.params:  # the parameter objects first: values go into them
             if module._parameters.get(name) is not p:
                 module._parameters[name] = p
-        unique = _unique([p for _, _, p in self.params])
-        for p, flag in zip(unique, self.requires_grad):
+        for p, flag in zip(self.unique, self.requires_grad):
             p.requires_grad_(flag)
         if self.values is not None:
-            for p, value in zip(unique, self.values):
+            for p, value in zip(self.unique, self.values):
                 p.copy_(value)
-        for p, (grad, value) in zip(unique, self.grads):
+        for p, (grad, value) in zip(self.unique, self.grads):
             if grad is not None:
                 grad.copy_(value)
             p.grad = grad
