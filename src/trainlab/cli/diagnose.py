@@ -314,6 +314,8 @@ def _load(model: nn.Module, state: dict[str, Any], source: str, what: str) -> No
     key is there, no key is foreign, every shape fits and every weight is finite."""
     import torch
 
+    from trainlab.train import checkpoint
+
     expected = model.state_dict()
     foreign = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if foreign:
@@ -329,10 +331,9 @@ def _load(model: nn.Module, state: dict[str, Any], source: str, what: str) -> No
         if tuple(state[key].shape) != tuple(value.shape):
             raise DataError(f"{source} does not fit {what}: {key!r} has shape {tuple(state[key].shape)} in the file,"
                             f" {tuple(value.shape)} in the model")
-    for key, value in state.items():
-        if value.is_floating_point() or value.is_complex():
-            if not bool(torch.isfinite(value).all()):
-                raise DataError(f"{source} holds non-finite weights in {key}; it is not a usable point to analyse")
+    bad = checkpoint.non_finite(state)
+    if bad is not None:
+        raise DataError(f"{source} holds non-finite weights in {bad}; it is not a usable point to analyse")
     try:
         model.load_state_dict(state)
     except Exception as e:  # e.g. a dtype that cannot be copied into the parameter
