@@ -43,8 +43,6 @@ from trainlab.errors import ConfigError, DataError
 from trainlab.train import rundir
 from trainlab.train.checkpoint import write_text
 
-#: The files of a run directory the report reads.
-LOGS = ("metrics.jsonl", "steps.jsonl", "instruments.jsonl")
 NO_READINGS = "no instrument readings (train with --monitor)"
 
 # Sizes chosen for a phone: a figure 4.8 in wide is drawn about 370 px wide on a 390 px
