@@ -57,8 +57,8 @@ from trainlab.train.callbacks import HOOKS
 #: A loss larger than this multiple of the run's first loss counts as divergence.
 DIVERGENCE_FACTOR = 1e3
 EVAL_BATCH_SIZE = 1024
-#: The files a Trainer writes into its run directory.
-TRAINER_FILES = ("metrics.jsonl", "steps.jsonl", "summary.json", "checkpoint.pt", "instruments.jsonl")
+#: The files a Trainer writes into its run directory: all of a run's but run.train's config.toml.
+TRAINER_FILES = tuple(name for name in rundir.RUN_FILES if name != "config.toml")
 #: What a checkpoint written by the Trainer holds (``callbacks`` is optional: older runs lack it).
 STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "batch", "partial", "first_loss", "rng")
 
