@@ -170,13 +170,12 @@ def saved_config(out: str | Path) -> RunConfig:
     return config_mod.load(path)
 
 
-def _resumable(config: RunConfig, out: Path) -> RunConfig:
+def _resumable(config: RunConfig, out: Path) -> None:
     before, now = _flat(saved_config(out).to_dict()), _flat(config.to_dict())
     for key in before:
         if key not in RESUMABLE and before[key] != now[key]:
             raise ConfigError(f"cannot resume {str(out)!r} with {key} = {now[key]!r}: the run was trained with"
                               f" {before[key]!r}, and only {', '.join(RESUMABLE)} may change on resume")
-    return config
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
