@@ -65,7 +65,9 @@ class Units(Instrument):
             for handle in handles:
                 handle.remove()
         parts, units, stuck = {}, 0, 0
-        for (name, n, k), kind in zip(found, [_kind(dict(modules), name) for name, _, _ in found]):
+        by_name = dict(modules)
+        for name, n, k in found:
+            kind = _kind(by_name, name)
             share = k / n if n else 0.0
             parts[name] = {"dead": share if kind == "dead" else 0.0, "saturated": share if kind == "saturated" else 0.0}
             units, stuck = units + n, stuck + k
