@@ -394,11 +394,8 @@ def _check_types(table: Any, prefix: str) -> None:
             continue
         if not _accepts(hint, value):
             raise ConfigError(f"{name} = {_show(value)} is not allowed; expected {_describe(hint)}")
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ConfigError(f"{name} = {_show(value)} is not allowed; expected UTF-8 text") from None
+        if isinstance(value, str) and not _toml._is_utf8(value):
+            raise ConfigError(f"{name} = {_show(value)} is not allowed; expected UTF-8 text")
 
 
 def _get(config: RunConfig, key: str) -> Any:
