@@ -67,6 +67,23 @@ def first_samples(data: Any, max_samples: int | None, batch_loss: BatchLoss | No
             break
 
 
+def concat(batches: list[Any]) -> Any:
+    """Batches joined along the sample dimension (tensors concatenated; dicts, tuples and
+    lists walked; anything else taken from the first batch)."""
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches) if first.dim() > 0 else first
+    if isinstance(first, dict):
+        return {k: concat([b[k] for b in batches]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(concat(list(parts)) for parts in zip(*batches))
+    if isinstance(first, list):
+        if any(isinstance(v, torch.Tensor) for v in first):
+            return [concat(list(parts)) for parts in zip(*batches)]
+        return [v for b in batches for v in b]
+    return first
+
+
 def batch_size_of(batch: Any) -> int:
     """The number of samples in ``batch``: ``len(y)`` of an ``(x, y)`` pair; for a dict, tuple
     or list the leading dimension its tensors share (a :class:`DataError` if they disagree)."""

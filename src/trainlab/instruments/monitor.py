@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from trainlab.curvature import analysis_mode
-from trainlab.data.batches import BatchLoss, batch_size_of, first_samples, to_device
+from trainlab.data.batches import BatchLoss, batch_size_of, concat, first_samples, to_device
 from trainlab.errors import ConfigError, DataError
 from trainlab.state import preserved
 
@@ -353,26 +353,9 @@ class Monitor:
             if sum(batch_size_of(batch) for batch in batches) == 0:
                 raise DataError("the training data holds no samples for the Monitor's readings")
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            self._sample = to_device(batches[0] if len(batches) == 1 else _concat(batches), device)
+            self._sample = to_device(batches[0] if len(batches) == 1 else concat(batches), device)
             self._source = data
         return self._sample
-
-
-def _concat(batches: list[Any]) -> Any:
-    """Batches joined along the sample dimension (tensors concatenated; dicts, tuples and
-    lists walked; anything else taken from the first batch)."""
-    first = batches[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(batches) if first.dim() > 0 else first
-    if isinstance(first, dict):
-        return {k: _concat([b[k] for b in batches]) for k in first}
-    if isinstance(first, tuple):
-        return tuple(_concat(list(parts)) for parts in zip(*batches))
-    if isinstance(first, list):
-        if any(isinstance(v, torch.Tensor) for v in first):
-            return [_concat(list(parts)) for parts in zip(*batches)]
-        return [v for b in batches for v in b]
-    return first
 
 
 def _plain(obj: Any) -> Any:

@@ -84,10 +84,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from trainlab.curvature import analysis_mode, diagnose, escape
-from trainlab.data.batches import as_batches
+from trainlab.data.batches import concat, first_samples
 from trainlab.errors import ConfigError
 from trainlab.instruments import Context, Stability, Units
 from trainlab.instruments.noise import NoiseScale
@@ -514,17 +514,5 @@ def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -
 def bounded_sample(source: Dataset | Iterable[Any] | tuple[torch.Tensor, torch.Tensor], limit: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``limit`` samples of a dataset, a DataLoader or an ``(x, y)`` batch, as one batch."""
-    if isinstance(source, TensorDataset):
-        x, y = source.tensors[:2]
-        return x[:limit], y[:limit]
-    if isinstance(source, Dataset) and not isinstance(source, (tuple, list)):
-        items = [source[i] for i in range(min(limit, len(source)))]
-        return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.stack([torch.as_tensor(b) for _, b in items])
-    xs, ys, count = [], [], 0
-    for x, y in as_batches(source):
-        xs.append(x[:limit - count])
-        ys.append(y[:limit - count])
-        count += len(ys[-1])
-        if count >= limit:
-            break
-    return torch.cat(xs), torch.cat(ys)
+    batches = list(first_samples(source, limit))
+    return batches[0] if len(batches) == 1 else concat(batches)
