@@ -11,7 +11,8 @@ STAMP      := $(VENV)/.trainlab-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the integrations' frameworks too, so CI covers trainlab.integrations (issue 14)
+	$(BIN)/python -m pip install --quiet -e ".[dev,lightning,hf,tensorboard]"
 	touch $@
 
 demo: $(STAMP)
