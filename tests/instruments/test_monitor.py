@@ -265,3 +265,31 @@ def test_cli_monitor_writes_readings(cli_run):
                                                              "sharpness": 300, "stability": 300, "noise_scale": 500,
                                                              "gsnr": 500}
     assert all("error" not in r and r["value"] == r["value"] for r in last.values())  # none failed, none NaN
+
+
+@pytest.mark.parametrize("periods", [(6, 4), (5, 3), (7, 7), (1, 9)])
+def test_schedule_with_kept_parameters_across_periods(periods):
+    """Readings fall exactly on the multiples of each period, and update_ratio always compares
+    with the parameters just before the last update, whatever the periods' common divisor."""
+    ratio_every, norm_every = periods
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    model = nn.Linear(5, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    monitor = Monitor(instruments=[UpdateRatio(every=ratio_every), GradNorm(every=norm_every)], sample=32)
+    seen = {"update_ratio": [], "grad_norm": []}
+    for step in range(1, 31):
+        before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+        loss = F.cross_entropy(model(x[step % 4 * 16:][:16]), y[step % 4 * 16:][:16])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        for r in monitor.after_step(model, loss.item(), F.cross_entropy, (x, y), opt):
+            seen[r.instrument].append(r.step)
+            if r.instrument == "update_ratio":
+                expected = float((after - before).norm() / after.norm())
+                assert r.value == pytest.approx(expected, rel=1e-6)
+    # (at update 1 no earlier parameters were seen: the Monitor starts watching after it)
+    assert seen == {"update_ratio": [s for s in range(ratio_every, 31, ratio_every) if s > 1],
+                    "grad_norm": list(range(norm_every, 31, norm_every))}

@@ -8,8 +8,9 @@ once), the optimizer, the update count — and calls the instrument's ``read(ctx
 reading becomes a :class:`Reading` (step, instrument, value, seconds, extra fields).
 
 An instrument is any object with ``name``, ``every`` and ``read(ctx) -> {"value": float, ...}``
-(optionally ``needs_previous``, ``runs_model``, ``state_dict`` and ``load_state_dict``); :class:`Instrument`
-is the base class with those defaults. A reading that raises does not stop training: it is
+(optionally ``needs_previous``, ``runs_model``, ``guarded``, ``state_dict`` and ``load_state_dict``);
+:class:`Instrument` is the base class with those defaults. The periods are fixed when the Monitor
+is built: between readings an update costs the Monitor one modulo. A reading that raises does not stop training: it is
 recorded with value NaN and an ``"error"`` field, and warned about once per instrument.
 
 Use it as a :class:`~trainlab.train.Trainer` callback (``callbacks=[Monitor()]``, readings
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,8 +53,8 @@ class Context:
 
     ``batch`` is the fixed bounded sample (an ``(x, y)`` pair, or any batch ``batch_loss``
     reads); ``step`` the updates done; ``lr`` the first parameter group's learning rate;
-    ``batch_size`` the samples per training update; ``previous`` the parameters (by name)
-    just before the last update, or ``None`` when unknown.
+    ``batch_size`` the samples per training update (over all ranks under ``torch.distributed``);
+    ``previous`` the parameters (by name) just before the last update, or ``None`` when unknown.
     """
 
     model: nn.Module
@@ -107,11 +108,13 @@ class Reading:
 class Instrument:
     """Base class: an instrument named ``name``, read every ``every`` updates (``None``: the
     Monitor's ``every``). ``needs_previous``: it reads ``ctx.previous``. ``runs_model = False``:
-    it reads parameters only, so the Monitor skips the analysis-mode guard."""
+    it reads parameters only, and ``guarded = True``: it runs the model inside its own
+    :func:`~trainlab.curvature.analysis_mode` — either way the Monitor adds no guard of its own."""
 
     name = "instrument"
     needs_previous = False
     runs_model = True
+    guarded = False
 
     def __init__(self, every: int | None = None):
         if every is not None:
@@ -225,6 +228,10 @@ class Monitor:
         self._source: Any = None  # the data the cached sample was drawn from
         self._sample: Any = None
         self._failed: set[str] = set()  # instruments already warned about
+        # every period divides a multiple of these: updates that are not multiples need no look
+        self._base = math.gcd(*(self.period(inst) for inst in self.instruments))
+        self._base_previous = math.gcd(*(self.period(inst) for inst in self.instruments
+                                         if getattr(inst, "needs_previous", False)))  # 0: none
 
     def period(self, instrument: Any) -> int:
         """Updates between readings of ``instrument``."""
@@ -271,6 +278,9 @@ class Monitor:
             raise ConfigError("Monitor.after_step: loss_fn is None; pass the loss function (outputs, targets) -> mean"
                               " loss, or build the Monitor with batch_loss=(model, batch) -> mean loss")
         self.step = self.step + 1 if step is None else int(step)
+        if self.step % self._base and self._previous is None and \
+                not (self._base_previous and (self.step + 1) % self._base_previous == 0):
+            return []  # nothing due now, nothing to keep for the next update: the common case
         due = [inst for inst in self.instruments if self.step % self.period(inst) == 0
                and not (getattr(inst, "needs_previous", False) and self._previous is None)]
         readings = []
@@ -319,9 +329,10 @@ class Monitor:
     def _read(self, inst: Any, ctx: Context) -> Reading:
         started = time.perf_counter()
         try:
-            # an instrument that never runs the model (runs_model = False) needs no guard, which costs a
-            # snapshot of buffers, gradients and random states per reading
-            guard = analysis_mode(ctx.model, self.mode) if getattr(inst, "runs_model", True) else nullcontext()
+            # an instrument that never runs the model (runs_model = False) or guards itself (guarded) needs no
+            # guard here, which would cost another snapshot of buffers, gradients and random states
+            own = getattr(inst, "runs_model", True) and not getattr(inst, "guarded", False)
+            guard = analysis_mode(ctx.model, self.mode) if own else nullcontext()
             with guard:
                 result = dict(inst.read(ctx))
             value = float(result.pop("value"))

@@ -37,8 +37,9 @@ from trainlab.data.batches import BatchLoss, batch_size_of, map_tensors, take
 from trainlab.errors import ConfigError, DataError
 from trainlab.instruments.sharpness import _check_every, wide
 
-#: Samples per vmap chunk, at most.
-CHUNK = 64
+#: Samples per vmap chunk, at most: fewer, larger vmap calls are faster (measured on one core, 256
+#: digits: 128 per call takes 0.7× the time of 64 for the digits MLP, 0.86× for the small CNN).
+CHUNK = 128
 #: GSNR leaves out coordinates whose per-sample gradients are zero up to rounding: root mean
 #: square below this many machine epsilons (of the gradients' dtype) of the largest coordinate's.
 ZERO_GRADIENT = 100
@@ -67,7 +68,7 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     Parameters: ``model``; ``loss_fn(outputs, targets)`` (a mean over the batch, or ``None``
     with ``batch_loss``); ``batch`` an ``(x, y)`` pair or, with ``batch_loss=(model, batch) ->
     loss``, any batch whose tensors have a leading sample dimension; ``chunk`` at most this many
-    samples per ``vmap`` call (64; fewer when a chunk's gradients would exceed 256 MiB).
+    samples per ``vmap`` call (128; fewer when a chunk's gradients would exceed 256 MiB).
     Each sample goes through the model as a batch of one. The model's current mode is used
     (call inside :func:`trainlab.curvature.analysis_mode`); BatchNorm in training mode is
     refused (samples interact through its batch statistics).
@@ -144,7 +145,7 @@ class Moments:
         cancellation from a raw sum of squares)."""
         total: Moments | None = None
         for rows in chunks:
-            # within a chunk (≤ 64 rows) the model's precision is enough; the merge is float64
+            # within a chunk (≤ 128 rows) the model's precision is enough; the merge is float64
             mean = rows.mean(0)
             part = cls(len(rows), wide(mean), wide((rows - mean).square_().sum(0)), rows.dtype)
             total = part if total is None else total.merged(part)
@@ -228,7 +229,7 @@ class NoiseScale:
     ``tr(Σ)/n``; ``"debiased"`` uses ``‖G‖² − tr(Σ)/n`` instead (``None`` when that is ≤ 0:
     the noise hides the mean at this sample size).
 
-    Parameters: ``every`` (100; ``None``: the Monitor's), ``chunk`` (64 samples per vmap call),
+    Parameters: ``every`` (100; ``None``: the Monitor's), ``chunk`` (128 samples per vmap call),
     ``max_samples`` (``None``: the whole sample; else its first ``max_samples``, ≥ 2).
     Reading: ``{"value": B_simple, "trace_sigma", "grad_norm_sq", "samples", "batch_size",
     "batch_over_noise": batch_size / B_simple, "debiased"}`` (``batch_size`` and
@@ -240,6 +241,7 @@ class NoiseScale:
     """
 
     name = "noise_scale"
+    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
 
     def __init__(self, every: int | None = 100, chunk: int = CHUNK, max_samples: int | None = None):
         self.every, self.chunk = _check_every(every), _check_chunk(chunk)
@@ -280,7 +282,7 @@ class GSNR:
 
     ``T`` is ``B_simple / b``; when the test fails, the batch is too small for the noise.
 
-    Parameters: ``every`` (100; ``None``: the Monitor's), ``theta`` (0.9), ``chunk`` (64),
+    Parameters: ``every`` (100; ``None``: the Monitor's), ``theta`` (0.9), ``chunk`` (128),
     ``max_samples`` (``None``: the whole sample).
     Reading: ``{"value": mean GSNR, "coordinates": coordinates averaged, "norm_test": T,
     "norm_test_passes": T ≤ θ², "theta", "batch_size"}`` (``norm_test`` and its verdict ``None``
@@ -288,6 +290,7 @@ class GSNR:
     """
 
     name = "gsnr"
+    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
 
     def __init__(self, every: int | None = 100, theta: float = 0.9, chunk: int = CHUNK,
                  max_samples: int | None = None):

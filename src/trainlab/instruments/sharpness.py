@@ -255,6 +255,7 @@ class Sharpness:
     """
 
     name = "sharpness"
+    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
 
     def __init__(self, every: int | None = 100, tol: float = 1e-4, max_hvp: int = 200, basis_size: int = 60,
                  refresh: int | None = 10):
@@ -454,6 +455,7 @@ class Stability:
     """
 
     name = "stability"
+    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
 
     def __init__(self, every: int | None = 100, tol: float = 1e-4, max_hvp: int = 200, basis_size: int = 60,
                  refresh: int | None = 10):
@@ -522,6 +524,7 @@ class HessianTrace:
     """
 
     name = "trace"
+    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
 
     def __init__(self, every: int | None = 100, samples: int = 30, method: str = "hutch++"):
         self.every = _check_every(every)
