@@ -1,0 +1,142 @@
+"""TensorBoard: readings, doctor events and losses written by trainlab, read back with
+TensorBoard's own EventAccumulator."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from trainlab.errors import ConfigError  # noqa: E402
+from trainlab.instruments import Monitor  # noqa: E402
+from trainlab.instruments.gradients import GradNorm  # noqa: E402
+from trainlab.instruments.sharpness import Sharpness  # noqa: E402
+from trainlab.integrations import event_text  # noqa: E402
+from trainlab.integrations.tensorboard import EVENT_FILE, EVENT_TAG, TensorBoardLogger  # noqa: E402
+from trainlab.train.doctor import StallDoctor  # noqa: E402
+
+from toys import linear_saddle, squared_error  # noqa: E402
+
+
+def read_back(log_dir):
+    """Every scalar and text TensorBoard finds in ``log_dir``: ``({tag: [(step, value)]}, {tag: [(step, text)]})``."""
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    found = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags["scalars"]}
+    texts = {tag: [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+             for tag in tags["tensors"]}
+    return found, texts
+
+
+def f32(x):
+    """What TensorBoard stores of a scalar: a float32."""
+    return torch.tensor(x, dtype=torch.float32).item()
+
+
+def test_a_plain_loop_s_readings_events_and_losses_read_back(tmp_path):
+    """A stalled linear network (zero weights: a saddle) in a plain loop with a Monitor and the
+    doctor: every reading, the escape event and each loss appear in TensorBoard at their update."""
+    model, x, y = linear_saddle()
+    with torch.no_grad():  # off the exact saddle, so gradient and sharpness readings are not all zero
+        model[1].weight.fill_(0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = Monitor(instruments=[GradNorm(every=1), Sharpness(every=3)])
+    doctor = StallDoctor(full_batch_window=5, min_rel_improvement=0.05)
+    losses, events = {}, []
+    with TensorBoardLogger(tmp_path / "tb") as tb:
+        for step in range(1, 16):
+            loss = squared_error(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[step] = loss.item()
+            tb.scalars({"trainlab/train/loss": loss}, step)
+            tb.readings(monitor.after_step(model, loss, squared_error, (x, y), opt), step)
+            event = doctor.after_step(model, loss.item(), squared_error, (x, y), opt, full_batch=True)
+            if event is not None:
+                events.append((step, event))
+                tb.event(event, step)
+    scalars, texts = read_back(tmp_path / "tb")
+
+    assert scalars["trainlab/train/loss"] == [(s, f32(v)) for s, v in losses.items()]
+    for name in ("grad_norm", "sharpness"):
+        expected = [(r.step, f32(r.value)) for r in monitor.history if r.instrument == name]
+        assert scalars[f"trainlab/{name}"] == expected and len(expected) == (15 if name == "grad_norm" else 5)
+    assert events, "the doctor should have treated the saddle"
+    step, event = events[0]
+    assert event["action"] == "escape" and event["applied"]
+    assert texts[f"{EVENT_TAG}/text_summary"][0] == (step, event_text(event))
+    assert "stall: " in event_text(event) and "escape" in event_text(event)
+    assert scalars["trainlab/doctor/event"][0] == (step, 1.0)
+    assert scalars["trainlab/doctor/applied"][0] == (step, 1.0)
+    assert scalars["trainlab/doctor/loss_after"][0] == (step, f32(event["loss_after"]))
+    assert scalars["trainlab/doctor/lambda_min"][0] == (step, f32(event["lambda_min"]))
+
+
+def test_resume_hides_what_the_interrupted_run_wrote_after_its_checkpoint(tmp_path):
+    """purge_step=S: TensorBoard shows each update once — the first run's values before S, the
+    resumed run's from S on — even when both files open within the same second."""
+    with TensorBoardLogger(tmp_path) as tb:
+        for step in range(1, 11):
+            tb.scalars({"loss": float(step)}, step)
+    with TensorBoardLogger(tmp_path, purge_step=6) as tb:
+        for step in range(6, 13):
+            tb.scalars({"loss": 100.0 + step}, step)
+    scalars, _ = read_back(tmp_path)
+    assert scalars["loss"] == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 13)]
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(EVENT_FILE))
+    seconds = [int(name[len(EVENT_FILE):].split(".")[0]) for name in files]
+    assert len(files) == 2 and seconds[0] < seconds[1]  # read in this order, as written
+
+
+def test_non_finite_values_are_left_out_and_tensors_taken(tmp_path):
+    with TensorBoardLogger(tmp_path) as tb:
+        written = tb.scalars({"a": torch.tensor(2.5), "b": float("nan"), "c": None, "d": float("inf"), "e": 3}, 0)
+        assert written == {"a": 2.5, "e": 3.0}
+        assert tb.readings([{"instrument": "sharpness", "value": 7.0}, {"instrument": "units", "value": None}],
+                           4) == {"trainlab/sharpness": 7.0}
+    scalars, _ = read_back(tmp_path)
+    assert scalars == {"a": [(0, 2.5)], "e": [(0, 3.0)], "trainlab/sharpness": [(4, 7.0)]}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: TensorBoardLogger(3), "log_dir=3 is not allowed; expected a directory path"),
+    (lambda d: TensorBoardLogger(""), "log_dir='' is not allowed"),
+    (lambda d: TensorBoardLogger(d / "file"), "is a file; expected a directory"),
+    (lambda d: TensorBoardLogger(d, purge_step=-1), "purge_step=-1 is not allowed; expected an update count"),
+    (lambda d: TensorBoardLogger(d, flush_secs=0), "flush_secs=0 is not allowed; expected seconds > 0"),
+    (lambda d: TensorBoardLogger(d).scalars({"a": 1.0}, 1.5), "step=1.5 is not allowed"),
+    (lambda d: TensorBoardLogger(d).scalars({"a": 1.0}, True), "step=True is not allowed"),
+    (lambda d: TensorBoardLogger(d).scalars({"a": "high"}, 1), "a='high' is not allowed; expected a number"),
+    (lambda d: TensorBoardLogger(d).scalars([1.0], 1), "[1.0] is not allowed; expected a mapping"),
+    (lambda d: TensorBoardLogger(d).event({"verdict": "saddle"}, -2), "step=-2 is not allowed"),
+])
+def test_bad_arguments_are_one_sentence(tmp_path, make, message):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError) as e:
+        make(tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_closed_logger_refuses_to_write(tmp_path):
+    tb = TensorBoardLogger(tmp_path)
+    tb.close()
+    tb.close()  # twice is fine
+    tb.flush()
+    with pytest.raises(ValueError, match="is closed; open a new one"):
+        tb.scalars({"a": 1.0}, 1)
+
+
+def test_without_tensorboard_the_message_names_the_pip_install():
+    code = ("import sys; sys.modules['tensorboard'] = None\n"
+            "try:\n    import trainlab.integrations.tensorboard\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"OMP_NUM_THREADS": "1", "PATH": ""}).stdout.strip()
+    assert out.startswith("trainlab.integrations.tensorboard needs the 'tensorboard' package")
+    assert "pip install 'trainlab[tensorboard]'" in out and "\n" not in out
+
