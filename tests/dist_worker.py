@@ -39,6 +39,34 @@ def training_result(x, y, batch_size, seed=0):
     return torch.nn.utils.parameters_to_vector(net.parameters()).detach(), trainer.step
 
 
+def units_model():
+    """A ReLU MLP with one unit dead everywhere and one alive only where x₀ > 2.2 (two samples, both on rank 0's share,
+    not on every rank's share): units is right only if ranks agree on which units are stuck."""
+    net = tl.nn.mlp(6, [5], 3, activation="relu", seed=0).double()
+    first = next(m for m in net if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        first.weight[0].zero_()
+        first.bias[0] = -1.0
+        first.weight[1] = torch.tensor([10.0, 0, 0, 0, 0, 0], dtype=torch.float64)
+        first.bias[1] = -22.0
+    return net
+
+
+def instrument_readings(x, y, net, optimizer=None):
+    """Every instrument that reads the sample, once, on ``(x, y)`` (the whole of it)."""
+    from trainlab.instruments import GradNorm, HessianTrace, Monitor, Sharpness, Stability, Units
+    from trainlab.instruments.noise import GSNR, NoiseScale
+
+    optimizer = optimizer or torch.optim.SGD(net.parameters(), lr=0.1)
+    monitor = Monitor(every=1, sample=len(y), seed=0, progress=False,
+                      instruments=[GradNorm(), NoiseScale(every=1), GSNR(every=1), Units(), Sharpness(every=1, tol=1e-10),
+                                   Stability(every=1, tol=1e-10), HessianTrace(every=1, samples=12)])
+    readings = monitor.after_step(net, 0.0, F.cross_entropy, (x, y), optimizer, batch_size=8)
+    return {r.instrument: {"value": r.value, **{k: v for k, v in r.extra.items() if k in ("parts", "trace_sigma",
+                                                                                          "samples", "coordinates")}}
+            for r in readings}
+
+
 def run(rank, world, port, out, scenario):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -48,6 +76,8 @@ def run(rank, world, port, out, scenario):
         if scenario == "curvature":
             result = curvature_results(x[rank::world], y[rank::world], model())
             result["params"], result["steps"] = training_result(x, y, B)
+        elif scenario == "instruments":
+            result = {"readings": instrument_readings(x[rank::world], y[rank::world], units_model())}
         elif scenario == "mismatch":
             try:
                 tl.curvature.gradient(model() if rank == 0 else tl.nn.mlp(6, [7], 3).double(), F.cross_entropy,

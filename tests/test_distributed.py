@@ -99,3 +99,18 @@ def test_backend_is_nccl_only_with_a_gpu_for_every_local_process(monkeypatch, gp
         assert choose("nccl", gpus - 1, gpus) == "nccl"
         with pytest.raises(ConfigError, match=f"LOCAL_RANK={gpus} and only {gpus} GPU"):
             choose("nccl", gpus, gpus + 1)
+
+
+def test_instruments_read_the_union_of_the_ranks_samples(tmp_path):
+    """Every rank reads what one process reads on all the ranks' samples together (float64)."""
+    x, y = dist_worker.problem()
+    single = dist_worker.instrument_readings(x, y, dist_worker.units_model())
+    assert 0 < single["units"]["value"] < 0.5 and single["units"]["parts"]  # one unit of five dead, not two
+    for rank in spawn("instruments", tmp_path):
+        got = rank["readings"]
+        assert set(got) == set(single)
+        for name, reading in single.items():
+            assert got[name]["value"] == pytest.approx(reading["value"], rel=1e-8, abs=1e-12), name
+        assert got["units"]["parts"] == single["units"]["parts"]
+        assert got["noise_scale"]["samples"] == len(y)
+        assert got["grad_norm"]["parts"] == pytest.approx(single["grad_norm"]["parts"], rel=1e-8)

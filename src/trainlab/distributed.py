@@ -99,6 +99,19 @@ def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """The element-wise minimum of ``tensor`` over the ranks, in place; returned for chaining."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=group)
+    return tensor
+
+
+def all_gather(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (same shape on all ranks), in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return parts
+
+
 def broadcast(tensor: torch.Tensor, group: Any = None, src: int = 0) -> torch.Tensor:
     """Rank ``src``'s ``tensor`` on every rank, in place."""
     dist.broadcast(tensor, src=dist.get_global_rank(group, src) if group is not None else src, group=group)

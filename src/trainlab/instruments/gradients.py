@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from trainlab import distributed as dist
+from trainlab.data.batches import batch_size_of
 from trainlab.instruments.monitor import Context, Instrument
 
 
@@ -21,14 +23,27 @@ class GradNorm(Instrument):
     recurrent neural networks"); a vanishing norm with a high loss is a stall at a critical
     point. Cockpit (Schneider, Dangel & Hennig 2021) shows the same gauge. Cost: one forward
     and one backward pass over the sample.
+
+    Under ``torch.distributed`` (a process group of several ranks is initialised) each rank's
+    sample is its share: the gradient is ``Σ_r (n_r/N) ∇L_r`` summed over the ranks (one
+    all-reduce), so every rank reads the gradient norm of all the ranks' samples together.
     """
 
     name = "grad_norm"
 
     def read(self, ctx: Context) -> dict[str, Any]:
         named = ctx.parameters()
-        grads = torch.autograd.grad(ctx.loss(), [p for _, p in named], allow_unused=True)
-        norms = _norms([torch.zeros(()) if g is None else g for g in grads])
+        params = [p for _, p in named]
+        loss = ctx.loss()
+        if dist.active():
+            count = torch.tensor([float(batch_size_of(ctx.batch))], dtype=torch.float64, device=params[0].device)
+            loss = loss * float(count / dist.all_reduce_sum(count.clone()))
+        grads = [torch.zeros_like(p) if g is None else g
+                 for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+        if dist.active():
+            flat = dist.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+            grads = [part.view_as(p) for part, p in zip(flat.split([p.numel() for p in params]), params)]
+        norms = _norms(grads)
         parts = {name: norm for (name, _), norm in zip(named, norms)}
         return {"value": math.sqrt(sum(v * v for v in norms)), "parts": parts}
 

@@ -13,6 +13,11 @@ An instrument is any object with ``name``, ``every`` and ``read(ctx) -> {"value"
 is built: between readings an update costs the Monitor one modulo. A reading that raises does not stop training: it is
 recorded with value NaN and an ``"error"`` field, and warned about once per instrument.
 
+Under ``torch.distributed`` (a process group of several ranks is initialised) each rank's
+sample is the first ``sample`` samples of its own share of the data, and every instrument sums
+over the ranks (gradients, moments, stuck units, Hessian products): all ranks read the same
+values, those of one process on the union of the ranks' samples (``tests/test_distributed.py``).
+
 Use it as a :class:`~trainlab.train.Trainer` callback (``callbacks=[Monitor()]``, readings
 written to ``RUN/instruments.jsonl``) or in a plain loop::
 

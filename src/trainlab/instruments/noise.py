@@ -17,6 +17,10 @@ A per-sample gradient exists only when samples do not interact: BatchNorm in tra
 normalises with the batch's statistics, so those readings refuse ``mode="train"`` with
 BatchNorm (the Monitor's default, ``eval``, uses the running statistics and is exact).
 Readings run inside :func:`trainlab.curvature.analysis_mode` and leave the model as it was.
+
+Under ``torch.distributed`` (a process group of several ranks is initialised) each rank's
+sample is its share: the ranks' moments are gathered and merged in rank order by the same
+exact update, so every rank reads the moments of all the ranks' samples together.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
+from trainlab import distributed as dist
 from trainlab.curvature import analysis_mode
 from trainlab.curvature.operator import _has_batch_norm
 from trainlab.data.batches import BatchLoss, batch_size_of, map_tensors, take
@@ -153,6 +158,20 @@ class Moments:
             raise DataError("the sample holds no samples")
         return total
 
+    def over_ranks(self) -> "Moments":
+        """The moments of every rank's gradients together (gathered, merged in rank order: the
+        same result on every rank); ``self`` without an active process group."""
+        if not dist.active():
+            return self
+        device = self.mean.device
+        counts = dist.all_gather(torch.tensor([self.count], device=device))
+        means, m2s = dist.all_gather(self.mean), dist.all_gather(self.m2)
+        parts = [Moments(int(c), mean, m2, self.dtype) for c, mean, m2 in zip(counts, means, m2s) if int(c) > 0]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total.merged(part)
+        return total
+
     def merged(self, other: "Moments") -> "Moments":
         """The moments of both sets of gradients together (Chan et al.'s pairwise update), exact.
 
@@ -187,7 +206,7 @@ def gradient_moments(ctx: Any, chunk: int = CHUNK, max_samples: int | None = Non
         batch = take(batch, 0, max_samples)
     with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
         moments = Moments.of(per_sample_gradients(ctx.model, ctx.loss_fn, batch, chunk,
-                                                  batch_loss=getattr(ctx, "batch_loss", None)))
+                                                  batch_loss=getattr(ctx, "batch_loss", None))).over_ranks()
     if moments.count < 2:
         raise DataError(f"the sample holds {moments.count} sample: a gradient variance needs at least 2")
     try:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainlab import distributed as dist
 from trainlab.errors import ConfigError
 from trainlab.instruments.monitor import Context, Instrument
 
@@ -38,6 +39,10 @@ class Units(Instrument):
     ``{"dead": share, "saturated": share}``. The lecture's remedies: a better initialisation,
     normalisation (BatchNorm), a lower learning rate. Cost: one forward pass over the sample
     (no gradient); the hooks are removed afterwards, also when the pass fails.
+
+    Under ``torch.distributed`` (a process group of several ranks is initialised) each rank's
+    sample is its share, and a unit is stuck when it is stuck on every rank's share (an
+    element-wise minimum over the ranks): every rank reads the units of all the samples together.
     """
 
     name = "units"
@@ -47,15 +52,13 @@ class Units(Instrument):
         modules = [(name, m) for name, m in ctx.model.named_modules() if isinstance(m, WATCHED)]
         if not modules:
             raise ConfigError("the model has no nn.ReLU, nn.Tanh or nn.Sigmoid module whose units could be watched")
-        found: list[tuple[str, int, int]] = []  # (name, units, dead or saturated units), in call order
+        found: list[tuple[str, torch.Tensor]] = []  # (name, stuck flag per unit), in call order
         calls: dict[str, int] = {}
 
         def watch(name: str, module: nn.Module):
             def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
                 calls[name] = calls.get(name, 0) + 1
-                stuck = _stuck(module, output)
-                found.append((name if calls[name] == 1 else f"{name}#{calls[name]}", stuck.numel(),
-                              int(stuck.sum())))
+                found.append((name if calls[name] == 1 else f"{name}#{calls[name]}", _stuck(module, output)))
             return hook
 
         handles = [m.register_forward_hook(watch(name, m)) for name, m in modules]
@@ -64,9 +67,13 @@ class Units(Instrument):
         finally:
             for handle in handles:
                 handle.remove()
+        if dist.active() and found:  # stuck on every rank's share
+            flags = dist.all_reduce_min(torch.cat([f for _, f in found]).to(torch.int32))
+            found = [(name, part.bool()) for (name, _), part in zip(found, flags.split([f.numel() for _, f in found]))]
         parts, units, stuck = {}, 0, 0
         by_name = dict(modules)
-        for name, n, k in found:
+        for name, flags in found:
+            n, k = flags.numel(), int(flags.sum())
             kind = _kind(by_name, name)
             share = k / n if n else 0.0
             parts[name] = {"dead": share if kind == "dead" else 0.0, "saturated": share if kind == "saturated" else 0.0}
