@@ -31,6 +31,7 @@ written to ``RUN/instruments.jsonl``) or in a plain loop::
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from contextlib import nullcontext
@@ -193,6 +194,12 @@ class Monitor:
         mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"``.
         batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs.
         progress: show short readings on the Trainer's progress bar.
+        tensorboard: a directory for TensorBoard event files (extra ``trainlab[tensorboard]``):
+            each reading also becomes a scalar ``trainlab/<instrument>`` at its update
+            (:class:`trainlab.integrations.tensorboard.TensorBoardLogger`, opened at the first
+            update; a Monitor resumed from a state at update ``S`` hides what an interrupted
+            run wrote after ``S``). For plain loops; a Trainer mirrors its readings itself
+            with ``Trainer(tensorboard=DIR)``. :meth:`close` (or the Trainer's end) flushes it.
 
     ``latest`` holds the last reading of each instrument, ``history`` every reading of this
     process. ``state_dict()`` (the update count, the parameters kept for ``update_ratio``,
@@ -201,7 +208,8 @@ class Monitor:
     """
 
     def __init__(self, every: int = 10, sample: int = 256, instruments: str | list[Any] = "economy",
-                 seed: int = 0, mode: str = "eval", batch_loss: BatchLoss | None = None, progress: bool = True):
+                 seed: int = 0, mode: str = "eval", batch_loss: BatchLoss | None = None, progress: bool = True,
+                 tensorboard: str | os.PathLike[str] | None = None):
         _check_int("Monitor: every", every)
         _check_int("Monitor: sample", sample)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -210,6 +218,14 @@ class Monitor:
             raise ConfigError(f"Monitor: mode={mode!r} is not allowed; use 'eval' or 'train'")
         if batch_loss is not None and not callable(batch_loss):
             raise ConfigError(f"Monitor: batch_loss={batch_loss!r} is not callable; pass (model, batch) -> mean loss")
+        if tensorboard is not None:
+            if isinstance(tensorboard, bool) or not isinstance(tensorboard, (str, os.PathLike)) or not str(tensorboard):
+                raise ConfigError(f"Monitor: tensorboard={tensorboard!r} is not allowed; expected a directory path or"
+                                  " None")
+            if os.path.exists(tensorboard) and not os.path.isdir(tensorboard):
+                raise ConfigError(f"Monitor: tensorboard={str(tensorboard)!r} is a file; expected a directory for"
+                                  " TensorBoard's event files")
+            from trainlab.integrations import tensorboard as _tb  # noqa: F401 (a missing package: one sentence now)
         if isinstance(instruments, str):
             instruments = preset(instruments, every)
         elif not isinstance(instruments, (list, tuple)) or not instruments:
@@ -233,6 +249,7 @@ class Monitor:
         self._source: Any = None  # the data the cached sample was drawn from
         self._sample: Any = None
         self._failed: set[str] = set()  # instruments already warned about
+        self.tensorboard, self._board = tensorboard, None  # the directory; its TensorBoardLogger once opened
         # every period divides a multiple of these: updates that are not multiples need no look
         self._base = math.gcd(*(self.period(inst) for inst in self.instruments))
         self._base_previous = math.gcd(*(self.period(inst) for inst in self.instruments
@@ -282,6 +299,8 @@ class Monitor:
         if loss_fn is None and self.batch_loss is None:
             raise ConfigError("Monitor.after_step: loss_fn is None; pass the loss function (outputs, targets) -> mean"
                               " loss, or build the Monitor with batch_loss=(model, batch) -> mean loss")
+        if self.tensorboard is not None and self._board is None:
+            self._open_board()
         self.step = self.step + 1 if step is None else int(step)
         if self.step % self._base and self._previous is None and \
                 not (self._base_previous and (self.step + 1) % self._base_previous == 0):
@@ -299,7 +318,20 @@ class Monitor:
         for reading in readings:
             self.latest[reading.instrument] = reading
         self.history.extend(readings)
+        if readings and self._board is not None:
+            self._board.readings(readings, self.step)
         return readings
+
+    def on_fit_end(self, trainer: Any, summary: dict[str, Any]) -> None:
+        """The Trainer's hook after the last update: flush the TensorBoard file, if any."""
+        if self._board is not None:
+            self._board.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard file, if any (a later reading opens a new one)."""
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def postfix(self) -> dict[str, str]:
         """Short latest readings for a progress bar, e.g. ``{"λ": "12.3", "η·λ": "0.41"}``."""
@@ -351,6 +383,12 @@ class Monitor:
                               " are recorded with value NaN and the error", RuntimeWarning, stacklevel=3)
             value, extra = math.nan, {"error": message}
         return Reading(ctx.step, inst.name, value, time.perf_counter() - started, extra)
+
+    def _open_board(self) -> None:
+        from trainlab.integrations.tensorboard import TensorBoardLogger
+
+        # resumed at update S: what an interrupted run wrote after S is hidden (TensorBoard's purge)
+        self._board = TensorBoardLogger(self.tensorboard, purge_step=self.step + 1 if self.step else None)
 
     def _remember_if_due(self, model: nn.Module) -> None:
         """Keep the parameters when an instrument due after the coming update reads ``previous``."""
