@@ -1,0 +1,222 @@
+"""PyTorch Lightning: trainlab's instruments and stall doctor as one ``lightning.pytorch.Callback``.
+
+::
+
+    import lightning as L
+    from trainlab.instruments import Monitor
+    from trainlab.train import StallDoctor
+    from trainlab.integrations.lightning import TrainlabCallback
+
+    callback = TrainlabCallback(Monitor(every=10), StallDoctor(), loss_fn=torch.nn.functional.cross_entropy)
+    L.Trainer(callbacks=[callback], logger=L.pytorch.loggers.CSVLogger("logs")).fit(module, train_loader)
+
+After every optimizer update (``on_train_batch_end`` once ``trainer.global_step`` has moved; the
+micro-batches of an accumulated update are waited for) the callback
+
+* takes the :class:`~trainlab.instruments.Monitor`'s readings due at update ``global_step`` and
+  logs one scalar per instrument, ``trainlab/<instrument>``
+  (:func:`trainlab.integrations.scalars`);
+* gives the :class:`~trainlab.train.StallDoctor` the update's loss; an event is logged as
+  ``trainlab/doctor/...`` scalars (:func:`trainlab.integrations.event_scalars`), its one line
+  (:func:`trainlab.integrations.event_text`) goes to Lightning's console log, and the doctor acts
+  on Lightning's own optimizer (``trainer.optimizers[0]``) and that optimizer's scheduler from
+  ``trainer.lr_scheduler_configs`` (``η`` and the schedule's ``base_lrs`` rescaled together).
+
+**Where values go.** Each value is logged twice, for two readers: ``pl_module.log_dict(...,
+logger=False)`` puts it in ``trainer.callback_metrics``, where other callbacks (checkpointing,
+early stopping) see it; and every logger in ``trainer.loggers`` gets it through its
+``log_metrics`` at the step Lightning logs this update's ``training_step`` values at
+(``global_step − 1``). Lightning's own path to the loggers would write step values only every
+``log_every_n_steps`` updates and drop readings taken in between.
+
+**The loss.** Readings and diagnoses evaluate the model on a fixed sample, so they need the loss
+as a function, never ``training_step`` (which logs and may do more): ``loss_fn(pl_module(x), y)``
+for ``(x, y)`` batches, or ``batch_loss(pl_module, batch)`` for any other batch (set on the
+Monitor too). The doctor's per-update loss is the one ``training_step`` returned (a tensor, or a
+dict's ``"loss"``): the mean over the update's micro-batches (undoing Lightning's division by
+``accumulate_grad_batches``), averaged over the ranks with ``trainer.strategy.reduce`` so that
+every rank decides alike.
+
+**The data.** By default the sample is drawn from the dataset of ``trainer.train_dataloader`` in
+dataset order through the loader's ``collate_fn`` (not in the epoch's shuffled order, so it is
+the same every epoch and after a resume); under a ``DistributedSampler`` each rank reads its own
+shard (samples ``rank, rank + world, …``), and the distributed-aware readings are those of the
+union. ``data=`` (a Dataset, a DataLoader or an ``(x, y)`` pair) replaces it.
+
+**Checkpoints.** :meth:`TrainlabCallback.state_dict` holds the Monitor's and the doctor's state,
+so a run resumed with ``trainer.fit(..., ckpt_path=...)`` reads and diagnoses as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Subset
+
+from trainlab.data.batches import BatchLoss, batch_size_of
+from trainlab.errors import ConfigError, DataError
+from trainlab.integrations import event_scalars, event_text, require, scalars
+
+pl = require("lightning.pytorch", "lightning", "lightning")
+from lightning.pytorch.utilities.rank_zero import rank_zero_info  # noqa: E402  (after require's message)
+
+
+class TrainlabCallback(pl.Callback):
+    """Readings of ``monitor`` and the care of ``doctor`` in a Lightning run (the module docstring says how).
+
+    Parameters:
+        monitor: a :class:`~trainlab.instruments.Monitor`, or ``None``.
+        doctor: a :class:`~trainlab.train.StallDoctor`, or ``None``; it reads ``monitor``'s
+            latest readings unless it was given a Monitor of its own.
+        loss_fn: ``(pl_module(x), y) -> mean loss`` for ``(x, y)`` batches.
+        batch_loss: ``(pl_module, batch) -> mean loss`` for any other batch; exactly one of
+            ``loss_fn`` and ``batch_loss`` (a Monitor's own ``batch_loss`` counts).
+        data: the training data the readings sample (default: the trainer's training set).
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`.
+    """
+
+    def __init__(self, monitor: Any = None, doctor: Any = None, *,
+                 loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+                 batch_loss: BatchLoss | None = None, data: Any = None):
+        if monitor is None and doctor is None:
+            raise ConfigError("TrainlabCallback: monitor and doctor are both None; pass a trainlab.instruments.Monitor,"
+                              " a trainlab.train.StallDoctor, or both")
+        if monitor is not None and not (callable(getattr(monitor, "after_step", None))
+                                        and isinstance(getattr(monitor, "latest", None), dict)):
+            raise ConfigError(f"TrainlabCallback: monitor={monitor!r} is not allowed; expected a"
+                              " trainlab.instruments.Monitor or None")
+        if doctor is not None and not (callable(getattr(doctor, "after_step", None))
+                                       and isinstance(getattr(doctor, "events", None), list)):
+            raise ConfigError(f"TrainlabCallback: doctor={doctor!r} is not allowed; expected a"
+                              " trainlab.train.StallDoctor or None")
+        for name, fn in (("loss_fn", loss_fn), ("batch_loss", batch_loss)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"TrainlabCallback: {name}={fn!r} is not callable; pass a function (see its"
+                                  " docstring) or None")
+        own = getattr(monitor, "batch_loss", None)
+        if batch_loss is not None and own is not None and own is not batch_loss:
+            raise ConfigError("TrainlabCallback: batch_loss differs from the Monitor's own batch_loss; pass it once,"
+                              " here or to the Monitor")
+        batch_loss = batch_loss if batch_loss is not None else own
+        if (loss_fn is None) == (batch_loss is None):
+            raise ConfigError("TrainlabCallback: pass exactly one of loss_fn=(outputs, targets) -> mean loss and"
+                              " batch_loss=(module, batch) -> mean loss (got "
+                              + ("both" if loss_fn is not None else "neither") + "); training_step is never called"
+                              " for a reading, since it logs")
+        if batch_loss is not None and doctor is not None:
+            raise ConfigError("TrainlabCallback: the StallDoctor reads (x, y) batches through loss_fn and takes no"
+                              " batch_loss yet; pass loss_fn, or no doctor")
+        if monitor is not None and own is None:
+            monitor.batch_loss = batch_loss
+        if doctor is not None and getattr(doctor, "monitor", None) is None:
+            doctor.monitor = monitor
+        self.monitor, self.doctor, self.loss_fn, self.batch_loss, self.data = monitor, doctor, loss_fn, batch_loss, data
+        self._data: Any = None  # the data sampled, resolved when training starts
+        self._step = 0  # trainer.global_step at the last update seen
+        self._losses: list[torch.Tensor] = []  # training_step's losses since then (micro-batches)
+        self._samples = 0  # and their samples
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """After Lightning restored a checkpoint: take the update count, resolve the data, and keep
+        the parameters when an instrument due after the coming update reads them (``update_ratio``)."""
+        self._step, self._losses, self._samples = trainer.global_step, [], 0
+        self._data = self.data if self.data is not None else _training_data(trainer)
+        if self.monitor is not None:
+            self.monitor.on_fit_start(SimpleNamespace(step=trainer.global_step, module=pl_module))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Collect the micro-batch's loss; after an update, read the instruments and consult the doctor."""
+        if self.doctor is not None and outputs is not None:  # None: training_step skipped the batch
+            self._losses.append(_loss_of(outputs, pl_module, trainer))
+        try:
+            self._samples = None if self._samples is None else self._samples + batch_size_of(batch)
+        except DataError:  # a batch whose size cannot be told: the noise readings go without it
+            self._samples = None
+        if trainer.global_step == self._step:
+            return  # accumulating: the update has not happened yet
+        step, losses, samples = trainer.global_step, self._losses, self._samples
+        self._step, self._losses, self._samples = step, [], 0
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        batch_size = samples * trainer.world_size if samples else None  # samples per update, all ranks
+        if self.monitor is not None:
+            readings = self.monitor.after_step(pl_module, None, self.loss_fn, self._data, optimizer,
+                                               batch_size=batch_size, step=step)
+            self._log(trainer, pl_module, scalars(readings), step)
+        if self.doctor is not None:
+            if not losses:
+                raise ConfigError("TrainlabCallback: training_step returned None before an optimizer update; the stall"
+                                  " doctor needs the loss: return the loss tensor or a dict with a 'loss' tensor")
+            loss = trainer.strategy.reduce(torch.stack(losses).mean(), reduce_op="mean")
+            event = self.doctor.after_step(pl_module, float(loss), self.loss_fn, self._data, optimizer,
+                                           _scheduler_of(trainer, optimizer), full_batch=_full_batch(trainer),
+                                           batch_size=batch_size)
+            if event is not None:
+                event.update(step=step, epoch=trainer.current_epoch)
+                self._log(trainer, pl_module, event_scalars(event), step)
+                rank_zero_info(f"trainlab: update {step}: {event_text(event)}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """For Lightning's checkpoints: the Monitor's and the doctor's state."""
+        return {"monitor": None if self.monitor is None else self.monitor.state_dict(),
+                "doctor": None if self.doctor is None else self.doctor.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved (a part this callback has no taker for is left out)."""
+        for part, state in (("monitor", state_dict.get("monitor")), ("doctor", state_dict.get("doctor"))):
+            if getattr(self, part) is not None and state is not None:
+                getattr(self, part).load_state_dict(state)
+
+    # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _log(trainer: Any, pl_module: Any, values: dict[str, float], step: int) -> None:
+        if not values:
+            return
+        pl_module.log_dict(values, on_step=True, on_epoch=False, logger=False)
+        for logger in trainer.loggers:  # rank zero only: Lightning's loggers write on rank 0
+            logger.log_metrics(values, step=step - 1)
+
+
+def _loss_of(outputs: Any, pl_module: Any, trainer: Any) -> torch.Tensor:
+    """The loss ``training_step`` returned for this micro-batch, undivided by ``accumulate_grad_batches``."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ConfigError(f"TrainlabCallback: training_step returned {type(outputs).__name__}, not the loss; the stall"
+                          " doctor needs it: return the loss tensor or a dict with a 'loss' tensor")
+    loss = loss.detach().reshape(())
+    # automatic optimization hands callbacks the loss it backpropagated: divided by accumulate_grad_batches
+    return loss * trainer.accumulate_grad_batches if pl_module.automatic_optimization else loss
+
+
+def _scheduler_of(trainer: Any, optimizer: Any) -> Any:
+    """The learning-rate scheduler Lightning steps for ``optimizer``, if any."""
+    return next((config.scheduler for config in trainer.lr_scheduler_configs
+                 if getattr(config.scheduler, "optimizer", None) is optimizer), None)
+
+
+def _full_batch(trainer: Any) -> bool:
+    """Whether each update sees all of this rank's data: one update per epoch."""
+    return trainer.num_training_batches <= trainer.accumulate_grad_batches
+
+
+def _training_data(trainer: Any) -> Any:
+    """This rank's training set in dataset order, batched as ``trainer.train_dataloader`` batches it
+    (the loader itself for an iterable dataset)."""
+    loader = trainer.train_dataloader
+    if not isinstance(loader, DataLoader):
+        raise ConfigError(f"TrainlabCallback: the trainer trains on a {type(loader).__name__}, not one DataLoader; pass"
+                          " data= (a Dataset, a DataLoader or an (x, y) pair) for the readings' sample")
+    dataset, sampler = loader.dataset, loader.sampler
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return loader
+    if isinstance(sampler, DistributedSampler):  # this rank's shard, as the sampler deals it without shuffling
+        dataset = Subset(dataset, range(sampler.rank, len(dataset), sampler.num_replicas))
+    return DataLoader(dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
+
+
+__all__ = ["TrainlabCallback"]

@@ -1,0 +1,294 @@
+"""trainlab.integrations.lightning.TrainlabCallback in real Lightning runs (CPU, float64, no mocks).
+
+Each value the callback logs is checked against a computation that does not go through trainlab:
+PyTorch's autograd on the recorded parameters, a dense Hessian's eigenvalues, the closed-form
+Hessian of least squares.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.utils.data import DataLoader, TensorDataset
+
+L = pytest.importorskip("lightning.pytorch")
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+from toys import linear_saddle, squared_error  # noqa: E402
+from trainlab.errors import ConfigError  # noqa: E402
+from trainlab.instruments import Monitor  # noqa: E402
+from trainlab.instruments.gradients import GradNorm, UpdateRatio  # noqa: E402
+from trainlab.instruments.sharpness import Sharpness  # noqa: E402
+from trainlab.integrations.lightning import TrainlabCallback  # noqa: E402
+from trainlab.train import StallDoctor  # noqa: E402
+
+torch.set_num_threads(1)
+WORKER = Path(__file__).with_name("lightning_ddp_worker.py")
+
+
+class Regression(L.LightningModule):
+    """``net`` fitted by least squares (``squared_error``) with SGD at ``lr``; ``schedule``: a
+    constant ``LambdaLR``, stepped every update, whose ``base_lrs`` the doctor must rescale."""
+
+    def __init__(self, net: nn.Module, lr: float, schedule: bool = False):
+        super().__init__()
+        self.net, self.lr, self.schedule = net, lr, schedule
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch["a"] if isinstance(batch, dict) else batch  # several loaders: train on "a"
+        loss = squared_error(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        if not self.schedule:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Recorder(L.Callback):
+    """The parameters (one vector) after every update, by ``global_step``."""
+
+    def __init__(self):
+        self.params: dict[int, torch.Tensor] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.params[trainer.global_step] = parameters_to_vector(pl_module.parameters()).detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.params[trainer.global_step] = parameters_to_vector(pl_module.parameters()).detach().clone()
+
+
+def tanh_mlp(seed: int = 0) -> nn.Module:
+    """4 → 8 → 1, tanh, float64, weights drawn from a seeded generator (49 parameters)."""
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+    return net
+
+
+def regression_data(n: int = 256, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    return x, torch.sin(x @ torch.randn(4, 1, generator=gen, dtype=torch.float64))
+
+
+def fit(module, data, tmp_path, callbacks=(), ckpt_path=None, **limits):
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="logs"),
+                        callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, **limits)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def logged(trainer, name: str) -> dict[int, float]:
+    """Column ``name`` of the CSV logger's metrics.csv, by step."""
+    with open(Path(trainer.logger.log_dir) / "metrics.csv", newline="") as f:
+        return {int(row["step"]): float(row[name]) for row in csv.DictReader(f) if row.get(name)}
+
+
+def loss_at(net: nn.Module, vector: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The least-squares loss of ``net`` with its parameters set to ``vector`` (a function of it)."""
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for _, p in net.named_parameters()]
+    parts, start = {}, 0
+    for name, shape in zip(names, shapes):
+        parts[name] = vector[start:start + shape.numel()].view(shape)
+        start += shape.numel()
+    return squared_error(functional_call(net, parts, (x,)), y)
+
+
+def test_readings_reach_the_csv_logger_and_equal_autograd_and_a_dense_hessian(tmp_path):
+    """200 updates, mini-batches of 32, readings every 10 updates (grad_norm, update_ratio) and
+    every 50 (sharpness) on the first 64 samples: every one lands in metrics.csv, although
+    Lightning itself writes step values only every log_every_n_steps = 50 updates."""
+    x, y = regression_data()
+    data = DataLoader(TensorDataset(x, y), batch_size=32)
+    monitor = Monitor(every=10, sample=64, instruments=[GradNorm(), UpdateRatio(), Sharpness(every=50)])
+    recorder = Recorder()
+    trainer = fit(Regression(tanh_mlp(), lr=0.1), data, tmp_path,
+                  [recorder, TrainlabCallback(monitor, loss_fn=squared_error)], max_steps=200)
+
+    grad_norm, ratio, sharpness = (logged(trainer, f"trainlab/{n}") for n in ("grad_norm", "update_ratio", "sharpness"))
+    # a reading after update k sits in Lightning's row of that update's training_step: step k - 1
+    assert sorted(grad_norm) == sorted(ratio) == list(range(9, 200, 10))
+    assert sorted(sharpness) == [49, 99, 149, 199]
+    assert set(trainer.callback_metrics) >= {"trainlab/grad_norm", "trainlab/update_ratio", "trainlab/sharpness"}
+    net, xs, ys = tanh_mlp(), x[:64], y[:64]
+    for row, value in grad_norm.items():
+        theta = recorder.params[row + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_at(net, theta, xs, ys), theta)
+        assert value == pytest.approx(g.norm().item(), rel=1e-12)
+        before, after = recorder.params[row], recorder.params[row + 1]
+        assert ratio[row] == pytest.approx(((after - before).norm() / after.norm()).item(), rel=1e-12)
+    for row, value in sharpness.items():
+        hessian = torch.autograd.functional.hessian(lambda t: loss_at(net, t, xs, ys), recorder.params[row + 1])
+        assert value == pytest.approx(torch.linalg.eigvalsh(hessian)[-1].item(), rel=1e-4)
+
+    # the readings left the run alone: the same fit without the callback ends on the same bits
+    bare = Recorder()
+    fit(Regression(tanh_mlp(), lr=0.1), data, tmp_path / "bare", [bare], max_steps=200)
+    assert torch.equal(bare.params[200], recorder.params[200])
+
+
+def test_doctor_escapes_a_planted_saddle_and_the_loss_then_falls(tmp_path):
+    """Both layers of a linear network start at zero: the gradient is exactly zero, plain SGD
+    never moves (the control run), the doctor finds the saddle and steps out along λ_min < 0."""
+    model, x, y = linear_saddle(64)
+    data = DataLoader(TensorDataset(x, y), batch_size=64)  # full batch: the loss is exact
+    initial = squared_error(model(x), y).item()
+    doctor = StallDoctor()
+    trainer = fit(Regression(model, lr=0.1), data, tmp_path, [TrainlabCallback(doctor=doctor, loss_fn=squared_error)],
+                  max_steps=150, log_every_n_steps=1)
+
+    losses = logged(trainer, "train_loss")
+    assert len(doctor.events) == 1
+    event = doctor.events[0]
+    assert (event["verdict"], event["action"], event["applied"]) == ("saddle", "escape", True)
+    assert event["lambda_min"] < 0 and event["step"] == 31  # 30 flat full-batch losses, then the test holds
+    assert all(losses[s] == initial for s in range(event["step"]))  # stalled until the doctor came
+    assert losses[149] < 1e-3 * initial
+    assert logged(trainer, "trainlab/doctor/applied") == {30: 1.0}
+    assert logged(trainer, "trainlab/doctor/loss_after")[30] == pytest.approx(event["loss_after"])
+
+    control, _, _ = linear_saddle(64)
+    control_trainer = fit(Regression(control, lr=0.1), data, tmp_path / "control", max_steps=150, log_every_n_steps=1)
+    assert set(logged(control_trainer, "train_loss").values()) == {initial}
+
+
+def test_doctor_raises_a_crawling_step_through_lightnings_optimizer_and_scheduler(tmp_path):
+    """Least squares at η = 1e-5: a crawl. The doctor sets η = 1/λ_max (λ_max of the closed-form
+    Hessian 2XᵀX/n) in the optimizer and in the schedule's base_lrs, so the LambdaLR Lightning
+    steps every update keeps it, and the loss then falls."""
+    x, y = regression_data(128)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]], dtype=torch.float64)
+    model = nn.Linear(4, 1, bias=False).double()
+    nn.init.zeros_(model.weight)
+    module = Regression(model, lr=1e-5, schedule=True)
+    doctor = StallDoctor()
+    trainer = fit(module, DataLoader(TensorDataset(x, y), batch_size=128), tmp_path,
+                  [TrainlabCallback(doctor=doctor, loss_fn=squared_error)], max_steps=100, log_every_n_steps=1)
+
+    lam_max = torch.linalg.eigvalsh(2 * x.T @ x / len(x))[-1].item()
+    events = [e for e in doctor.events if e["applied"]]
+    assert events and events[0]["action"].startswith("raise η")
+    assert events[0]["lr_after"] == pytest.approx(1 / lam_max, rel=1e-6)
+    optimizer, scheduler = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1 / lam_max, rel=1e-6)  # the schedule kept it
+    assert scheduler.base_lrs[0] == optimizer.param_groups[0]["lr"]
+    losses = logged(trainer, "train_loss")
+    assert losses[99] < 1e-6 * losses[events[0]["step"] - 1]
+
+
+def test_resume_from_a_lightning_checkpoint_keeps_the_callbacks_state(tmp_path):
+    """Stopped after 20 of 60 updates and resumed from the checkpoint, the run reads and treats
+    exactly as the uninterrupted one: the doctor's loss window (the planted saddle is found at
+    update 31, not 20 updates after the resume) and the Monitor's kept parameters (update_ratio
+    at update 21) travel in the checkpoint."""
+
+    def callback():
+        monitor = Monitor(every=1, sample=64, instruments=[GradNorm(every=5), UpdateRatio(), Sharpness(every=10)])
+        return TrainlabCallback(monitor, StallDoctor(), loss_fn=squared_error)
+
+    def run(path, steps, ckpt=None, cb=None):
+        cb = cb or callback()
+        model, x, y = linear_saddle(64)
+        trainer = fit(Regression(model, lr=0.1), DataLoader(TensorDataset(x, y), batch_size=64), path, [cb],
+                      ckpt_path=ckpt, max_steps=steps)
+        return trainer, cb
+
+    def history(cb):
+        return [(r.step, r.instrument, r.value) for r in cb.monitor.history]
+
+    whole_trainer, whole = run(tmp_path / "whole", 60)
+    first_trainer, _ = run(tmp_path / "first", 20)
+    first_trainer.save_checkpoint(tmp_path / "at20.ckpt")
+    resumed_trainer, resumed = run(tmp_path / "resumed", 60, tmp_path / "at20.ckpt")
+
+    assert [e["step"] for e in resumed.doctor.events] == [e["step"] for e in whole.doctor.events] == [31]
+    assert resumed.doctor.events[0]["loss_after"] == whole.doctor.events[0]["loss_after"]
+    after = [r for r in history(whole) if r[0] > 20]
+    assert history(resumed)[0][:2] == (21, "update_ratio") and len(history(resumed)) == len(after)
+    for (step, name, value), (step2, name2, value2) in zip(history(resumed), after):
+        assert (step, name) == (step2, name2)
+        assert value == value2 or (math.isnan(value) and math.isnan(value2))
+    assert torch.equal(parameters_to_vector(resumed_trainer.lightning_module.parameters()),
+                       parameters_to_vector(whole_trainer.lightning_module.parameters()))
+
+    # the control: the same checkpoint without the callback's state finds the saddle 31 updates after the resume
+    ckpt = torch.load(tmp_path / "at20.ckpt", weights_only=False)
+    ckpt["callbacks"] = {}
+    torch.save(ckpt, tmp_path / "bare.ckpt")
+    _, forgetful = run(tmp_path / "forgetful", 60, tmp_path / "bare.ckpt")
+    assert [e["step"] for e in forgetful.doctor.events] == [51]
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_log_the_readings_of_one_process_on_the_same_global_batch(tmp_path):
+    """strategy="ddp", two CPU processes (gloo), 16 samples per rank per update, readings on 32
+    samples per rank; one process, 32 per update, readings on 64: the same readings (float64, 1e-8)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for mode in ("single", "ddp"):
+        done = subprocess.run([sys.executable, str(WORKER), mode, str(tmp_path)], env=env, capture_output=True,
+                              text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+    single = json.loads((tmp_path / "single0.json").read_text())
+    ranks = [json.loads((tmp_path / f"ddp{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # both ranks hold identical readings
+    names = {r["instrument"] for r in single}
+    assert names >= {"grad_norm", "update_ratio", "sharpness", "noise_scale"}
+    assert [(r["step"], r["instrument"]) for r in ranks[0]] == [(r["step"], r["instrument"]) for r in single]
+    for got, want in zip(ranks[0], single):
+        assert got["value"] == pytest.approx(want["value"], rel=1e-8), (got, want)
+    logged_ddp = {}
+    with open(tmp_path / "ddp" / "logs" / "version_0" / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            logged_ddp.update({(int(row["step"]) + 1, k[9:]): float(v) for k, v in row.items()
+                               if k.startswith("trainlab/") and v})
+    assert logged_ddp == {(r["step"], r["instrument"]): r["value"] for r in ranks[0] if math.isfinite(r["value"])}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "monitor and doctor are both None"),
+    ({"monitor": "economy"}, "monitor='economy' is not allowed"),
+    ({"doctor": object()}, "doctor=<object object"),
+    ({"monitor": Monitor(), "loss_fn": "mse"}, "loss_fn='mse' is not callable"),
+    ({"monitor": Monitor()}, "exactly one of loss_fn"),
+    ({"monitor": Monitor(), "loss_fn": squared_error, "batch_loss": lambda m, b: m(b)}, "got both"),
+    ({"monitor": Monitor(batch_loss=lambda m, b: m(b)), "batch_loss": lambda m, b: m(b)}, "differs from the Monitor"),
+    ({"doctor": StallDoctor(), "batch_loss": lambda m, b: m(b)}, "takes no batch_loss"),
+])
+def test_bad_arguments_are_one_clear_config_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as e:
+        TrainlabCallback(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_several_training_loaders_ask_for_data(tmp_path):
+    x, y = regression_data(64)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    callback = TrainlabCallback(Monitor(every=1, instruments=[GradNorm()]), loss_fn=squared_error)
+    with pytest.raises(ConfigError, match="trains on a dict, not one DataLoader; pass data="):
+        fit(Regression(tanh_mlp(), lr=0.1), {"a": loader, "b": loader}, tmp_path, [callback], max_steps=2)
+    # with data= it reads there
+    callback = TrainlabCallback(Monitor(every=1, instruments=[GradNorm()]), loss_fn=squared_error, data=(x, y))
+    fit(Regression(tanh_mlp(), lr=0.1), {"a": loader, "b": loader}, tmp_path, [callback], max_steps=2)
+    assert [r.step for r in callback.monitor.history] == [1, 2]
