@@ -73,6 +73,11 @@ summary. After an event the window starts afresh; after one that changed nothing
 waits four windows (of the kind the run uses) before it looks again. In a plain PyTorch loop call
 :meth:`StallDoctor.after_step` after each update (``full_batch=True`` when every update sees
 all the data; ``batch_size=`` for the noise reading).
+
+Batches that are not ``(x, y)`` pairs — a language model's ``{"input_ids", "labels", ...}``
+dicts — need ``batch_loss=(model, batch) -> mean loss`` (the hook of :mod:`trainlab.curvature`):
+the sample loss, the bounded sample, the diagnosis, the escape and the readings all go through
+it, and ``loss_fn`` may then be ``None``.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainlab.curvature import analysis_mode, diagnose, escape
-from trainlab.data.batches import concat, first_samples
+from trainlab.data.batches import BatchLoss, batch_size_of, concat, first_samples
 from trainlab.errors import ConfigError
 from trainlab.instruments import Context, Stability, Units
 from trainlab.instruments.noise import NoiseScale
@@ -132,6 +137,8 @@ class StallDoctor(Callback):
         crawl: stability below this is a crawl (0.1).
         dead_share: a ``units`` reading above this is a finding (0.5).
         batch_ratio: ``batch_over_noise`` below this suggests a larger batch (0.1).
+        batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs
+            (``None``: ``loss_fn(model(x), y)``); every loss the doctor evaluates goes through it.
 
     Invalid arguments raise :class:`~trainlab.errors.ConfigError`.
 
@@ -152,7 +159,8 @@ class StallDoctor(Callback):
     def __init__(self, window: int = 100, min_rel_improvement: float = 0.01, grad_tol: float = 1e-2,
                  act: bool = True, k: int = 5, max_samples: int = 2048, eig_tol: float = 1e-3, eig_floor: float = 1e-4,
                  perturbation: float = 1e-2, seed: int = 0, *, monitor: Any = None, full_batch_window: int = 30,
-                 crawl: float = 0.1, dead_share: float = 0.5, batch_ratio: float = 0.1):
+                 crawl: float = 0.1, dead_share: float = 0.5, batch_ratio: float = 0.1,
+                 batch_loss: BatchLoss | None = None):
         for name, value, least in (("window", window, 10), ("k", k, 1), ("max_samples", max_samples, 1),
                                    ("full_batch_window", full_batch_window, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -162,6 +170,9 @@ class StallDoctor(Callback):
                             ("crawl", crawl), ("dead_share", dead_share), ("batch_ratio", batch_ratio)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"StallDoctor: {name}={value!r} is not allowed; expected a number > 0")
+        if batch_loss is not None and not callable(batch_loss):
+            raise ConfigError(f"StallDoctor: batch_loss={batch_loss!r} is not allowed; expected a function"
+                              " (model, batch) -> mean loss, or None")
         if monitor is not None and not isinstance(getattr(monitor, "latest", None), dict):
             raise ConfigError(f"StallDoctor: monitor={monitor!r} is not allowed; expected a"
                               " trainlab.instruments.Monitor"
@@ -171,6 +182,7 @@ class StallDoctor(Callback):
         self.eig_tol, self.eig_floor = eig_tol, eig_floor
         self.monitor, self.full_batch_window = monitor, full_batch_window
         self.crawl, self.dead_share, self.batch_ratio = crawl, dead_share, batch_ratio
+        self.batch_loss = batch_loss
         self.events: list[dict[str, Any]] = []
         self._losses: collections.deque[float] = collections.deque(maxlen=max(window, full_batch_window + 1))
         self._check_every = max(1, window // 10)  # the stall test costs more than an update's bookkeeping
@@ -205,11 +217,15 @@ class StallDoctor(Callback):
         """Record one update's loss; on a stall, diagnose and treat. Returns the event, if any.
 
         ``batch_source`` is the training data: a Dataset, a DataLoader or one ``(x, y)``
-        batch; the first ``max_samples`` samples are analysed. With ``optimizer`` (and its
+        batch (with ``batch_loss``: batches of any form, ``loss_fn`` may be ``None``); the first
+        ``max_samples`` samples are analysed. With ``optimizer`` (and its
         ``scheduler``) the doctor can also change the learning rate or momentum.
         ``full_batch``: every update saw all the data, so ``loss_value`` is exact and a stall
         needs no confirmation. ``batch_size``: samples per update, for the noise reading.
         """
+        if loss_fn is None and self.batch_loss is None:
+            raise ConfigError("StallDoctor.after_step: loss_fn is None; pass the loss function (outputs, targets) ->"
+                              " mean loss, or build the StallDoctor with batch_loss=(model, batch) -> mean loss")
         self._steps += 1
         self._losses.append(float(loss_value))
         if self._steps < self._quiet_until:
@@ -279,7 +295,10 @@ class StallDoctor(Callback):
     @torch.no_grad()
     def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> float:
         with analysis_mode(model, "eval"):  # also undoes the random draws of a shuffling DataLoader
-            x, y = bounded_sample(batch_source, self.max_samples)
+            sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            if self.batch_loss is not None:
+                return float(self.batch_loss(model, sample))
+            x, y = sample
             return float(loss_fn(model(x), y))
 
     # ---------------------------------------------------------------- diagnosis and treatment
@@ -288,14 +307,15 @@ class StallDoctor(Callback):
         # The diagnosis and the readings leave no trace: diagnose() restores the model itself, and
         # preserved() also undoes the random draws of a shuffling DataLoader. Only a remedy may act.
         with preserved(model, parameters=False):
-            sample = bounded_sample(batch_source, self.max_samples)
+            sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
             # progress=False: the Trainer's own bar is on screen, and a second one would tear it
             d = diagnose(model, loss_fn, sample, grad_tol=self.grad_tol, eig_tol=self.eig_tol,
-                         eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False)
+                         eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False,
+                         batch_loss=self.batch_loss)
             readings = self._readings(model, loss_fn, sample, optimizer, d, full_batch, batch_size)
         event = {"event": "stall", "verdict": d.verdict, "loss": d.loss, "grad_norm": d.grad_norm,
                  "lambda_max": float(d.eigenvalues[0]), "lambda_min": float(d.eigenvalues[-1]),
-                 "negative_curvature": d.negative_curvature, "samples": len(sample[1]), "method": d.method,
+                 "negative_curvature": d.negative_curvature, "samples": batch_size_of(sample), "method": d.method,
                  "n_hvp": d.n_hvp, "seconds": d.seconds, "full_batch": full_batch,
                  "readings": {name: {"value": r["value"], "source": r["source"]} for name, r in readings.items()},
                  "applied": False}
@@ -422,7 +442,8 @@ class StallDoctor(Callback):
                 continue
             instrument = _instrument(name)
             if ctx is None:
-                ctx = Context(model, loss_fn, sample, None, optimizer, self._steps, lr, batch_size, "eval", self.seed)
+                ctx = Context(model, loss_fn, sample, self.batch_loss, optimizer, self._steps, lr, batch_size, "eval",
+                              self.seed)
             try:
                 with analysis_mode(model, "eval"):
                     result = dict(instrument.read(ctx))
@@ -450,7 +471,7 @@ class StallDoctor(Callback):
         # the gradient, and a step is accepted only when the measured loss drops by a fraction of
         # the predicted change (Armijo); otherwise the parameters are put back.
         where = "saddle" if d.verdict == "saddle" else f"saddle's neighbourhood ({d.verdict.replace('_', ' ')})"
-        e = escape(model, loss_fn, sample, d, force=True)
+        e = escape(model, loss_fn, sample, d, force=True, batch_loss=self.batch_loss)
         return {"action": "escape", "applied": e.accepted, "loss_after": e.loss_after, "escape_step": e.step,
                 "predicted_change": e.predicted_change, "directions": e.n_directions,
                 "message": f"{where}: λ_min = {float(d.eigenvalues[-1]):.3g}; " + str(e).splitlines()[0]}
@@ -511,8 +532,9 @@ def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
 
 
-def bounded_sample(source: Dataset | Iterable[Any] | tuple[torch.Tensor, torch.Tensor], limit: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``limit`` samples of a dataset, a DataLoader or an ``(x, y)`` batch, as one batch."""
-    batches = list(first_samples(source, limit))
+def bounded_sample(source: Dataset | Iterable[Any] | tuple[torch.Tensor, torch.Tensor], limit: int,
+                   batch_loss: BatchLoss | None = None) -> Any:
+    """The first ``limit`` samples of a dataset, a DataLoader or an ``(x, y)`` batch, as one
+    batch (with ``batch_loss``: of batches in any form, e.g. dicts, joined key by key)."""
+    batches = list(first_samples(source, limit, batch_loss))
     return batches[0] if len(batches) == 1 else concat(batches)
