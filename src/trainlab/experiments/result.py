@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from trainlab.experiments.statistics import Interval
 
 
 @dataclass
@@ -29,6 +32,16 @@ class Claim:
     held: bool
     evidence: str  # what this run measured
     lecture: str = ""  # what the lecture (or its paper) reported, where known
+    verdict: str = ""  # "held", "not held" or "inconclusive" (statistics.py); "" → from held
+    interval: str = ""  # the 95 % interval over seeds the verdict rests on, where one was measured
+
+    def __post_init__(self) -> None:
+        from trainlab.experiments.statistics import VERDICTS
+
+        self.verdict = self.verdict or ("held" if self.held else "not held")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict={self.verdict!r} is not one of {', '.join(VERDICTS)}")
+        self.held = self.verdict == "held"
 
 
 @dataclass
@@ -61,6 +74,19 @@ class Result:
             ``None``.
         """
         self.claims.append(Claim(text, bool(held), evidence, lecture))
+
+    def decide(self, text: str, over_seeds: "Interval", evidence: str, lecture: str = "", threshold: float = 0.0
+               ) -> Claim:
+        """Record a claim decided over seeds: *held* when the 95 % interval ``over_seeds``
+        (:func:`trainlab.experiments.statistics.interval` or ``paired``) lies above ``threshold``,
+        *not held* below, *inconclusive* when it straddles it. Returns the :class:`Claim`."""
+        from trainlab.experiments.statistics import verdict
+
+        decided = verdict(over_seeds, threshold)
+        claim = Claim(text, decided == "held", evidence, lecture, decided,
+                      f"{over_seeds} vs threshold {threshold:g}")
+        self.claims.append(claim)
+        return claim
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Store a :class:`Table` under ``tables[name]``, replacing one of that name.
@@ -107,14 +133,14 @@ class Result:
 
         Returns:
             A dict with ``name``, ``title``, ``seconds``, ``config`` (``quick`` and ``seed`` only), ``claims``
-            (a list of ``{text, held, evidence, lecture}``), ``tables`` (``{name: {columns, rows}}``), ``figures``
+            (a list of ``{text, held, verdict, interval, evidence, lecture}``), ``tables`` (``{name: {columns, rows}}``), ``figures``
             (a list of ``{name, title, file}``) and ``notes``.
         """
         return {
             "name": self.name, "title": self.title, "seconds": self.seconds,
             "config": {"quick": self.config.quick, "seed": self.config.seed},
-            "claims": [{"text": c.text, "held": c.held, "evidence": c.evidence, "lecture": c.lecture}
-                       for c in self.claims],
+            "claims": [{"text": c.text, "held": c.held, "verdict": c.verdict, "interval": c.interval,
+                        "evidence": c.evidence, "lecture": c.lecture} for c in self.claims],
             "tables": {k: {"columns": t.columns, "rows": t.rows} for k, t in self.tables.items()},
             "figures": [{"name": k, "title": title, "file": self.figure_file(k)} for k, (title, _) in self.figures.items()],
             "notes": self.notes,
