@@ -5,8 +5,9 @@ configuration, with the values of the instruments both have (λ_max, trace, grad
 
 Every configuration trains the same plain loop (SGD, η = 0.05, batches of 32, the same batch
 order) for ``--updates`` updates; the runs alternate — none, economy, full, Cockpit economy-like,
-Cockpit full-like, none, … — and each time is the median of ``--repeats``. One thread. Targets:
-economy ≤ 1.10, full ≤ 1.5.
+Cockpit full-like, none, … — ``--repeats`` times. Each repeat gives a ratio against the unwatched
+run of the same repeat (seconds apart, so a slower spell of the machine cancels); the table shows
+the median ratio and the range over the repeats. One thread. Targets: economy ≤ 1.10, full ≤ 1.5.
 
 Cockpit's nearest configuration reads what our preset reads, as often (:data:`COCKPIT_OF`:
 grad_norm → GradNorm, update_ratio → UpdateSize, sharpness → HessMaxEV, noise_scale → NormTest,
@@ -198,7 +199,7 @@ def compare_values(build: Callable[[int], nn.Module], data: Any, samples: int = 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=4000, help="updates per run (4,000: every preset interval is read)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sample", type=int, default=None, help="the Monitor's sample (default: the Monitor's own)")
     p.add_argument("--skip-cockpit", action="store_true", help="time trainlab only")
     args = p.parse_args()
@@ -213,11 +214,11 @@ def main() -> int:
             import cockpit  # noqa: F401
     except Exception as e:  # ImportError, or a dependency that breaks on import
         cockpit_error = f"could not be imported — {type(e).__name__}: {e}"
-    print(f"torch {torch.__version__}, 1 thread, {args.updates} updates of batch {BATCH}, median of {args.repeats}"
+    print(f"torch {torch.__version__}, 1 thread, {args.updates} updates of batch {BATCH}, {args.repeats}"
           f" alternating repeats, the Monitor's sample {SAMPLE or Monitor().sample}\n")
     steps: dict[str, float] = {}
-    print("| model | configuration | seconds | ÷ no monitor | target |")
-    print("|---|---|---|---|---|")
+    print("| model | configuration | seconds (median) | ÷ no monitor (median of repeats) | range | target |")
+    print("|---|---|---|---|---|---|")
     for model_name, build in MODELS.items():
         configs: dict[str, Callable[[], float]] = {
             "none": lambda: train_plain(build, train, args.updates, None),
@@ -241,10 +242,12 @@ def main() -> int:
         for name in configs:
             target = {"trainlab economy": "≤ 1.10", "trainlab full": "≤ 1.5"}.get(name, "")
             if name in failed:
-                print(f"| {model_name} | {name} | failed: {failed[name]} | | |")
+                print(f"| {model_name} | {name} | failed: {failed[name]} | | | |")
                 continue
+            ratios = [t / b for t, b in zip(times[name], times["none"])]
             t = statistics.median(times[name])
-            print(f"| {model_name} | {name} | {t:.3f} | {t / base:.2f} | {target} |", flush=True)
+            print(f"| {model_name} | {name} | {t:.3f} | {statistics.median(ratios):.3f} |"
+                  f" {min(ratios):.2f}–{max(ratios):.2f} | {target} |", flush=True)
         steps[model_name] = base / args.updates
     for model_name, step in steps.items():
         cost_table(model_name, step)
