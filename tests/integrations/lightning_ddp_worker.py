@@ -3,8 +3,9 @@
 MODE ``ddp``: ``strategy="ddp"``, two CPU processes (gloo; Lightning starts the second by running
 this script again), 16 samples per rank per update, readings on the first 32 samples of each
 rank's shard. MODE ``single``: one process, 32 samples per update, readings on the first 64
-samples. Without shuffling, update ``k`` of both sees the same 32 samples and both read the same
-64, so the readings must agree. Each rank writes its Monitor's readings to ``OUT/<MODE><rank>.json``.
+samples. The training loader deals the samples without shuffling (a ``DistributedSampler(...,
+shuffle=False)`` of our own, since Lightning's would shuffle), so update ``k`` of both sees the
+same 32 samples, and both read the same 64: the readings must agree. Each rank writes its Monitor's readings to ``OUT/<MODE><rank>.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import lightning.pytorch as L
 from lightning.pytorch.loggers import CSVLogger
@@ -35,8 +36,9 @@ def squared_error(out, target):
 
 
 class Regression(L.LightningModule):
-    def __init__(self):
+    def __init__(self, data: TensorDataset):
         super().__init__()
+        self.data = data
         gen = torch.Generator().manual_seed(0)
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
         with torch.no_grad():
@@ -49,6 +51,11 @@ class Regression(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         return squared_error(self(x), y)
+
+    def train_dataloader(self):
+        world = self.trainer.world_size
+        sampler = DistributedSampler(self.data, world, self.global_rank, shuffle=False) if world > 1 else None
+        return DataLoader(self.data, batch_size=BATCH // world, sampler=sampler)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
@@ -67,8 +74,9 @@ def main(mode: str, out: Path) -> None:
                         precision="64-true", max_steps=STEPS, logger=CSVLogger(out / mode, name="logs"),
                         callbacks=[TrainlabCallback(monitor, loss_fn=squared_error)], enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)
-    trainer.fit(Regression(), DataLoader(TensorDataset(x, y), batch_size=BATCH // world))
-    readings = [{"step": r.step, "instrument": r.instrument, "value": r.value, "error": r.extra.get("error")}
+    trainer.fit(Regression(TensorDataset(x, y)))
+    readings = [{"step": r.step, "instrument": r.instrument, "value": r.value,
+                 "batch_size": r.extra.get("batch_size"), "error": r.extra.get("error")}
                 for r in monitor.history]
     (out / f"{mode}{trainer.global_rank}.json").write_text(json.dumps(readings))
 
