@@ -5,7 +5,8 @@ this script again), 16 samples per rank per update, readings on the first 32 sam
 rank's shard. MODE ``single``: one process, 32 samples per update, readings on the first 64
 samples. The training loader deals the samples without shuffling (a ``DistributedSampler(...,
 shuffle=False)`` of our own, since Lightning's would shuffle), so update ``k`` of both sees the
-same 32 samples, and both read the same 64: the readings must agree. Each rank writes its Monitor's readings to ``OUT/<MODE><rank>.json``.
+same 32 samples, and both read the same 64: the readings must agree. Each rank writes its
+Monitor's readings to ``OUT/<MODE><rank>.json``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from toys import linear_saddle, squared_error  # noqa: E402
 from trainlab.errors import ConfigError  # noqa: E402
 from trainlab.instruments import Monitor  # noqa: E402
+from trainlab.integrations import event_text  # noqa: E402
 from trainlab.instruments.gradients import GradNorm, UpdateRatio  # noqa: E402
 from trainlab.instruments.sharpness import Sharpness  # noqa: E402
 from trainlab.integrations.lightning import TrainlabCallback  # noqa: E402
@@ -150,23 +151,28 @@ def test_readings_reach_the_csv_logger_and_equal_autograd_and_a_dense_hessian(tm
     assert torch.equal(bare.params[200], recorder.params[200])
 
 
-def test_doctor_escapes_a_planted_saddle_and_the_loss_then_falls(tmp_path):
+@pytest.mark.parametrize("batch, accumulate", [(64, 1), (32, 2)])
+def test_doctor_escapes_a_planted_saddle_and_the_loss_then_falls(tmp_path, batch, accumulate):
     """Both layers of a linear network start at zero: the gradient is exactly zero, plain SGD
-    never moves (the control run), the doctor finds the saddle and steps out along λ_min < 0."""
+    never moves (the control run), the doctor finds the saddle and steps out along λ_min < 0.
+    Every update sees all 64 samples: in one batch, or in two accumulated ones."""
     model, x, y = linear_saddle(64)
-    data = DataLoader(TensorDataset(x, y), batch_size=64)  # full batch: the loss is exact
+    data = DataLoader(TensorDataset(x, y), batch_size=batch)
     initial = squared_error(model(x), y).item()
     doctor = StallDoctor()
     trainer = fit(Regression(model, lr=0.1), data, tmp_path, [TrainlabCallback(doctor=doctor, loss_fn=squared_error)],
-                  max_steps=150, log_every_n_steps=1)
+                  max_steps=150, log_every_n_steps=1, accumulate_grad_batches=accumulate)
 
-    losses = logged(trainer, "train_loss")
     assert len(doctor.events) == 1
     event = doctor.events[0]
-    assert (event["verdict"], event["action"], event["applied"]) == ("saddle", "escape", True)
+    assert (event["verdict"], event["action"], event["applied"], event["full_batch"]) == ("saddle", "escape", True, True)
     assert event["lambda_min"] < 0 and event["step"] == 31  # 30 flat full-batch losses, then the test holds
+    final = squared_error(trainer.lightning_module(x), y).item()
+    assert final < 1e-3 * initial
+    if accumulate > 1:
+        return
+    losses = logged(trainer, "train_loss")
     assert all(losses[s] == initial for s in range(event["step"]))  # stalled until the doctor came
-    assert losses[149] < 1e-3 * initial
     assert logged(trainer, "trainlab/doctor/applied") == {30: 1.0}
     assert logged(trainer, "trainlab/doctor/loss_after")[30] == pytest.approx(event["loss_after"])
 
@@ -260,7 +266,8 @@ def test_ddp_two_ranks_log_the_readings_of_one_process_on_the_same_global_batch(
     assert {r["instrument"] for r in single} == {"grad_norm", "update_ratio", "units", "sharpness", "stability",
                                                  "noise_scale", "gsnr", "trace"}
     assert not any(r["error"] for r in single + ranks[0])
-    assert {r["batch_size"] for r in ranks[0] if r["instrument"] == "noise_scale"} == {32}  # samples per update, all ranks
+    # the noise readings' batch is the samples per update of all ranks
+    assert {r["batch_size"] for r in ranks[0] if r["instrument"] == "noise_scale"} == {32}
     assert [(r["step"], r["instrument"]) for r in ranks[0]] == [(r["step"], r["instrument"]) for r in single]
     for got, want in zip(ranks[0], single):
         assert got["value"] == pytest.approx(want["value"], rel=1e-8), (got, want)
@@ -279,8 +286,9 @@ def test_ddp_two_ranks_log_the_readings_of_one_process_on_the_same_global_batch(
     ({"monitor": Monitor(), "loss_fn": "mse"}, "loss_fn='mse' is not callable"),
     ({"monitor": Monitor()}, "exactly one of loss_fn"),
     ({"monitor": Monitor(), "loss_fn": squared_error, "batch_loss": lambda m, b: m(b)}, "got both"),
-    ({"monitor": Monitor(batch_loss=lambda m, b: m(b)), "batch_loss": lambda m, b: m(b)}, "differs from the Monitor"),
-    ({"doctor": StallDoctor(), "batch_loss": lambda m, b: m(b)}, "takes no batch_loss"),
+    ({"monitor": Monitor(batch_loss=lambda m, b: m(b)), "batch_loss": lambda m, b: m(b)}, "are not one function"),
+    ({"monitor": Monitor(batch_loss=lambda m, b: m(b)), "doctor": StallDoctor(batch_loss=lambda m, b: m(b))},
+     "are not one function"),
 ])
 def test_bad_arguments_are_one_clear_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as e:
@@ -298,3 +306,55 @@ def test_several_training_loaders_ask_for_data(tmp_path):
     callback = TrainlabCallback(Monitor(every=1, instruments=[GradNorm()]), loss_fn=squared_error, data=(x, y))
     fit(Regression(tanh_mlp(), lr=0.1), {"a": loader, "b": loader}, tmp_path, [callback], max_steps=2)
     assert [r.step for r in callback.monitor.history] == [1, 2]
+
+
+def test_dict_batches_through_batch_loss_read_and_treat_as_pairs_through_loss_fn(tmp_path):
+    """The planted saddle once as (x, y) pairs with loss_fn and once as {"x", "y"} dicts with
+    batch_loss: the same readings, the same event, the same final parameters."""
+
+    class DictRegression(Regression):
+        def training_step(self, batch, batch_idx):
+            return squared_error(self(batch["x"]), batch["y"])
+
+    def batch_loss(module, batch):
+        return squared_error(module(batch["x"]), batch["y"])
+
+    runs = []
+    for form in ("pair", "dict"):
+        model, x, y = linear_saddle(64)
+        monitor = Monitor(every=5, sample=64, instruments=[GradNorm(), Sharpness(every=10)])
+        if form == "pair":
+            module, data = Regression(model, lr=0.1), TensorDataset(x, y)
+            callback = TrainlabCallback(monitor, StallDoctor(), loss_fn=squared_error)
+        else:
+            module, data = DictRegression(model, lr=0.1), [{"x": a, "y": b} for a, b in zip(x, y)]
+            callback = TrainlabCallback(monitor, StallDoctor(), batch_loss=batch_loss)
+        trainer = fit(module, DataLoader(data, batch_size=64), tmp_path / form, [callback], max_steps=50)
+        runs.append((callback, parameters_to_vector(trainer.lightning_module.parameters())))
+    (pair, pair_params), (as_dict, dict_params) = runs
+    assert as_dict.monitor.batch_loss is as_dict.doctor.batch_loss  # given once, used by both
+    assert [(r.step, r.instrument, r.value) for r in as_dict.monitor.history] == \
+        [(r.step, r.instrument, r.value) for r in pair.monitor.history]
+    assert [(e["step"], e["action"], e["loss_after"]) for e in as_dict.doctor.events] == \
+        [(e["step"], e["action"], e["loss_after"]) for e in pair.doctor.events] != []
+    assert torch.equal(dict_params, pair_params)
+
+
+def test_doctor_events_reach_tensorboard_as_text_and_scalars(tmp_path):
+    """With Lightning's TensorBoardLogger the event's one line is a text summary, read back with
+    TensorBoard's own EventAccumulator, beside its scalars."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    model, x, y = linear_saddle(64)
+    doctor = StallDoctor()
+    trainer = L.Trainer(accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"), max_steps=40,
+                        callbacks=[TrainlabCallback(doctor=doctor, loss_fn=squared_error)], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(Regression(model, lr=0.1), DataLoader(TensorDataset(x, y), batch_size=64))
+
+    events = event_accumulator.EventAccumulator(trainer.logger.log_dir, size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    (text,) = events.Tensors("trainlab/doctor/text_summary")
+    assert text.step == 30 and text.tensor_proto.string_val[0].decode() == event_text(doctor.events[0])
+    assert [(s.step, s.value) for s in events.Scalars("trainlab/doctor/applied")] == [(30, 1.0)]

@@ -18,7 +18,8 @@ micro-batches of an accumulated update are waited for) the callback
   (:func:`trainlab.integrations.scalars`);
 * gives the :class:`~trainlab.train.StallDoctor` the update's loss; an event is logged as
   ``trainlab/doctor/...`` scalars (:func:`trainlab.integrations.event_scalars`), its one line
-  (:func:`trainlab.integrations.event_text`) goes to Lightning's console log, and the doctor acts
+  (:func:`trainlab.integrations.event_text`) goes to Lightning's console log and, with a
+  ``TensorBoardLogger``, to TensorBoard's text tab (tag ``trainlab/doctor``); the doctor acts
   on Lightning's own optimizer (``trainer.optimizers[0]``) and that optimizer's scheduler from
   ``trainer.lr_scheduler_configs`` (``η`` and the schedule's ``base_lrs`` rescaled together).
 
@@ -31,17 +32,18 @@ early stopping) see it; and every logger in ``trainer.loggers`` gets it through 
 
 **The loss.** Readings and diagnoses evaluate the model on a fixed sample, so they need the loss
 as a function, never ``training_step`` (which logs and may do more): ``loss_fn(pl_module(x), y)``
-for ``(x, y)`` batches, or ``batch_loss(pl_module, batch)`` for any other batch (set on the
-Monitor too). The doctor's per-update loss is the one ``training_step`` returned (a tensor, or a
-dict's ``"loss"``): the mean over the update's micro-batches (undoing Lightning's division by
+for ``(x, y)`` batches, or ``batch_loss(pl_module, batch)`` for any other batch (a dict of
+``input_ids`` and ``labels``, say; given to the Monitor and the doctor too). The doctor's
+per-update loss is the one ``training_step`` returned (a tensor, or a dict's ``"loss"``): the
+mean over the update's micro-batches (undoing Lightning's division by
 ``accumulate_grad_batches``), averaged over the ranks with ``trainer.strategy.reduce`` so that
 every rank decides alike.
 
 **The data.** By default the sample is drawn from the dataset of ``trainer.train_dataloader`` in
 dataset order through the loader's ``collate_fn`` (not in the epoch's shuffled order, so it is
-the same every epoch and after a resume); under a ``DistributedSampler`` each rank reads its own
-shard (samples ``rank, rank + world, …``), and the distributed-aware readings are those of the
-union. ``data=`` (a Dataset, a DataLoader or an ``(x, y)`` pair) replaces it.
+the same every epoch and after a resume); under a ``DistributedSampler`` each rank reads the
+shard one that does not shuffle deals it (samples ``rank, rank + world, …``), and the
+distributed-aware readings are those of the union. ``data=`` (a Dataset, a DataLoader or an ``(x, y)`` pair) replaces it.
 
 **Checkpoints.** :meth:`TrainlabCallback.state_dict` holds the Monitor's and the doctor's state,
 so a run resumed with ``trainer.fit(..., ckpt_path=...)`` reads and diagnoses as an
@@ -59,10 +61,11 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError, DataError
-from trainlab.integrations import event_scalars, event_text, require, scalars
+from trainlab.integrations import PREFIX, event_scalars, event_text, require, scalars
 
 pl = require("lightning.pytorch", "lightning", "lightning")
-from lightning.pytorch.utilities.rank_zero import rank_zero_info  # noqa: E402  (after require's message)
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402  (after require's message)
+from lightning.pytorch.utilities.rank_zero import rank_zero_info  # noqa: E402
 
 
 class TrainlabCallback(pl.Callback):
@@ -74,7 +77,8 @@ class TrainlabCallback(pl.Callback):
             latest readings unless it was given a Monitor of its own.
         loss_fn: ``(pl_module(x), y) -> mean loss`` for ``(x, y)`` batches.
         batch_loss: ``(pl_module, batch) -> mean loss`` for any other batch; exactly one of
-            ``loss_fn`` and ``batch_loss`` (a Monitor's own ``batch_loss`` counts).
+            ``loss_fn`` and ``batch_loss`` (one given to the Monitor or the doctor counts; the
+            parts without one get it).
         data: the training data the readings sample (default: the trainer's training set).
 
     Invalid arguments raise :class:`~trainlab.errors.ConfigError`.
@@ -98,21 +102,20 @@ class TrainlabCallback(pl.Callback):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"TrainlabCallback: {name}={fn!r} is not callable; pass a function (see its"
                                   " docstring) or None")
-        own = getattr(monitor, "batch_loss", None)
-        if batch_loss is not None and own is not None and own is not batch_loss:
-            raise ConfigError("TrainlabCallback: batch_loss differs from the Monitor's own batch_loss; pass it once,"
-                              " here or to the Monitor")
-        batch_loss = batch_loss if batch_loss is not None else own
+        given = {id(f): f for f in (batch_loss, getattr(monitor, "batch_loss", None),
+                                    getattr(doctor, "batch_loss", None)) if f is not None}
+        if len(given) > 1:
+            raise ConfigError("TrainlabCallback: the batch_loss given here, to the Monitor and to the StallDoctor are"
+                              " not one function; pass it once (here is enough)")
+        batch_loss = next(iter(given.values()), None)
         if (loss_fn is None) == (batch_loss is None):
             raise ConfigError("TrainlabCallback: pass exactly one of loss_fn=(outputs, targets) -> mean loss and"
                               " batch_loss=(module, batch) -> mean loss (got "
                               + ("both" if loss_fn is not None else "neither") + "); training_step is never called"
                               " for a reading, since it logs")
-        if batch_loss is not None and doctor is not None:
-            raise ConfigError("TrainlabCallback: the StallDoctor reads (x, y) batches through loss_fn and takes no"
-                              " batch_loss yet; pass loss_fn, or no doctor")
-        if monitor is not None and own is None:
-            monitor.batch_loss = batch_loss
+        for part in (monitor, doctor):  # both evaluate the loss the same way
+            if part is not None and part.batch_loss is None:
+                part.batch_loss = batch_loss
         if doctor is not None and getattr(doctor, "monitor", None) is None:
             doctor.monitor = monitor
         self.monitor, self.doctor, self.loss_fn, self.batch_loss, self.data = monitor, doctor, loss_fn, batch_loss, data
@@ -159,7 +162,11 @@ class TrainlabCallback(pl.Callback):
             if event is not None:
                 event.update(step=step, epoch=trainer.current_epoch)
                 self._log(trainer, pl_module, event_scalars(event), step)
-                rank_zero_info(f"trainlab: update {step}: {event_text(event)}")
+                text = event_text(event)
+                rank_zero_info(f"trainlab: update {step}: {text}")
+                for logger in trainer.loggers:
+                    if isinstance(logger, TensorBoardLogger):
+                        logger.experiment.add_text(f"{PREFIX}/doctor", text, step - 1)
 
     def state_dict(self) -> dict[str, Any]:
         """For Lightning's checkpoints: the Monitor's and the doctor's state."""
