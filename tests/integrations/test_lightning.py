@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning.pytorch")
@@ -358,3 +358,11 @@ def test_doctor_events_reach_tensorboard_as_text_and_scalars(tmp_path):
     (text,) = events.Tensors("trainlab/doctor/text_summary")
     assert text.step == 30 and text.tensor_proto.string_val[0].decode() == event_text(doctor.events[0])
     assert [(s.step, s.value) for s in events.Scalars("trainlab/doctor/applied")] == [(30, 1.0)]
+
+
+def test_without_lightning_the_import_names_the_pip_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)  # as if the package were not installed
+    monkeypatch.delitem(sys.modules, "trainlab.integrations.lightning")
+    with pytest.raises(ImportError, match=r"pip install 'trainlab\[lightning\]'") as e:
+        importlib.import_module("trainlab.integrations.lightning")
+    assert "\n" not in str(e.value)
