@@ -4,10 +4,12 @@ pyplot's global state or needs a display."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.gridspec import GridSpec
 
 if TYPE_CHECKING:
     from trainlab.nn.surface import Surface
@@ -44,13 +46,15 @@ def save(fig: Figure, path: str | Path) -> Path:
 
 
 def surface_figure(surface: Surface, title: str = "", levels: int = 30) -> Figure:
-    """Contours of a :class:`trainlab.nn.surface.Surface`, the current parameters marked."""
-    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    """Contours of a :class:`trainlab.nn.surface.Surface`, the current parameters marked (in the legend)."""
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
     ax = fig.add_subplot()
     a, b = surface.alphas.numpy(), surface.betas.numpy()
     filled = ax.contourf(a, b, surface.loss.T.numpy(), levels=levels, cmap="viridis")
-    fig.colorbar(filled, ax=ax, label="loss")
-    ax.plot([0], [0], marker="*", color="white", markersize=12, markeredgecolor="black")
+    fig.colorbar(filled, ax=ax).set_label("loss")
+    ax.plot([0], [0], marker="*", color="white", markersize=12, markeredgecolor="black", linestyle="none",
+            label=r"current parameters $\theta$")
+    ax.legend(loc="upper right", fontsize="small")
     ax.set(xlabel=r"$\alpha$ (direction 1)", ylabel=r"$\beta$ (direction 2)")
     ax.set_title(title or f"loss around θ (centre {surface.center:.4g})", fontsize="medium")
     return fig
@@ -58,19 +62,65 @@ def surface_figure(surface: Surface, title: str = "", levels: int = 30) -> Figur
 
 def spectrum_figure(eigenvalues: Sequence[float], title: str, grid: Sequence[float] | None = None,
                     density: Sequence[float] | None = None) -> Figure:
-    """The eigenvalues found (sorted), and the spectral density beside them when given."""
-    fig = Figure(figsize=(10.0 if density is not None else 5.6, 3.8), layout="constrained")
-    axes = fig.subplots(1, 2 if density is not None else 1)
-    left = axes[0] if density is not None else axes
+    """The eigenvalues found (sorted), and below them the spectral density when given: panels
+    stacked, so the figure stays legible on a narrow screen."""
+    fig = Figure(figsize=(6.4, 7.2 if density is not None else 3.8), layout="constrained")
+    axes = fig.subplots(2 if density is not None else 1, 1)
+    top = axes[0] if density is not None else axes
     values = sorted(float(v) for v in eigenvalues)
-    left.plot(range(len(values)), values, "o", ms=3)
-    left.axhline(0, color="gray", lw=0.8)
-    left.set(xlabel="index (ascending)", ylabel="eigenvalue λ", title=title)
-    left.grid(alpha=0.3)
+    top.plot(range(len(values)), values, "o", ms=3, label="eigenvalue")
+    top.axhline(0, color="gray", lw=0.8, label=r"$\lambda = 0$")
+    top.set(xlabel="index (ascending)", ylabel="eigenvalue λ")
+    top.set_title(title, fontsize="medium", wrap=True)
+    top.legend(fontsize="small")
+    top.grid(alpha=0.3)
     if density is not None:
-        right = axes[1]
-        right.plot(grid, density)
-        right.set_yscale("log")
-        right.set(xlabel="λ", ylabel="density", title="spectral density (stochastic Lanczos quadrature)")
-        right.grid(alpha=0.3)
+        bottom = axes[1]
+        bottom.plot(grid, density)
+        bottom.set_yscale("log")
+        bottom.set(xlabel="λ", ylabel="density")
+        bottom.set_title("spectral density (stochastic Lanczos quadrature)", fontsize="medium")
+        bottom.grid(alpha=0.3)
     return fig
+
+
+def stacked(fig: Figure) -> Figure | None:
+    """A copy of a figure of panels side by side (an ``r × c`` grid of subplots, ``c > 1``) with
+    its panels stacked one above the other, each as wide as it was, for a narrow screen; ``None``
+    for a figure of one column (nothing to stack) or one whose axes are not all in one grid.
+
+    The copy keeps each panel's contents, colour bar, legend and title (twin axes move with their
+    panel); panels go top to bottom in reading order (row by row), each with its own y tick
+    labels and y label where a shared y axis had hidden them; the copy's size is ``(w / c, h · c)``
+    for the figure's ``(w, h)``, laid out by the constrained layout engine. The figure passed in
+    is not changed.
+    """
+    specs = [ax.get_subplotspec() for ax in fig.axes]
+    grids = {spec.get_gridspec() for spec in specs if spec is not None}
+    if len(grids) != 1:
+        return None
+    (grid,) = grids
+    rows, cols = grid.get_geometry()
+    if cols < 2 or not isinstance(grid, GridSpec):
+        return None
+    if any(spec is not None and (len(spec.rowspan) != 1 or len(spec.colspan) != 1) for spec in specs):
+        return None  # a panel spanning cells has no single place in a column
+    copy = pickle.loads(pickle.dumps(fig))
+    width, height = fig.get_size_inches()
+    copy.set_size_inches(width / cols, height * cols)
+    if copy.get_layout_engine() is None:
+        copy.set_layout_engine("constrained")
+    tall = GridSpec(rows * cols, 1, figure=copy)
+    panels = [ax for ax in copy.axes if ax.get_subplotspec() is not None]  # colour bars: placed by the layout
+    for ax in panels:
+        spec = ax.get_subplotspec()
+        ax.set_subplotspec(tall[spec.rowspan.start * cols + spec.colspan.start, 0])
+    for ax in panels:  # a shared y axis shows its labels on the left column only; every panel is that now
+        siblings = [a for a in ax.get_shared_y_axes().get_siblings(ax) if a is not ax]
+        if siblings and ax.yaxis.get_label_position() == "left":
+            ax.yaxis.set_tick_params(labelleft=True)
+            ax.set_ylabel(ax.get_ylabel() or next((a.get_ylabel() for a in siblings if a.get_ylabel()), ""))
+    # The layout engine sizes the margins from the tick labels of the last draw, made at the old
+    # shape; one draw at the new shape lets the saved one lay out what it shows.
+    copy.draw_without_rendering()
+    return copy
