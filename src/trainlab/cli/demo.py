@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
         "demo", help="run every lecture demonstration and write a checked report",
         description="Run the lecture's demonstrations (" + ", ".join(EXPERIMENT_NAMES) + ") and write a report —"
-                    " index.html, summary.md, results.json and PNG figures — in which each claim of the lecture is"
-                    " marked held or not held with this run's numbers.")
+                    " index.html, summary.md, results.json and PNG figures — in which each claim of the lecture"
+                    " reads held, not held or inconclusive with this run's numbers and, where it rests on random"
+                    " draws, a 95 % interval over seeds.")
     _common(demo, default_out="report")
     demo.add_argument("--only", metavar="NAME,...", help="run only these experiments (comma-separated)")
     demo.set_defaults(run=run_demo)
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
-    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute for all experiments)")
+    p.add_argument("--quick", action="store_true",
+                   help="a reduced run (under a minute for all experiments), stated as such in the report")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--out", metavar="DIR", default=default_out,
                    help="report directory" + (f" (default {default_out}/)" if default_out else " (default report-NAME/)"))
@@ -62,7 +64,8 @@ def _run(names: list[str], args: argparse.Namespace, out: Path) -> int:
     start = time.perf_counter()
     results = {name: EXPERIMENTS[name].run(config) for name in names}
     seconds = time.perf_counter() - start
-    paths = document.write(results, out, seed=args.seed, seconds=seconds)
-    print(document.claims_table(results))
-    print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name}); {seconds:.0f} s")
+    paths = document.write(results, out, seed=args.seed, seconds=seconds, quick=args.quick)
+    print(document.claims_table(results, quick=args.quick))
+    print(f"\nreport{' of a quick run' if args.quick else ''}: {paths['html']}"
+          f" (also {paths['markdown'].name}, {paths['json'].name}); {seconds:.0f} s")
     return 0
