@@ -35,7 +35,7 @@ TITLE = "trainlab demo — what to do when a network won't train"
 DPI = 110
 #: The viewport width below which claims become cards and multi-panel figures their stacked version.
 NARROW_PX = 700
-QUICK_NOTE = ("Quick run (--quick): fewer epochs, samples and seeds than the full demo, for a first look"
+QUICK_NOTE = ("Quick run (--quick): shorter training on fewer samples than the full demo, for a first look"
               " — its numbers and verdicts are not the full run's.")
 #: Verdict → (CSS class, mark for HTML and the terminal, mark for Markdown).
 MARKS = {HELD: ("held", "✓", "✅"), NOT_HELD: ("not", "✗", "❌"), INCONCLUSIVE: ("open", "?", "❔")}
