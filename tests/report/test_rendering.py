@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from trainlab.experiments import Config, Result
 from trainlab.experiments.result import one_thread
 from trainlab.experiments.statistics import interval
+from trainlab.nn.surface import Surface
 from trainlab.report import document, plots
 
 
@@ -194,3 +195,24 @@ def test_stacked_restores_hidden_shared_y_labels():
     tall = plots.stacked(fig)
     assert [ax.get_ylabel() for ax in tall.axes] == ["loss"] * 3
     assert all(ax.yaxis.get_tick_params()["labelleft"] for ax in tall.axes)
+
+
+def test_problems_names_what_a_figure_leaves_unexplained():
+    assert plots.problems(one_panel()) == [] and plots.problems(two_panels()) == []
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    filled = ax.contourf(np.eye(3), 5)
+    fig.colorbar(filled, ax=ax)
+    ax.axhline(1.0)
+    ax.plot([0, 1], [0, 1], label="path A")
+    ax.plot([0, 1], [1, 0], label="path B")
+    ax.legend(handles=[ax.lines[2]], fontsize=6)  # path B only
+    ax.tick_params(axis="x", labelsize=7)
+    assert plots.problems(fig) == ["legend text of 6 pt (< 8)", "panel 1: a reference line without a label",
+                                   "panel 1: 'path A' is not in a legend", "panel 1: x tick labels of 7 pt (< 9)",
+                                   "panel 2: a colour bar without a label"]
+    grid = torch.linspace(-1, 1, 5)
+    surface = Surface(grid, grid, grid[:, None] ** 2 + grid[None, :] ** 2, 0.0, ([], []))
+    assert plots.problems(plots.surface_figure(surface)) == []
+    spectrum = plots.spectrum_figure([-1.0, 0.5, 2.0], "eigenvalues", [0.0, 1.0], [0.5, 0.1])
+    assert plots.problems(spectrum) == [] and plots.problems(plots.learning_rate_figure([0.1, 0.2], "lr")) == []

@@ -124,3 +124,42 @@ def stacked(fig: Figure) -> Figure | None:
     # shape; one draw at the new shape lets the saved one lay out what it shows.
     copy.draw_without_rendering()
     return copy
+
+
+def problems(fig: Figure, min_points: float = 9.0) -> list[str]:
+    """What keeps ``fig`` from reading on its own, one sentence each (empty when nothing does):
+    a colour bar without a label; a reference line (``axhline``/``axvline``) without a label; a
+    labelled line or collection in no legend of the figure (one legend may serve panels that share
+    their colours); tick labels smaller than ``min_points`` points, legend text smaller than 8.
+
+    Draws nothing; ``fig`` is not changed.
+    """
+    found = []
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    shown = {t.get_text() for legend in legends for t in legend.get_texts()}
+    tiny = sorted({t.get_fontsize() for legend in legends for t in legend.get_texts() if t.get_fontsize() < 8})
+    if tiny:
+        found.append(f"legend text of {tiny[0]:.3g} pt (< 8)")
+    for n, ax in enumerate(fig.axes, 1):
+        name = f"panel {n}" + (f" ({ax.get_title()!r})" if ax.get_title() else "")
+        colorbar = getattr(ax, "_colorbar", None)
+        if colorbar is not None:
+            if not (ax.get_ylabel() or ax.get_xlabel()):
+                found.append(f"{name}: a colour bar without a label")
+            continue
+        for line in ax.lines:
+            label = str(line.get_label())
+            reference = line.get_transform() in (ax.get_xaxis_transform(), ax.get_yaxis_transform())
+            if reference and label.startswith("_"):
+                found.append(f"{name}: a reference line without a label")
+            elif not label.startswith("_") and label not in shown:
+                found.append(f"{name}: {label!r} is not in a legend")
+        for collection in ax.collections:
+            label = str(collection.get_label())
+            if not label.startswith("_") and label not in shown:
+                found.append(f"{name}: {label!r} is not in a legend")
+        for axis in (ax.xaxis, ax.yaxis):
+            sizes = [t.get_fontsize() for t in axis.get_ticklabels()]
+            if sizes and min(sizes) < min_points:
+                found.append(f"{name}: {axis.axis_name} tick labels of {min(sizes):g} pt (< {min_points:g})")
+    return found
