@@ -53,7 +53,7 @@ table.claims td{{overflow-wrap:break-word}}table.claims td:empty::after{{content
 th{{background:#f4f4f4}}
 .verdict{{display:inline-block;padding:0 .4em;border-radius:3px;font-weight:600;white-space:nowrap}}
 .held{{color:#0a6b27;background:#e3f4e8}}.not{{color:#a8261b;background:#fbe5e2}}
-.open{{color:#6b4800;background:#fff0c2}}
+.open{{color:#6b4800;background:#fff0c2}}.zero{{color:#555;background:#eee;font-weight:400}}
 .quick{{background:#fff4d6;border:1px solid #e0b040;border-radius:4px;padding:.5em .8em}}
 .interval{{white-space:normal;font-variant-numeric:tabular-nums}}
 figure{{margin:1.2em 0}}figure img{{display:block;max-width:100%;height:auto;border:1px solid #eee}}
@@ -202,7 +202,7 @@ def to_html(results: dict[str, Result], seed: int, seconds: float, pngs: dict[st
     quick = is_quick(results) if quick is None else quick
     narrow = narrow or {}
     n = counts(results)
-    tally = ", ".join(f"<span class='verdict {MARKS[v][0]}'>{k} {v}</span>" for v, k in n.items())
+    tally = ", ".join(f"<span class='verdict {MARKS[v][0] if k else 'zero'}'>{k} {v}</span>" for v, k in n.items())
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width,initial-scale=1'>",
              f"<title>trainlab demo report{' (quick run)' if quick else ''}</title><style>{CSS}</style></head><body>",
