@@ -261,16 +261,22 @@ class Monitor:
 
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: Any) -> None:
-        """The Trainer's hook before the first step: take the trainer's update count (so a resumed
-        run reads at the same updates) and keep the parameters if an instrument due after the
-        coming update reads ``previous``.
+        """The Trainer's hook before the first step: :meth:`start` with the trainer's model and
+        update count. Parameters: ``trainer`` the :class:`~trainlab.train.Trainer` (``step`` and
+        ``module`` are read). Returns ``None``."""
+        self.start(trainer.module, trainer.step)
 
-        Parameters: ``trainer`` the :class:`~trainlab.train.Trainer` (``step`` and ``module`` are
-        read). Returns ``None``. Cost: none (at most a copy of the parameters).
+    def start(self, model: nn.Module, step: int) -> None:
+        """Before training (re)starts at update ``step``: take that count (so a resumed run reads
+        at the same updates) and keep the parameters if an instrument due after the coming
+        update reads ``previous``. For frameworks' own start hooks (Lightning's ``on_train_start``).
+        Returns ``None``. Cost: none (at most a copy of the parameters).
         """
-        self.step = trainer.step
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"Monitor.start: step={step!r} is not allowed; expected an update count >= 0")
+        self.step = step
         if self._previous is None:
-            self._remember_if_due(trainer.module)
+            self._remember_if_due(model)
 
     def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
         """The Trainer's hook after each update: :meth:`after_step` on the trainer's model, loss,

@@ -53,7 +53,6 @@ uninterrupted one would.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -131,7 +130,7 @@ class TrainlabCallback(pl.Callback):
         self._step, self._losses, self._samples = trainer.global_step, [], 0
         self._data = self.data if self.data is not None else _training_data(trainer)
         if self.monitor is not None:
-            self.monitor.on_fit_start(SimpleNamespace(step=trainer.global_step, module=pl_module))
+            self.monitor.start(pl_module, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Collect the micro-batch's loss; after an update, read the instruments and consult the doctor."""
