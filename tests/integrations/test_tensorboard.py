@@ -1,23 +1,30 @@
 """TensorBoard: readings, doctor events and losses written by trainlab, read back with
 TensorBoard's own EventAccumulator."""
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from trainlab.cli import main  # noqa: E402
 from trainlab.errors import ConfigError  # noqa: E402
 from trainlab.instruments import Monitor  # noqa: E402
 from trainlab.instruments.gradients import GradNorm  # noqa: E402
 from trainlab.instruments.sharpness import Sharpness  # noqa: E402
 from trainlab.integrations import event_text  # noqa: E402
 from trainlab.integrations.tensorboard import EVENT_FILE, EVENT_TAG, TensorBoardLogger  # noqa: E402
+from trainlab.train import Trainer  # noqa: E402
 from trainlab.train.doctor import StallDoctor  # noqa: E402
+from trainlab.train.trainer import TENSORBOARD_EPOCH, TENSORBOARD_STEP  # noqa: E402
 
+from cli_checks import error_line  # noqa: E402
 from toys import linear_saddle, squared_error  # noqa: E402
 
 
@@ -140,3 +147,115 @@ def test_without_tensorboard_the_message_names_the_pip_install():
     assert out.startswith("trainlab.integrations.tensorboard needs the 'tensorboard' package")
     assert "pip install 'trainlab[tensorboard]'" in out and "\n" not in out
 
+
+
+# ---------------------------------------------------------------- Trainer(tensorboard=DIR)
+class CrashAt:
+    """A callback that fails at update ``step``: the run dies between two checkpoints."""
+
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, trainer, record):
+        if record["step"] == self.at:
+            raise RuntimeError("crash")
+
+
+def saddle_trainer(out, board, epochs, callbacks=()):
+    """Full-batch SGD (one update per epoch) on the zero-weight linear network, stuck until the
+    doctor treats it, with a Monitor: loss, readings and an event to mirror."""
+    model, x, y = linear_saddle()
+    monitor = Monitor(instruments=[GradNorm(every=1), Sharpness(every=4)], progress=False)
+    doctor = StallDoctor(full_batch_window=5)
+    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), squared_error, TensorDataset(x, y),
+                   batch_size="full", epochs=epochs, callbacks=[monitor, doctor, *callbacks], out=out,
+                   checkpoint_every=3, progress=False, tensorboard=board)
+
+
+def lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_the_trainer_mirrors_its_logs_to_tensorboard(tmp_path):
+    """Every figure the run directory logs — step losses, epoch figures, readings, doctor events —
+    is in TensorBoard at the same update, with the same value."""
+    saddle_trainer(tmp_path / "run", tmp_path / "tb", epochs=14).fit()
+    scalars, texts = read_back(tmp_path / "tb")
+    steps = lines(tmp_path / "run" / "steps.jsonl")
+    for key, name in TENSORBOARD_STEP.items():
+        assert scalars[name] == [(r["step"], f32(r[key])) for r in steps]
+    metrics = [r for r in lines(tmp_path / "run" / "metrics.jsonl") if "event" not in r]
+    assert scalars[TENSORBOARD_EPOCH["train_loss"]] == [(r["step"], f32(r["train_loss"])) for r in metrics]
+    assert TENSORBOARD_EPOCH["eval_loss"] not in scalars  # no eval data: nothing, not NaN
+    readings = lines(tmp_path / "run" / "instruments.jsonl")
+    for name in ("grad_norm", "sharpness"):
+        assert scalars[f"trainlab/{name}"] == [(r["step"], f32(r["value"])) for r in readings
+                                              if r["instrument"] == name]
+    events = [r for r in lines(tmp_path / "run" / "metrics.jsonl") if "event" in r]
+    assert events and events[0]["action"] == "escape"
+    assert texts[f"{EVENT_TAG}/text_summary"] == [(e["step"], event_text(e)) for e in events]
+    assert scalars["trainlab/doctor/lambda_min"] == [(e["step"], f32(e["lambda_min"])) for e in events]
+
+
+def test_a_resumed_run_shows_each_update_once_as_an_uninterrupted_one(tmp_path):
+    """A run that dies at update 8 (last checkpoint at 6) and is resumed: TensorBoard hides the
+    dead run's updates 7 and 8 and shows exactly what an uninterrupted run shows."""
+    saddle_trainer(tmp_path / "whole", tmp_path / "tb_whole", epochs=12).fit()
+    with pytest.raises(RuntimeError, match="crash"):
+        saddle_trainer(tmp_path / "run", tmp_path / "tb", epochs=12, callbacks=[CrashAt(8)]).fit()
+    crashed, _ = read_back(tmp_path / "tb")
+    assert [s for s, _ in crashed["trainlab/train/loss"]] == list(range(1, 9))  # flushed although it died
+    saddle_trainer(tmp_path / "run", tmp_path / "tb", epochs=12).fit(resume=True)
+    (resumed, resumed_texts), (whole, whole_texts) = read_back(tmp_path / "tb"), read_back(tmp_path / "tb_whole")
+    assert [s for s, _ in resumed["trainlab/train/loss"]] == list(range(1, 13))
+    assert resumed == whole and resumed_texts == whole_texts
+
+
+def test_bad_tensorboard_arguments_are_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for value, message in [(3, "tensorboard=3 is not allowed; expected a directory path or None"),
+                           (tmp_path / "file", "is a file; expected a directory for TensorBoard's event files")]:
+        with pytest.raises(ConfigError, match=message):
+            saddle_trainer(tmp_path / "run", value, epochs=1)
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- trainlab train --tensorboard DIR
+def trainlab(*args):
+    """``trainlab ARGS`` in a fresh process (one thread), as a user runs it."""
+    done = subprocess.run([sys.executable, "-m", "trainlab", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_trainlab_train_tensorboard_end_to_end_with_resume(tmp_path):
+    run, board = tmp_path / "run", tmp_path / "tb"
+    watch = ["--no-progress", "--monitor", "full", "--doctor", "--tensorboard", board]  # full: update_ratio every 10
+    printed = trainlab("train", "--set", "data.name=iris", "--set", "train.batch_size=50", "--set", "train.epochs=2",
+                       "--out", run, *watch)
+    assert f"tensorboard --logdir {board}" in printed
+    trainlab("train", "--resume", "--set", "train.epochs=4", "--out", run, *watch)
+    scalars, _ = read_back(board)
+    steps = lines(run / "steps.jsonl")
+    assert [r["step"] for r in steps] == list(range(1, 13))  # iris: 120 training samples, 3 updates an epoch
+    assert scalars["trainlab/train/loss"] == [(r["step"], f32(r["loss"])) for r in steps]
+    metrics = [r for r in lines(run / "metrics.jsonl") if "event" not in r]
+    assert scalars["trainlab/epoch/eval_accuracy"] == [(r["step"], f32(r["eval_accuracy"])) for r in metrics]
+    readings = lines(run / "instruments.jsonl")
+    assert [r["step"] for r in readings] == [10] and scalars["trainlab/update_ratio"] == [(r["step"], f32(r["value"])) for r in readings
+                                                           if r["instrument"] == "update_ratio"]
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("file", "tensorboard='{}' is a file; expected a directory for TensorBoard's event files"),
+    ("", "tensorboard='' is not allowed; expected a directory path or None"),
+])
+def test_a_bad_tensorboard_directory_is_one_line_and_exit_2(tmp_path, capsys, value, fragment):
+    (tmp_path / "file").write_text("x")
+    value = str(tmp_path / value) if value else value
+    code = main(["train", "--set", "data.name=iris", "--no-progress", "--out", str(tmp_path / "run"),
+                 "--tensorboard", value])
+    line = error_line(capsys, code)
+    assert line.startswith("trainlab train: error: ") and fragment.format(value) in line
+    assert not (tmp_path / "run").exists()

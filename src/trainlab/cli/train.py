@@ -11,6 +11,7 @@ from trainlab import distributed
 from trainlab.train import config as config_mod
 from trainlab.train import rundir
 from trainlab.train import run as run_mod
+from trainlab.train import trainer as trainer_mod
 from trainlab.train.doctor import StallDoctor
 
 
@@ -39,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="read training instruments (gradient norm, update ratio, units, sharpness, stability, noise"
                         " scale) every few updates into RUN/instruments.jsonl; PRESET economy (the default: cheap"
                         " readings often, curvature rarely) or full")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write TensorBoard event files into DIR (view them with: tensorboard --logdir DIR): each"
+                        " update's loss, learning rate and gradient norm, each epoch's figures, the --monitor"
+                        " readings and the --doctor events; give the same DIR again with --resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         from trainlab.instruments import Monitor
 
         callbacks.append(Monitor(instruments=args.monitor, seed=config.seed, progress=not args.no_progress))
+    if args.tensorboard is not None:
+        callbacks.append(_TensorBoard(args.tensorboard))
     with _default_out() if out is None else contextlib.nullcontext(out) as out:
         try:
             summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress,
@@ -72,7 +79,24 @@ def run(args: argparse.Namespace) -> int:
         if args.monitor:
             print(f"instrument readings ({args.monitor}): {out / 'instruments.jsonl'}\n"
                   f"  draw them: trainlab report {out}")
+        if args.tensorboard is not None:
+            print(f"TensorBoard: tensorboard --logdir {args.tensorboard}")
     return 0
+
+
+class _TensorBoard:
+    """``--tensorboard DIR``: sets the Trainer's ``tensorboard`` directory in ``on_fit_start``,
+    before the Trainer opens it, since :func:`trainlab.train.run.train` builds the Trainer itself
+    and does not take ``tensorboard=`` (yet). The directory is checked here, before any file is written."""
+
+    def __init__(self, directory: str):
+        try:
+            self.directory = trainer_mod.tensorboard_dir(directory)
+        except ImportError as e:  # the tensorboard package is missing: its one sentence, exit 2
+            raise config_mod.ConfigError(str(e)) from None
+
+    def on_fit_start(self, trainer) -> None:
+        trainer.tensorboard = self.directory
 
 
 @contextlib.contextmanager

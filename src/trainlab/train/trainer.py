@@ -22,6 +22,13 @@ A run directory ``out`` receives
 * ``instruments.jsonl`` — with a :class:`~trainlab.instruments.Monitor` among the callbacks,
   one object per reading: ``step, instrument, value, seconds`` and the instrument's fields.
 
+With ``tensorboard=DIR`` (extra ``trainlab[tensorboard]``) the same figures also go to
+TensorBoard event files in ``DIR``, at their update: each update's :data:`TENSORBOARD_STEP`
+scalars, each epoch's :data:`TENSORBOARD_EPOCH`, every reading as ``trainlab/<instrument>`` and
+every doctor event as text and ``trainlab/doctor/<field>`` scalars
+(:class:`trainlab.integrations.tensorboard.TensorBoardLogger`). A resumed run hides what the
+interrupted one wrote after its checkpoint, so each update shows once.
+
 The directory is safe to hand over (see :mod:`trainlab.train.rundir`): a fresh run refuses
 one that already holds any of these files unless ``overwrite=True``; the run holds an
 exclusive lock on it throughout; a checkpoint is written only when every parameter, buffer
@@ -37,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -61,6 +69,11 @@ EVAL_BATCH_SIZE = 1024
 TRAINER_FILES = tuple(name for name in rundir.RUN_FILES if name != "config.toml")
 #: What a checkpoint written by the Trainer holds (``callbacks`` is optional: older runs lack it).
 STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "batch", "partial", "first_loss", "rng")
+#: With ``tensorboard=DIR``: the TensorBoard scalar of each step record's field (every update) …
+TENSORBOARD_STEP = {"loss": "trainlab/train/loss", "grad_norm": "trainlab/train/grad_norm", "lr": "trainlab/train/lr"}
+#: … and of each metrics record's field (every epoch, at its last update).
+TENSORBOARD_EPOCH = {"train_loss": "trainlab/epoch/train_loss", "train_accuracy": "trainlab/epoch/train_accuracy",
+                     "eval_loss": "trainlab/epoch/eval_loss", "eval_accuracy": "trainlab/epoch/eval_accuracy"}
 
 
 class Trainer:
@@ -77,6 +90,10 @@ class Trainer:
     ``out`` is the run directory (none: nothing is written). A fresh run refuses an ``out``
     that holds any of :data:`TRAINER_FILES` unless ``overwrite=True``, which deletes them
     first; ``resume=True`` continues the run in ``out``.
+
+    ``tensorboard`` is a directory for TensorBoard event files (none: no TensorBoard), written
+    by rank 0 alongside the run directory's logs (module docstring); give each run a directory
+    of its own, and the same one again when resuming it.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -84,8 +101,10 @@ class Trainer:
                  batch_size: int | str, epochs: int, scheduler: Any = None, eval_data: Dataset | None = None,
                  callbacks: Iterable[Any] = (), seed: int = 0, device: str | torch.device = "auto",
                  out: str | Path | None = None, *, checkpoint_every: int = 1, resume: bool = False,
-                 progress: bool = True, distributed: bool | None = None, overwrite: bool = False):
+                 progress: bool = True, distributed: bool | None = None, overwrite: bool = False,
+                 tensorboard: str | os.PathLike[str] | None = None):
         _check_positive_int("epochs", epochs)
+        self.tensorboard = tensorboard_dir(tensorboard)
         _check_positive_int("checkpoint_every", checkpoint_every)
         if len(train_data) == 0:
             raise DataError("train_data holds no samples")
@@ -125,6 +144,7 @@ class Trainer:
         self._bar: tqdm | None = None  # the progress bar while fit() runs
         self._figures: dict[str, str] = {}  # the last epoch's figures on the progress bar
         self._postfix: dict[str, str] = {}  # and after them, the latest short readings
+        self._board: Any = None  # the TensorBoardLogger while fit() runs with tensorboard=DIR
 
     # ------------------------------------------------------------------ public
     @property
@@ -158,7 +178,7 @@ class Trainer:
                 torch.manual_seed(self.seed)
                 position = self._restore(prepared) if resume else self._start()
                 self._call("on_fit_start")
-                with self._deferred_interrupt(), self._progress_bar() as bar:
+                with self._deferred_interrupt(), self._progress_bar() as bar, self._tensorboard_open(resume):
                     self._bar = bar
                     try:
                         while self.epoch < self.epochs and not self.stop_training:
@@ -252,6 +272,8 @@ class Trainer:
         event = {"event": event.get("event", "event"), "epoch": self.epoch + 1, "step": self.step, **event}
         self.events.append(event)
         self._write_lines("metrics.jsonl", [event])
+        if self._board is not None:
+            self._board.event(event, self.step)
         if self.progress:
             tqdm.write(f"step {self.step}: {event.get('message', event['event'])}")
 
@@ -259,6 +281,8 @@ class Trainer:
         """Record an instrument monitor's readings: one line each in ``instruments.jsonl``;
         ``postfix`` (short labels and values) goes on the progress bar."""
         self._write_lines("instruments.jsonl", readings)
+        if self._board is not None:
+            self._board.readings(readings, self.step)
         if postfix:
             self._postfix.update(postfix)
             if self._bar is not None:
@@ -283,6 +307,8 @@ class Trainer:
             x, y = _gather(self.train_data, order[b * self.batch_size:(b + 1) * self.batch_size], self.device)
             record = self._train_step(x, y, epoch, tally)
             self._unwritten_steps.append(record)
+            if self._board is not None:
+                self._board.scalars({name: record[key] for key, name in TENSORBOARD_STEP.items()}, self.step)
             self._call("on_step_end", record)
             bar.update()
             if self._interrupted:
@@ -308,6 +334,9 @@ class Trainer:
         self.history.append(record)
         self._flush_steps()
         self._write_lines("metrics.jsonl", [record])
+        if self._board is not None:
+            self._board.scalars({name: record[key] for key, name in TENSORBOARD_EPOCH.items()}, self.step)
+            self._board.flush()
         self._call("on_epoch_end", record)
         if epoch % self.checkpoint_every == 0 or epoch == self.epochs or self.stop_training:
             self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None, record=record)
@@ -563,6 +592,23 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    @contextlib.contextmanager
+    def _tensorboard_open(self, resume: bool) -> Iterator[None]:
+        """The TensorBoard file of this ``fit()`` (rank 0, with ``tensorboard=DIR``), flushed and
+        closed however the run ends — a diverged or interrupted run's last updates included."""
+        if self.tensorboard is None or not self.writer:
+            yield
+            return
+        from trainlab.integrations.tensorboard import TensorBoardLogger
+
+        # resumed at update S: what the interrupted run wrote after S is about to be redone, so hidden
+        self._board = TensorBoardLogger(self.tensorboard, purge_step=self.step + 1 if resume else None)
+        try:
+            yield
+        finally:
+            self._board.close()
+            self._board = None
+
     def _progress_bar(self) -> tqdm:
         return tqdm(total=self.epochs * self.steps_per_epoch, initial=self.step, unit="step",
                     disable=not self.progress, dynamic_ncols=True, leave=True)
@@ -591,6 +637,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if not available.get(device.type, False):
         raise ConfigError(f"device {str(device)!r} is not available on this machine; use auto or cpu")
     return device
+
+
+def tensorboard_dir(value: Any) -> Path | None:
+    """``Trainer(tensorboard=...)`` checked: ``None``, or a directory path that is not a file,
+    with the ``tensorboard`` package importable (else one sentence naming the pip install)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"tensorboard={value!r} is not allowed; expected a directory path or None")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ConfigError(f"tensorboard={str(value)!r} is a file; expected a directory for TensorBoard's event files")
+    import trainlab.integrations.tensorboard  # noqa: F401 (a missing package is one sentence now, before any write)
+    return Path(value)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
