@@ -530,6 +530,8 @@ def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -
             group["initial_lr"] *= factor
     if scheduler is not None and hasattr(scheduler, "base_lrs"):  # a schedule keeps its shape, rescaled
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        if isinstance(getattr(scheduler, "_last_lr", None), list):  # get_last_lr() (what HF logs) says η now
+            scheduler._last_lr = [lr * factor for lr in scheduler._last_lr]
 
 
 def bounded_sample(source: Dataset | Iterable[Any] | tuple[torch.Tensor, torch.Tensor], limit: int,
