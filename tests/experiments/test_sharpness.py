@@ -12,6 +12,7 @@ import trainlab as tl
 from trainlab.experiments import sharpness
 from trainlab.experiments.result import Config
 from trainlab.experiments.statistics import VERDICTS
+from trainlab.report.plots import problems
 
 
 @pytest.fixture(autouse=True)
@@ -77,5 +78,7 @@ def test_quick_run_decides_four_claims_over_five_seeds():
         assert row[2] < row[1]  # λ₀ below 2/η: gradient descent starts stable
         assert 0.9 < row[4] < 1.1  # the second half hovers at 2/η
     assert set(result.figures) == {"sharpness", "loss"}
+    for name, (title, fig) in result.figures.items():
+        assert problems(fig) == [], name
     doc = json.loads(json.dumps(result.to_json(), default=float))
     assert len(doc["claims"]) == 4 and all(np.isfinite(r[4]) for r in doc["tables"]["edge"]["rows"])

@@ -253,6 +253,11 @@ STYLES = [("tab:blue", "-", 5.0, 2), ("tab:cyan", "--", 1.2, 4), ("tab:red", "-"
           ("tab:purple", "--", 1.5, 5), ("tab:orange", ":", 2.2, 6)]
 
 
+def _tex(name: str) -> str:
+    """A method's name for a figure: λ_max as matplotlib mathtext."""
+    return name.replace("λ_max", r"$\lambda_{\max}$")
+
+
 def _valley_figures(result: Result, paths: dict[str, torch.Tensor], best: torch.Tensor) -> None:
     b, w = torch.meshgrid(torch.linspace(-200, -100, 200, dtype=torch.float64),
                           torch.linspace(-5, 5, 200, dtype=torch.float64), indexing="ij")
@@ -261,7 +266,7 @@ def _valley_figures(result: Result, paths: dict[str, torch.Tensor], best: torch.
     surface = ax.contourf(b.numpy(), w.numpy(), torch.log10(loss(b, w)).numpy(), levels=40, cmap="Greys")
     fig.colorbar(surface, ax=ax, label="log₁₀ L(b, w)")
     for (name, path), (colour, style, width, z) in zip(paths.items(), STYLES):
-        ax.plot(path[:, 0].numpy(), path[:, 1].numpy(), style, lw=width, color=colour, label=name, zorder=z,
+        ax.plot(path[:, 0].numpy(), path[:, 1].numpy(), style, lw=width, color=colour, label=_tex(name), zorder=z,
                 alpha=0.45 if width >= 4 else 0.95)
     ax.plot([START[0]], [START[1]], "ko", ms=7, label="start (−120, −4)", zorder=7)
     ax.plot([float(best[0])], [float(best[1])], "w*", ms=15, markeredgecolor="k",
@@ -276,7 +281,7 @@ def _valley_figures(result: Result, paths: dict[str, torch.Tensor], best: torch.
     ax = fig.add_subplot()
     for (name, path), (colour, style, width, z) in zip(paths.items(), STYLES):
         ax.loglog(np.arange(1, len(path) + 1), (path - best).norm(dim=1).numpy() + 1e-14, style, color=colour,
-                  lw=min(width, 2.5), label=name, zorder=z, alpha=0.6 if width >= 4 else 0.95)
+                  lw=min(width, 2.5), label=_tex(name), zorder=z, alpha=0.6 if width >= 4 else 0.95)
     ax.set(xlabel="update", ylabel="distance to the optimum")
     ax.tick_params(labelsize=9)
     ax.legend(fontsize=8.5, loc="lower left")
@@ -446,16 +451,17 @@ def _warmup_figures(result: Result, none, warm, stable, seed: int) -> None:
     ax = fig.add_subplot()
     t = np.arange(len(warm.losses))
     eta_t = WARM_LR * np.minimum(1.0, (t + 1) / WARM_UPDATES)
-    ax.semilogy(t, 2 / eta_t, "--", color="tab:blue", lw=1.2, label="2/ηₜ with warm-up", zorder=2)
+    ax.semilogy(t, 2 / eta_t, "--", color="tab:blue", lw=1.2, label=r"$2/\eta_t$ with warm-up", zorder=2)
     ax.axhline(2 / WARM_LR, color="tab:red", ls=":", lw=1.4, label=f"2/η = {2 / WARM_LR:g} without warm-up", zorder=1)
-    ax.semilogy(warm.steps, warm.sharpness, "-o", ms=3, color="tab:blue", lw=1.6, label="λ_max with warm-up", zorder=4)
+    ax.semilogy(warm.steps, warm.sharpness, "-o", ms=3, color="tab:blue", lw=1.6, label=r"$\lambda_{\max}$ with warm-up",
+                zorder=4)
     top = 1e3  # the diverging run's last readings go off the scale; the legend gives the last one
-    label = "λ_max without warm-up"
+    label = r"$\lambda_{\max}$ without warm-up"
     if none.diverged is not None:
         label += f" (diverged at update {none.diverged}"
         label += f"; last reading {none.sharpness[-1]:.1e}, off the scale)" if none.sharpness[-1] > top else ")"
     ax.semilogy(none.steps, none.sharpness, "-s", ms=4, color="tab:red", lw=1.6, label=label, zorder=5)
-    ax.set(xlabel="update", ylabel="sharpness λ_max", ylim=(1, top))
+    ax.set(xlabel="update", ylabel=r"sharpness $\lambda_{\max}$", ylim=(1, top))
     ax.tick_params(labelsize=9)
     ax.legend(fontsize=9, loc="upper right")
     ax.grid(alpha=0.3, which="both")
