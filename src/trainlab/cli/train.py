@@ -65,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
 
         callbacks.append(Monitor(instruments=args.monitor, seed=config.seed, progress=not args.no_progress))
     if args.tensorboard is not None:
-        callbacks.append(_TensorBoard(args.tensorboard))
+        try:  # checked before any file is written
+            trainer_mod.tensorboard_dir(args.tensorboard)
+        except ImportError as e:  # the tensorboard package is missing: its one sentence, exit 2
+            raise config_mod.ConfigError(str(e)) from None
     with _default_out() if out is None else contextlib.nullcontext(out) as out:
         try:
             summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress,
-                                    callbacks=callbacks, overwrite=args.overwrite)
+                                    callbacks=callbacks, overwrite=args.overwrite, tensorboard=args.tensorboard)
         except KeyboardInterrupt:
             print(f"interrupted; the checkpoint in {out} keeps the last completed step."
                   f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
@@ -82,21 +85,6 @@ def run(args: argparse.Namespace) -> int:
         if args.tensorboard is not None:
             print(f"TensorBoard: tensorboard --logdir {args.tensorboard}")
     return 0
-
-
-class _TensorBoard:
-    """``--tensorboard DIR``: sets the Trainer's ``tensorboard`` directory in ``on_fit_start``,
-    before the Trainer opens it, since :func:`trainlab.train.run.train` builds the Trainer itself
-    and does not take ``tensorboard=`` (yet). The directory is checked here, before any file is written."""
-
-    def __init__(self, directory: str):
-        try:
-            self.directory = trainer_mod.tensorboard_dir(directory)
-        except ImportError as e:  # the tensorboard package is missing: its one sentence, exit 2
-            raise config_mod.ConfigError(str(e)) from None
-
-    def on_fit_start(self, trainer) -> None:
-        trainer.tensorboard = self.directory
 
 
 @contextlib.contextmanager

@@ -127,8 +127,10 @@ def _image_shape(shape: torch.Size) -> tuple[int, int]:
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
-          callbacks: Iterable[Any] = (), overwrite: bool = False) -> dict[str, Any]:
-    """Train as ``config`` says into run directory ``out`` and return the summary.
+          callbacks: Iterable[Any] = (), overwrite: bool = False,
+          tensorboard: str | Path | None = None) -> dict[str, Any]:
+    """Train as ``config`` says into run directory ``out`` and return the summary; with
+    ``tensorboard`` a directory, the Trainer mirrors its logs there (``Trainer(tensorboard=)``).
 
     A fresh run refuses an ``out`` holding any of the files it writes unless
     ``overwrite=True``; ``resume=True`` continues the run there. Either way the directory
@@ -144,7 +146,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
                       batch_size=config.train.batch_size, epochs=config.train.epochs, scheduler=parts.scheduler,
                       eval_data=parts.test_data, callbacks=callbacks, seed=config.seed,
                       device=config.train.device, out=out, checkpoint_every=config.train.checkpoint_every,
-                      resume=resume, progress=progress, overwrite=overwrite)
+                      resume=resume, progress=progress, overwrite=overwrite, tensorboard=tensorboard)
     with rundir.locked(out) if trainer.writer else contextlib.nullcontext():
         if trainer.writer:
             _check_out(config, out, resume, overwrite)  # again: another run may have finished meanwhile
