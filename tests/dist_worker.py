@@ -78,6 +78,9 @@ def run(rank, world, port, out, scenario):
             result["params"], result["steps"] = training_result(x, y, B)
         elif scenario == "instruments":
             result = {"readings": instrument_readings(x[rank::world], y[rank::world], units_model())}
+        elif scenario == "doctor_sample_loss":  # each rank's own shard: the confirming loss must agree
+            doctor = tl.train.StallDoctor(max_samples=50)
+            result = {"loss": doctor._sample_loss(model(), F.cross_entropy, (x[rank::world], y[rank::world]))}
         elif scenario == "mismatch":
             try:
                 tl.curvature.gradient(model() if rank == 0 else tl.nn.mlp(6, [7], 3).double(), F.cross_entropy,

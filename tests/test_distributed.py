@@ -114,3 +114,14 @@ def test_instruments_read_the_union_of_the_ranks_samples(tmp_path):
         assert got["units"]["parts"] == single["units"]["parts"]
         assert got["noise_scale"]["samples"] == len(y)
         assert got["grad_norm"]["parts"] == pytest.approx(single["grad_norm"]["parts"], rel=1e-8)
+
+
+def test_the_doctors_confirming_loss_is_the_same_on_every_rank(tmp_path):
+    """A mini-batch stall is confirmed on the sample loss; ranks that disagreed would enter the
+    (collective) diagnosis alone and hang. It is the mean over all ranks' samples."""
+    x, y = dist_worker.problem()
+    ranks = spawn("doctor_sample_loss", tmp_path)
+    union = torch.cat([x[0::2][:50], x[1::2][:50]]), torch.cat([y[0::2][:50], y[1::2][:50]])
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(dist_worker.model()(union[0]), union[1]))
+    assert ranks[0]["loss"] == ranks[1]["loss"] == pytest.approx(expected, rel=1e-12)

@@ -91,6 +91,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from trainlab import distributed as dist
 from trainlab.curvature import analysis_mode, diagnose, escape
 from trainlab.data.batches import BatchLoss, batch_size_of, concat, first_samples
 from trainlab.errors import ConfigError
@@ -294,12 +295,22 @@ class StallDoctor(Callback):
 
     @torch.no_grad()
     def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> float:
+        """The mean loss on the bounded sample; under ``torch.distributed`` the sample-weighted
+        mean over every rank's sample, so all ranks confirm (and so diagnose, whose products are
+        collective) at the same update — a rank that decided alone would wait for the others forever."""
         with analysis_mode(model, "eval"):  # also undoes the random draws of a shuffling DataLoader
             sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
             if self.batch_loss is not None:
-                return float(self.batch_loss(model, sample))
-            x, y = sample
-            return float(loss_fn(model(x), y))
+                loss = self.batch_loss(model, sample)
+            else:
+                x, y = sample
+                loss = loss_fn(model(x), y)
+            if not dist.active():
+                return float(loss)
+            n = float(batch_size_of(sample))
+            both = dist.all_reduce_sum(torch.tensor([float(loss) * n, n], dtype=torch.float64,
+                                                    device=dist.device()))
+            return float(both[0] / both[1])
 
     # ---------------------------------------------------------------- diagnosis and treatment
     def _treat(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any,
