@@ -417,7 +417,7 @@ def _warmup_claims(result: Result, none: list, warm: list, stable: list, final: 
                   f" (a diverged run counts with the loss at which it was stopped, over {CAP:,.0f}× its initial loss).",
                   rescue,
                   f"without warm-up {sum(s is not None for s in stopped)} of {n} runs diverged (stopped at updates"
-                  f" {', '.join(str(s) for s in stopped if s is not None) or '—'}; ηλ_max read {climb}… on seed"
+                  f" {', '.join(str(s) for s in stopped if s is not None) or '—'}; η·λ_max read {climb}… on seed"
                   f" {result.config.seed}: the sharpness rises as the run diverges); with warm-up"
                   f" {sum(d.diverged is not None for d in warm)} diverged, final loss"
                   f" {min(final['warm']):.4f}–{max(final['warm']):.4f}; the quantity decided is log₁₀(loss without /"
@@ -433,8 +433,8 @@ def _warmup_claims(result: Result, none: list, warm: list, stable: list, final: 
                   f" {min(at_end):.2f}–{max(at_end):.2f} (η·λ_max {WARM_LR * min(at_end):.2f}–"
                   f"{WARM_LR * max(at_end):.2f}); largest ηₜ·λ_max read during the run {min(peak):.2f}–"
                   f"{max(peak):.2f}; the quantity decided is λ₀ / λ_max(update {WARM_UPDATES})",
-                  "Gilmer et al. 2021; Kalra & Barkeshli 2024: warm-up lowers the sharpness so the large η becomes"
-                  " stable", threshold=2.0)
+                  "Gilmer et al. 2021; Kalra & Barkeshli 2024 ('Why warmup the learning rate?'): warm-up lowers the"
+                  " sharpness so the large η becomes stable", threshold=2.0)
     better = paired(np.log10(final["stable"]), np.log10(final["warm"]))
     rates = [d.lr for d in stable]
     result.decide(f"With warm-up to η = {WARM_LR:g} the run ends lower than at the largest constant η that starts"

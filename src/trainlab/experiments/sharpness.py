@@ -214,7 +214,7 @@ def edge(result: Result, config: Config) -> None:
                      np.mean(s["rises"]), np.mean(s["share"])])
     result.table("edge", ["η", "2/η", "λ₀ (mean)", "peak λ_max (mean)",
                           "median of λ_max·η/2 over the second half (mean over seeds)",
-                          "lowest reading ·η/2 (second half)", "highest reading ·η/2 (second half)",
+                          "lowest λ_max·η/2 read (second half)", "highest λ_max·η/2 read (second half)",
                           "first reading ≥ 0.9 · 2/η (update, mean)", "loss at the start (mean)",
                           "loss at the end (mean)", f"updates on which the loss rose (of {updates}, mean)",
                           "share of the second half's updates with a rise (mean)"], rows)
