@@ -12,7 +12,8 @@ from trainlab.errors import ConfigError
 #: The names of :data:`trainlab.experiments.EXPERIMENTS`, in its order. Spelled out here so that
 #: building the parser (``trainlab --help``) does not import the experiments and matplotlib;
 #: a test checks the two agree.
-EXPERIMENT_NAMES = ("critical_points", "batch_size", "momentum", "adaptive_lr", "classification", "normalization")
+EXPERIMENT_NAMES = ("critical_points", "batch_size", "momentum", "sharpness", "adaptive_lr", "classification",
+                    "normalization")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
