@@ -37,6 +37,16 @@ def test_lambda_max_at_a_checkpoint_matches_a_dense_eigensolve():
     assert run.sharpness[0] == pytest.approx(initial, rel=2e-3)
 
 
+def test_lambda_max_of_the_experiments_network_matches_thick_restart_lanczos():
+    # the experiment's own 64-64-64-10 network (13,130 parameters: too large for a dense Hessian in a test)
+    # at the edge of stability, against trainlab.curvature.eigs run to a tight tolerance
+    data = sharpness.digits(sharpness.QUICK["samples"], seed=0)
+    run = sharpness.descend(sharpness.network(0), data, lr=0.6, updates=120, read=lambda t: t % 40 == 0, seed=0)
+    top = tl.curvature.eigs(run.model, sharpness.half_mse, data, k=1, tol=1e-7, progress=False)
+    assert top.converged[0] and run.sharpness[-1] == pytest.approx(float(top.values[0]), rel=2e-3)
+    assert run.sharpness[-1] * 0.6 / 2 > 0.9  # it is at the edge: λ_max ≈ 2/η
+
+
 def _linear(seed: int) -> torch.nn.Sequential:
     return sharpness.network(seed, widths=())
 

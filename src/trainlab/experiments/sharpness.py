@@ -218,7 +218,7 @@ def edge(result: Result, config: Config) -> None:
                           "first reading ≥ 0.9 · 2/η (update, mean)", "loss at the start (mean)",
                           "loss at the end (mean)", f"updates on which the loss rose (of {updates}, mean)",
                           "share of the second half's updates with a rise (mean)"], rows)
-    _claims(result, stats, rates, len(seeds), samples, updates)
+    _claims(result, stats, rates, len(seeds), updates)
     result.figure("sharpness", f"Sharpness λ_max during full-batch gradient descent against 2/η (seed {config.seed}"
                   f" bold, the other {SEEDS - 1} seeds thin)", _sharpness_figure(runs))
     result.figure("loss", f"Training loss during the same runs (seed {config.seed})", _loss_figure(runs))
@@ -230,7 +230,7 @@ def edge(result: Result, config: Config) -> None:
 
 
 def _claims(result: Result, stats: dict[float, dict[str, list[float]]], rates: Sequence[float], n: int,
-            samples: int, updates: int) -> None:
+            updates: int) -> None:
     smallest = rates[0]
     s = stats[smallest]
     rise = interval([p / l0 for p, l0 in zip(s["peak"], s["lam0"])])
