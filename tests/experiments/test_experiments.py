@@ -19,7 +19,7 @@ def results():
 
 
 def test_every_result_is_complete_and_serialisable(results):
-    assert list(results) == ["critical_points", "batch_size", "momentum", "adaptive_lr", "classification",
+    assert list(results) == ["critical_points", "batch_size", "momentum", "sharpness", "adaptive_lr", "classification",
                              "normalization"]
     for name, r in results.items():
         assert r.name == name and r.claims and r.figures and r.seconds > 0
