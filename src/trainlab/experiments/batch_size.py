@@ -278,7 +278,7 @@ def timing(result: Result, config: Config) -> None:
 
 
 def _timing_figure(rows: list[list]) -> Figure:
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
     sizes = [r[0] for r in rows]
     ax.loglog(sizes, [r[2] / 1e3 for r in rows], "o-", color="tab:blue", label="time per update (this CPU)")
@@ -289,7 +289,7 @@ def _timing_figure(rows: list[list]) -> Figure:
     ax.loglog([r[0] for r in lecture], [r[5] for r in lecture], "s:", color="tab:orange", mfc="none",
               label="per epoch, lecture (V100, MNIST)")
     ax.set(xlabel="batch size B", ylabel="seconds")
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     ax.grid(alpha=0.3, which="both")
     return fig
 

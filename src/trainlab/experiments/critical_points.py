@@ -15,7 +15,6 @@ Two demonstrations:
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Callable
 
 import numpy as np
