@@ -32,6 +32,21 @@ def test_every_result_is_complete_and_serialisable(results):
         assert all(f["file"].endswith(".png") for f in doc["figures"])
 
 
+def test_every_figure_reads_on_its_own(results):
+    """Colour bars and reference lines labelled, legends complete, text large enough (issue 15)."""
+    from trainlab.report.plots import problems
+
+    found = {f"{name}-{key}": problems(fig) for name, r in results.items() for key, (_, fig) in r.figures.items()}
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_claims_over_seeds_carry_their_interval(results):
+    decided = [c for r in results.values() for c in r.claims if c.interval]
+    assert len(decided) >= 10  # the random-draw claims of every experiment
+    for c in decided:
+        assert c.verdict in ("held", "not held", "inconclusive") and "5 seeds" in c.interval
+
+
 def test_critical_points_toy_hessian_and_spectra(results):
     r = results["critical_points"]
     rows = r.tables["toy_hessian"].rows
