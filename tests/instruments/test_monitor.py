@@ -237,7 +237,7 @@ def test_progress_bar_shows_short_readings(small, capsys):
 
 def test_presets_scale_with_every():
     economy = {inst.name: inst.every for inst in Monitor(instruments="economy").instruments}
-    assert economy == {"grad_norm": 500, "update_ratio": 50, "units": 1000, "sharpness": 4000, "stability": 4000,
+    assert economy == {"grad_norm": 500, "update_ratio": 100, "units": 1000, "sharpness": 4000, "stability": 4000,
                        "noise_scale": 4000}
     full = {inst.name: inst.every for inst in Monitor(every=5, instruments="full").instruments}
     assert full == {"grad_norm": 25, "update_ratio": 5, "units": 50, "sharpness": 150, "stability": 150,

@@ -73,16 +73,28 @@ class UpdateRatio(Instrument):
         missing = [name for name, _ in named if name not in ctx.previous]
         if missing:
             raise KeyError(f"no earlier value of parameter {missing[0]!r}")
-        deltas = _norms([p - ctx.previous[name].to(p.device) for name, p in named])
-        norms = _norms([p for _, p in named])
+        params = [p for _, p in named]
+        before = [ctx.previous[name].to(p.device) for name, p in named]
+        deltas = _norms(torch._foreach_sub(params, before) if _uniform(params) else
+                        [p - b for p, b in zip(params, before)])
+        norms = _norms(params)
         parts = {name: d / n if n > 0 else math.nan for (name, _), d, n in zip(named, deltas, norms)}
         size = math.sqrt(sum(n * n for n in norms))
         return {"value": math.sqrt(sum(d * d for d in deltas)) / size if size > 0 else math.nan, "parts": parts}
 
 
 def _norms(tensors: list[torch.Tensor]) -> list[float]:
-    """``‖t‖₂`` of each tensor, read back in one transfer (one synchronisation on a GPU)."""
+    """``‖t‖₂`` of each tensor, read back in one transfer (one synchronisation on a GPU); one
+    multi-tensor kernel (``torch._foreach_norm``, as ``clip_grad_norm_``) when the tensors share
+    device and dtype — a reading between cheap updates should not cost a launch per tensor."""
     if not tensors:
         return []
     device = tensors[0].device
+    if _uniform(tensors):
+        return torch.stack(torch._foreach_norm(tensors)).to(torch.float64).tolist()
     return torch.stack([torch.linalg.vector_norm(t).to(device, torch.float64) for t in tensors]).tolist()
+
+
+def _uniform(tensors: list[torch.Tensor]) -> bool:
+    """All on one device, in one dtype: what the multi-tensor (foreach) kernels take."""
+    return all(t.device == tensors[0].device and t.dtype == tensors[0].dtype for t in tensors)
