@@ -88,11 +88,11 @@ def batch_size_of(batch: Any) -> int:
     """The number of samples in ``batch``: ``len(y)`` of an ``(x, y)`` pair; for a dict, tuple
     or list the leading dimension its tensors share (a :class:`DataError` if they disagree)."""
     if _is_pair(batch) and batch[1].dim() > 0:
-        x, y = batch
-        if x.dim() > 0 and len(x) != len(y):
+        x, y = batch  # (shape[0], not len(): this runs once per training update in the integrations)
+        if x.dim() > 0 and x.shape[0] != y.shape[0]:
             raise DataError(f"a batch's inputs hold {len(x)} samples and its targets {len(y)}; they must hold one row"
                             " per sample each (for another layout pass batch_loss=(model, batch) -> mean loss)")
-        return len(y)
+        return y.shape[0]
     tensors = [t for t in _tensors(batch) if t.dim() > 0]
     if not tensors:
         raise DataError(f"cannot tell how many samples a batch holds: its {_describe(batch)} has no tensor with a"
@@ -168,7 +168,8 @@ def _tensors(batch: Any) -> list[torch.Tensor]:
 
 
 def _is_pair(data: Any) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    return (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+            and isinstance(data[1], torch.Tensor))
 
 
 def _is_map_style(data: Any) -> bool:
