@@ -32,6 +32,8 @@ from trainlab.experiments.statistics import interval
 NAME = "critical_points"
 TITLE = "Critical points: local minimum or saddle point?"
 WIDTH = 4  # hidden units of the network analysed (3 in a quick run)
+#: Newton stops at this gradient norm: GRAD_TOL (1e-8) with three digits to spare.
+NEWTON_TOL = 1e-11
 WEIGHT_DECAY = 1e-3  # α in the analysed loss, cross-entropy + (α/2)‖θ‖²
 GRAD_TOL = 1e-8  # ‖∇L‖ below which the point counts as critical (float64, Newton-polished)
 EIG_TOL = 1e-9  # |λ| / max|λ| below which an eigenvalue is flat (exact float64 spectra)
@@ -187,7 +189,7 @@ def _minimise(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
               newton: int = 50) -> None:
     """L-BFGS on the loss, then Newton steps with the absolute Hessian, ``θ ← θ − t |H|⁻¹∇L``
     (``|H| = Q|Λ|Qᵀ``, so every step descends; ``t`` halved until the loss falls enough), until
-    ``‖∇L‖ < 1e-12``: near a minimum this is Newton's method and converges quadratically."""
+    ``‖∇L‖ < NEWTON_TOL`` (1e-11): near a minimum this is Newton's method and converges quadratically."""
     params = list(model.parameters())
     opt = torch.optim.LBFGS(params, lr=1, max_iter=iterations, tolerance_grad=1e-12, tolerance_change=1e-16,
                             history_size=10, line_search_fn="strong_wolfe")
@@ -205,7 +207,7 @@ def _minimise(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     value = float(f(theta))
     for _ in range(newton):
         g = gradient(theta)
-        if float(g.norm()) < 1e-12:
+        if float(g.norm()) < NEWTON_TOL:
             break
         lam, q = torch.linalg.eigh(curvature(theta))
         step = q @ ((q.T @ g) / lam.abs().clamp(min=1e-10 * float(lam.abs().max())))
