@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 import trainlab as tl
 from trainlab.experiments import sharpness
 from trainlab.experiments.result import Config, Result, one_thread, stages
-from trainlab.experiments.statistics import interval, paired
+from trainlab.experiments.statistics import interval, paired, seeds as seeds_of
 
 NAME = "adaptive_lr"
 TITLE = "Adaptive learning rate and scheduling on the lecture's error surface"
@@ -363,7 +363,7 @@ def warmup(result: Result, config: Config) -> None:
     setting = WARM_QUICK if config.quick else WARM_FULL
     samples, updates, every = setting["samples"], setting["updates"], setting["every"]
     data = sharpness.digits(samples, config.seed)
-    seeds = [config.seed + i for i in range(sharpness.SEEDS)]
+    seeds = seeds_of(config)
     none, warm, stable = [], [], []
     for s in seeds:
         none.append(sharpness.descend(sharpness.network(s, scale=WARM_SCALE), data, WARM_LR, updates,

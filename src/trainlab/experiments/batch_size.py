@@ -12,7 +12,7 @@
   (:class:`trainlab.instruments.NoiseScale`) against the fitted ``B_crit = E_min/S_min``.
 
 Every claim that depends on random draws (data split, initial weights, batch order) is decided
-over :data:`SEEDS` seeds, ``config.seed + i``, with a 95 % t interval
+over :data:`~trainlab.experiments.statistics.SEEDS` seeds, ``config.seed + i``, with a 95 % t interval
 (:mod:`trainlab.experiments.statistics`). To afford that, the seeds (and, for the critical batch
 size, the learning rates tried) train side by side as one :class:`Ensemble`: independent MLPs
 whose weights are stacked, so one batched matrix product serves them all.
@@ -34,11 +34,10 @@ from torch import nn
 
 import trainlab as tl
 from trainlab.experiments.result import Config, Result, one_thread, stages
-from trainlab.experiments.statistics import interval, paired
+from trainlab.experiments.statistics import interval, paired, seeds
 
 NAME = "batch_size"
 TITLE = "Batch size: time per update and per epoch, accuracy, sharpness and the critical batch size"
-SEEDS = 5  # every claim that depends on random draws is decided over this many seeds
 #: Read off the lecture's slide (MNIST, 60,000 training images, on a V100): seconds per epoch.
 LECTURE_EPOCH = {1: 362, 10: 44, 100: 14, 1000: 9}
 MNIST_TRAIN = 60_000
@@ -55,7 +54,7 @@ def run(config: Config | None = None) -> Result:
             times 30 updates per size instead of 100, trains 3 epochs instead of 15, trains to a training loss
             of 0.3 instead of 0.1 on half the training samples for the equal-loss comparison, and to 1.4
             instead of 1.0 at four batch sizes instead of six for the critical batch size; ``seed`` is the
-            first of the :data:`SEEDS` seeds (data splits, initial weights and batch order); ``progress``
+            first of the :data:`~trainlab.experiments.statistics.SEEDS` seeds (data splits, initial weights and batch order); ``progress``
             shows a bar over the 4 stages.
 
     Returns:
@@ -77,11 +76,6 @@ def run(config: Config | None = None) -> Result:
         critical_batch(result, config)
         bar.update()
     return result
-
-
-def seeds(config: Config) -> list[int]:
-    """The seeds a claim is decided over: ``config.seed + i`` for ``i = 0 … SEEDS − 1``."""
-    return [config.seed + i for i in range(SEEDS)]
 
 
 def _sizes(n: int) -> list[int]:
@@ -300,7 +294,7 @@ def equal_epochs(result: Result, config: Config) -> None:
     """MLPs 64-32-10 trained by SGD (η = 0.01) for the same number of epochs at each batch size, on the digits.
 
     Lecture claim: at an equal number of epochs large batches train worse, an optimisation effect.
-    Batch sizes 1, 10, 100, 1,000 and the whole training set; each of the :data:`SEEDS` seeds draws its own
+    Batch sizes 1, 10, 100, 1,000 and the whole training set; each of the :data:`~trainlab.experiments.statistics.SEEDS` seeds draws its own
     digits split, initial weights and batch order (epochs walk a permutation, as the Trainer does).
 
     Parameters:

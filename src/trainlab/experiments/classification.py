@@ -21,9 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 import trainlab as tl
-from trainlab.experiments.batch_size import seeds
 from trainlab.experiments.result import Config, Result, stages
-from trainlab.experiments.statistics import paired
+from trainlab.experiments.statistics import paired, seeds
 
 NAME = "classification"
 TITLE = "Classification: softmax, MSE against cross-entropy"

@@ -25,9 +25,8 @@ from torch import nn
 from torch.func import functional_call, grad, hessian
 
 import trainlab as tl
-from trainlab.experiments.batch_size import seeds
 from trainlab.experiments.result import Config, Result, stages
-from trainlab.experiments.statistics import interval
+from trainlab.experiments.statistics import interval, seeds
 
 NAME = "critical_points"
 TITLE = "Critical points: local minimum or saddle point?"

@@ -24,9 +24,8 @@ from torch import nn
 
 import trainlab as tl
 from trainlab.experiments.adaptive_lr import X, Y
-from trainlab.experiments.batch_size import seeds
 from trainlab.experiments.result import Config, Result, stages
-from trainlab.experiments.statistics import paired
+from trainlab.experiments.statistics import paired, seeds
 
 NAME = "normalization"
 TITLE = "Feature normalisation and batch normalisation"

@@ -32,13 +32,12 @@ from torch import nn
 
 import trainlab as tl
 from trainlab.experiments.result import Config, Result, one_thread, stages
-from trainlab.experiments.statistics import interval
+from trainlab.experiments.statistics import SEEDS, interval, seeds as seeds_of
 from trainlab.instruments import Context, Sharpness
 
 NAME = "sharpness"
 TITLE = "The edge of stability: full-batch gradient descent drives the sharpness to 2/η"
 WIDTHS = (64, 64, 64)
-SEEDS = 5  # claims are decided over config.seed + 0 … 4
 #: full run: 1,000 digits, 600 updates, a reading every 20 in the second half (every 40 before);
 #: quick: 250 digits, 300 updates, every 30 (60)
 FULL = dict(samples=1000, updates=600, every=20, rates=(0.3, 0.45, 0.6))
@@ -183,7 +182,7 @@ def edge(result: Result, config: Config) -> None:
     setting = QUICK if config.quick else FULL
     samples, updates, every, rates = setting["samples"], setting["updates"], setting["every"], setting["rates"]
     data = digits(samples, config.seed)
-    seeds = [config.seed + i for i in range(SEEDS)]
+    seeds = seeds_of(config)
     half = updates // 2
 
     def read(t: int) -> bool:  # the second half, which the hover claim reads, twice as often as the first

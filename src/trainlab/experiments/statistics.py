@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from trainlab.errors import ConfigError
 
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
+#: Every claim that depends on random draws is decided over this many seeds.
+SEEDS = 5
 VERDICTS = (HELD, NOT_HELD, INCONCLUSIVE)
 
 #: t_{0.975, df} for df = 1 … 30 (the two-sided 95 % quantile of Student's t).
@@ -61,6 +63,11 @@ class Interval:
 
     def __str__(self) -> str:
         return f"{_g(self.mean)} [{_g(self.low)}, {_g(self.high)}] (95 % t interval, {self.n} seeds)"
+
+
+def seeds(config: Any) -> list[int]:
+    """The seeds a claim is decided over: ``config.seed + i`` for ``i = 0 … SEEDS − 1``."""
+    return [config.seed + i for i in range(SEEDS)]
 
 
 def interval(values: Sequence[float]) -> Interval:
@@ -98,4 +105,5 @@ def _g(x: float) -> str:
     return f"{x:+.3g}" if x else "0"
 
 
-__all__ = ["HELD", "INCONCLUSIVE", "Interval", "NOT_HELD", "VERDICTS", "interval", "paired", "t_quantile", "verdict"]
+__all__ = ["HELD", "INCONCLUSIVE", "Interval", "NOT_HELD", "SEEDS", "VERDICTS", "interval", "paired", "seeds",
+           "t_quantile", "verdict"]
