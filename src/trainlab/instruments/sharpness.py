@@ -229,7 +229,25 @@ def _shared(ctx: Any, mode: str) -> TopPair | None:
     return shared[1] if shared is not None and shared[0] == mode else None
 
 
-class Sharpness:
+class _Tracking:
+    """What :class:`Sharpness` and :class:`Stability` share: the period, a :class:`_Tracker` (the
+    warm-start vector, kept in ``state_dict``), and their own analysis-mode guard."""
+
+    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
+
+    def __init__(self, every: int | None = 100, tol: float = 1e-4, max_hvp: int = 200, basis_size: int = 60,
+                 refresh: int | None = 10):
+        self.every = _check_every(every)
+        self._tracker = _Tracker(tol, max_hvp, basis_size, refresh)
+
+    def state_dict(self) -> dict:
+        return self._tracker.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._tracker.load_state_dict(state)
+
+
+class Sharpness(_Tracking):
     """``sharpness``: ``λ_max`` of the Hessian of the loss on the sample, ``H = ∇²L(θ)``.
 
     Cohen et al. 2021 ("Gradient descent on neural networks typically occurs at the edge of
@@ -255,12 +273,6 @@ class Sharpness:
     """
 
     name = "sharpness"
-    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
-
-    def __init__(self, every: int | None = 100, tol: float = 1e-4, max_hvp: int = 200, basis_size: int = 60,
-                 refresh: int | None = 10):
-        self.every = _check_every(every)
-        self._tracker = _Tracker(tol, max_hvp, basis_size, refresh)
 
     def read(self, ctx: Any) -> dict:
         mode = getattr(ctx, "mode", "eval")
@@ -274,12 +286,6 @@ class Sharpness:
         _share(ctx, mode, pair)
         return {"value": pair.value, "n_hvp": op.n_hvp, "converged": pair.converged, "residual": pair.residual,
                 "estimated_error": pair.error, "warm": warm}
-
-    def state_dict(self) -> dict:
-        return self._tracker.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self._tracker.load_state_dict(state)
 
 
 # ------------------------------------------------------------------------------------------ stability
@@ -410,7 +416,7 @@ def scaling(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> tup
     return torch.cat(parts), info
 
 
-class Stability:
+class Stability(_Tracking):
     """``stability``: ``η·λ_max`` of the update's linearisation — the quantity whose crossing of
     ``threshold`` makes gradient descent diverge along the sharpest direction.
 
@@ -455,12 +461,6 @@ class Stability:
     """
 
     name = "stability"
-    guarded = True  # reads inside its own analysis_mode (the Monitor adds none)
-
-    def __init__(self, every: int | None = 100, tol: float = 1e-4, max_hvp: int = 200, basis_size: int = 60,
-                 refresh: int | None = 10):
-        self.every = _check_every(every)
-        self._tracker = _Tracker(tol, max_hvp, basis_size, refresh)
 
     def read(self, ctx: Any) -> dict:
         optimizer = getattr(ctx, "optimizer", None)
@@ -501,12 +501,6 @@ class Stability:
         if "note" in info:
             out["note"] = info["note"]
         return out
-
-    def state_dict(self) -> dict:
-        return self._tracker.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self._tracker.load_state_dict(state)
 
 
 class HessianTrace:
