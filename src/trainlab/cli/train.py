@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from trainlab import distributed
+from trainlab.integrations import tensorboard_dir
 from trainlab.train import config as config_mod
 from trainlab.train import rundir
 from trainlab.train import run as run_mod
-from trainlab.train import trainer as trainer_mod
 from trainlab.train.doctor import StallDoctor
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         callbacks.append(Monitor(instruments=args.monitor, seed=config.seed, progress=not args.no_progress))
     if args.tensorboard is not None:
         try:  # checked before any file is written
-            trainer_mod.tensorboard_dir(args.tensorboard)
+            tensorboard_dir(args.tensorboard)
         except ImportError as e:  # the tensorboard package is missing: its one sentence, exit 2
             raise config_mod.ConfigError(str(e)) from None
     with _default_out() if out is None else contextlib.nullcontext(out) as out:

@@ -221,13 +221,9 @@ class Monitor:
         if batch_loss is not None and not callable(batch_loss):
             raise ConfigError(f"Monitor: batch_loss={batch_loss!r} is not callable; pass (model, batch) -> mean loss")
         if tensorboard is not None:
-            if isinstance(tensorboard, bool) or not isinstance(tensorboard, (str, os.PathLike)) or not str(tensorboard):
-                raise ConfigError(f"Monitor: tensorboard={tensorboard!r} is not allowed; expected a directory path or"
-                                  " None")
-            if os.path.exists(tensorboard) and not os.path.isdir(tensorboard):
-                raise ConfigError(f"Monitor: tensorboard={str(tensorboard)!r} is a file; expected a directory for"
-                                  " TensorBoard's event files")
-            from trainlab.integrations import tensorboard as _tb  # noqa: F401 (a missing package: one sentence now)
+            from trainlab.integrations import tensorboard_dir
+
+            tensorboard = tensorboard_dir(tensorboard, "Monitor")
         if isinstance(instruments, str):
             instruments = preset(instruments, every)
         elif not isinstance(instruments, (list, tuple)) or not instruments:

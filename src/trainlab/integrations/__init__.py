@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
+
+from trainlab.errors import ConfigError
 
 #: The prefix of every logged name.
 PREFIX = "trainlab"
@@ -33,6 +37,22 @@ def require(module: str, extra: str, package: str) -> ModuleType:
         raise ImportError(f"trainlab.integrations.{extra} needs the {package!r} package, which cannot be imported"
                           f" ({type(e).__name__}: {e}); install it with: pip install 'trainlab[{extra}]'"
                           f" (or pip install {package})") from None
+
+
+def tensorboard_dir(value: Any, owner: str = "") -> Path | None:
+    """A ``tensorboard=`` argument checked (``owner`` prefixes the message, e.g. ``"Monitor"``):
+    ``None``, or a directory path that is not a file, with the ``tensorboard`` package importable
+    (else :func:`require`'s one sentence) — all before anything is written."""
+    if value is None:
+        return None
+    prefix = f"{owner}: " if owner else ""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{prefix}tensorboard={value!r} is not allowed; expected a directory path or None")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ConfigError(f"{prefix}tensorboard={str(value)!r} is a file; expected a directory for TensorBoard's"
+                          " event files")
+    from trainlab.integrations import tensorboard  # noqa: F401 (a missing package: one sentence now)
+    return Path(value)
 
 
 def scalars(readings: Iterable[Any]) -> dict[str, float]:
@@ -70,4 +90,4 @@ def event_text(event: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-__all__ = ["EVENT_FIELDS", "PREFIX", "event_scalars", "event_text", "require", "scalars"]
+__all__ = ["EVENT_FIELDS", "PREFIX", "event_scalars", "event_text", "require", "scalars", "tensorboard_dir"]

@@ -104,6 +104,8 @@ class Trainer:
                  progress: bool = True, distributed: bool | None = None, overwrite: bool = False,
                  tensorboard: str | os.PathLike[str] | None = None):
         _check_positive_int("epochs", epochs)
+        from trainlab.integrations import tensorboard_dir  # (stdlib only; the framework only when asked for)
+
         self.tensorboard = tensorboard_dir(tensorboard)
         _check_positive_int("checkpoint_every", checkpoint_every)
         if len(train_data) == 0:
@@ -637,19 +639,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if not available.get(device.type, False):
         raise ConfigError(f"device {str(device)!r} is not available on this machine; use auto or cpu")
     return device
-
-
-def tensorboard_dir(value: Any) -> Path | None:
-    """``Trainer(tensorboard=...)`` checked: ``None``, or a directory path that is not a file,
-    with the ``tensorboard`` package importable (else one sentence naming the pip install)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ConfigError(f"tensorboard={value!r} is not allowed; expected a directory path or None")
-    if os.path.exists(value) and not os.path.isdir(value):
-        raise ConfigError(f"tensorboard={str(value)!r} is a file; expected a directory for TensorBoard's event files")
-    import trainlab.integrations.tensorboard  # noqa: F401 (a missing package is one sentence now, before any write)
-    return Path(value)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
