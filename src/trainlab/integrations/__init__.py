@@ -55,6 +55,20 @@ def tensorboard_dir(value: Any, owner: str = "") -> Path | None:
     return Path(value)
 
 
+def states(monitor: Any, doctor: Any) -> dict[str, Any]:
+    """What a framework's checkpoint keeps of a callback: the Monitor's and the doctor's
+    ``state_dict()`` (``None`` for an absent one)."""
+    return {"monitor": None if monitor is None else monitor.state_dict(),
+            "doctor": None if doctor is None else doctor.state_dict()}
+
+
+def load_states(monitor: Any, doctor: Any, state: Any) -> None:
+    """Take back what :func:`states` saved (a part with no taker, or none saved, is left out)."""
+    for part, saved in ((monitor, state.get("monitor")), (doctor, state.get("doctor"))):
+        if part is not None and saved is not None:
+            part.load_state_dict(saved)
+
+
 def scalars(readings: Iterable[Any]) -> dict[str, float]:
     """One scalar per instrument: ``{"trainlab/<instrument>": value}`` for readings (a
     :class:`~trainlab.instruments.Reading` or its ``to_dict()``), finite values only."""
@@ -90,4 +104,5 @@ def event_text(event: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-__all__ = ["EVENT_FIELDS", "PREFIX", "event_scalars", "event_text", "require", "scalars", "tensorboard_dir"]
+__all__ = ["EVENT_FIELDS", "PREFIX", "event_scalars", "event_text", "load_states", "require", "scalars",
+           "states", "tensorboard_dir"]

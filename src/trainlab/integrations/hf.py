@@ -59,7 +59,7 @@ from torch import nn
 from trainlab import distributed as dist
 from trainlab.data.batches import BatchLoss, to_device
 from trainlab.errors import ConfigError
-from trainlab.integrations import event_scalars, event_text, require, scalars
+from trainlab.integrations import event_scalars, event_text, load_states, require, scalars, states
 
 _transformers = require("transformers", "hf", "transformers")
 
@@ -192,15 +192,11 @@ class TrainlabCallback(_transformers.TrainerCallback):
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The Monitor's and the doctor's states (``None`` for an absent one)."""
-        return {"monitor": None if self.monitor is None else self.monitor.state_dict(),
-                "doctor": None if self.doctor is None else self.doctor.state_dict()}
+        return states(self.monitor, self.doctor)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Take back what :meth:`state_dict` saved."""
-        if self.monitor is not None and state.get("monitor") is not None:
-            self.monitor.load_state_dict(state["monitor"])
-        if self.doctor is not None and state.get("doctor") is not None:
-            self.doctor.load_state_dict(state["doctor"])
+        load_states(self.monitor, self.doctor, state)
 
     # ---------------------------------------------------------------- internals
     def _capture(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError, DataError
-from trainlab.integrations import PREFIX, event_scalars, event_text, require, scalars
+from trainlab.integrations import PREFIX, event_scalars, event_text, load_states, require, scalars, states
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402  (after require's message)
@@ -175,14 +175,11 @@ class TrainlabCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """For Lightning's checkpoints: the Monitor's and the doctor's state."""
-        return {"monitor": None if self.monitor is None else self.monitor.state_dict(),
-                "doctor": None if self.doctor is None else self.doctor.state_dict()}
+        return states(self.monitor, self.doctor)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take back what :meth:`state_dict` saved (a part this callback has no taker for is left out)."""
-        for part, state in (("monitor", state_dict.get("monitor")), ("doctor", state_dict.get("doctor"))):
-            if getattr(self, part) is not None and state is not None:
-                getattr(self, part).load_state_dict(state)
+        load_states(self.monitor, self.doctor, state_dict)
 
     # ---------------------------------------------------------------- internals
     @staticmethod
