@@ -9,9 +9,12 @@ parameters, and only when it accepts a step).
 
 Options every analysis takes (keyword only): ``batch_loss=(model, batch) -> mean loss`` for
 batches of any form (then ``loss_fn`` may be ``None``), ``max_samples`` (only the first
-samples of ``data``), ``max_graph_bytes`` (bound on the kept autograd graph, 2 GiB); and
-``eigs``, ``density``, ``trace``, ``diagnose`` also ``max_hvp`` (a budget of Hessian-vector
-products) and ``progress`` (a progress bar after 2 s; ``False`` turns it off).
+samples of ``data``), ``max_graph_bytes`` (bound on the kept autograd graph, 2 GiB),
+``params`` (the Hessian block of some parameters, the others held fixed:
+:mod:`~trainlab.curvature.selection`); and ``eigs``, ``density``, ``trace``, ``diagnose`` also
+``max_hvp`` (a budget of Hessian-vector products), ``progress`` (a progress bar after 2 s;
+``False`` turns it off) and ``operator`` (``"hessian"``, or the Gauss–Newton ``"ggn"`` and the
+empirical Fisher ``"fisher"``: :mod:`~trainlab.curvature.gauss_newton`).
 
 Cost is counted in Hessian-vector products (each about two gradients): ``hvp`` one per
 vector, ``eigs`` a few times ``k``, ``density`` ``probes × steps``, ``trace`` ``samples``,
@@ -22,8 +25,9 @@ from trainlab.curvature.critical import Diagnosis, diagnose, verdict
 from trainlab.curvature.density import Density, Trace, density, trace
 from trainlab.curvature.eigs import Eigs, eigs
 from trainlab.curvature.escape import Escape, escape
+from trainlab.curvature.gauss_newton import FisherOperator, GGNOperator
 from trainlab.curvature.operator import HessianOperator, analysis_mode
 from trainlab.curvature.products import gradient, hessian, hvp
 
-__all__ = ["Density", "Diagnosis", "Eigs", "Escape", "HessianOperator", "Trace", "analysis_mode", "density",
+__all__ = ["Density", "Diagnosis", "Eigs", "Escape", "FisherOperator", "GGNOperator", "HessianOperator", "Trace", "analysis_mode", "density",
            "diagnose", "eigs", "escape", "gradient", "hessian", "hvp", "trace", "verdict"]

@@ -60,7 +60,8 @@ from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.density import density_of, fit_budget
 from trainlab.curvature.eigs import check_max_hvp, clamp_k, eigs_of
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
-from trainlab.curvature.products import _operator, _size, dense
+from trainlab.curvature.products import _operator, _size, dense, operator_class
+from trainlab.curvature.selection import ParamSpec, names as selected_names
 from trainlab.data.batches import Batch, BatchLoss, as_batches, map_tensors
 from trainlab.errors import ConfigError
 
@@ -70,6 +71,8 @@ METHODS = ("auto", "dense", "lanczos")
 DENSE_MAX_BYTES = 8 * 2**30
 #: Products the exact path spends to time one product before it commits to ``n`` of them.
 TIMING_PRODUCTS = 5
+#: At most this many Gauss–Newton products find ``λ_min`` of ``G`` beside the Hessian's on the Lanczos path.
+GGN_MAX_HVP = 300
 
 
 @dataclass(repr=False)
@@ -100,6 +103,15 @@ class Diagnosis:
         method: ``"dense"`` (exact) or ``"lanczos"``; n_params; n_hvp (products used); seconds.
         notes: what changed from the request and what to keep in mind (``k`` clamped, budget,
             fallback from the exact path, an unconverged eigenvalue under the verdict).
+        trace, trace_stderr: ``tr H`` — exact (the eigenvalues' sum, stderr 0) or estimated from the
+            density's probes (Hutchinson: ``n · vᵀHv`` over the unit Rademacher probes).
+        params: the names of the parameters analysed (the Hessian's block of those); empty when all are.
+        operator: ``"hessian"``, ``"ggn"`` or ``"fisher"`` — what the eigenvalues are of.
+        ggn_lambda_min: with the Hessian, at a critical point with negative curvature, ``λ_min`` of the Gauss–Newton
+            ``G`` over the same parameters (``None`` otherwise): ``H = G + R`` with ``G ⪰ 0`` for a
+            convex loss, so when ``G`` has no negative eigenvalue the negative curvature comes from
+            ``R``, the network's second derivatives weighted by the residuals
+            (:mod:`trainlab.curvature.gauss_newton`); ``ggn_converged`` tells whether it converged.
     """
 
     verdict: str
@@ -126,6 +138,12 @@ class Diagnosis:
     escape_directions: torch.Tensor
     escape_eigenvalues: torch.Tensor
     notes: list[str] = field(default_factory=list)
+    trace: float = math.nan
+    trace_stderr: float = math.nan
+    params: list[str] = field(default_factory=list)
+    operator: str = "hessian"
+    ggn_lambda_min: float | None = None
+    ggn_converged: bool = True
 
     @property
     def exact(self) -> bool:
@@ -149,8 +167,10 @@ class Diagnosis:
         lines = [
             f"verdict: {self.verdict.replace('_', ' ')}" + (f" (uncertain: {doubt})" if doubt else ""),
             f"  loss {self.loss:.6g}, gradient norm {self.grad_norm:.3g} (critical below {self.grad_tol:g})",
-            f"  Hessian ({self.n_params:,} parameters, {'exact' if self.exact else 'Lanczos'}):"
+            f"  {_OPERATOR_NAMES[self.operator]} ({self.n_params:,} parameters{_block(self)},"
+            f" {'exact' if self.exact else 'Lanczos'}):"
             f" λ_max {float(lam[0]):.4g}{_unconverged(self, 0)}, λ_min {float(lam[-1]):.4g}{_unconverged(self, -1)}",
+            *_split(self),
             f"  eigenvalues: {approx}{self.n_positive:,.0f} positive, {approx}{self.n_negative:,.0f} negative,"
             f" {approx}{self.n_flat:,.0f} flat (|λ| ≤ {self.flat_threshold:.3g})",
             f"  minimum ratio (share of positive eigenvalues): {ratio}",
@@ -163,6 +183,32 @@ class Diagnosis:
         return "\n".join(lines + [f"  note: {note}" for note in self.notes])
 
     __repr__ = __str__
+
+
+_OPERATOR_NAMES = {"hessian": "Hessian", "ggn": "Gauss–Newton G", "fisher": "empirical Fisher"}
+
+
+def _block(d: Diagnosis) -> str:
+    """Which parameters, when not all: the first few names."""
+    if not d.params:
+        return ""
+    shown = ", ".join(d.params[:4]) + (f", … ({len(d.params) - 4} more)" if len(d.params) > 4 else "")
+    return f" of {shown}"
+
+
+def _split(d: Diagnosis) -> list[str]:
+    """The line setting λ_min of H beside that of G, and what follows from it."""
+    if d.ggn_lambda_min is None:
+        return []
+    g = d.ggn_lambda_min
+    unsure = "" if d.ggn_converged else " (not converged)"
+    if g >= -d.flat_threshold:
+        source = ("G has none, so the negative curvature comes from R = H − G: the network's second derivatives"
+                  " weighted by the residuals (the architecture at this point), not from the loss")
+    else:
+        source = ("G has negative curvature too: the loss is not convex in the outputs, so part of it comes from the"
+                  " loss itself")
+    return [f"  λ_min of H {float(d.eigenvalues[-1]):.4g}, of the Gauss–Newton G {g:.4g}{unsure}: {source}"]
 
 
 def _unconverged(d: Diagnosis, i: int) -> str:
@@ -221,6 +267,10 @@ class _Spectrum:
     grad_norm: float
     loss: float
     n_hvp: int
+    trace: float = math.nan
+    trace_stderr: float = math.nan
+    ggn: tuple[float, bool] | None = None  # λ_min of G and whether it converged
+    ggn_hvp: int = 0
 
 
 class _OverBudget(ConfigError):
@@ -239,7 +289,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
              mode: str = "eval", distributed: bool | None = None, group: object = None, *,
              max_hvp: int | None = None, max_seconds: float | None = 60.0, batch_loss: BatchLoss | None = None,
              max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES,
-             progress: bool = True) -> Diagnosis:
+             progress: bool = True, params: ParamSpec = None, operator: str = "hessian") -> Diagnosis:
     """Loss, gradient norm, Hessian spectrum, verdict and minimum ratio at the current parameters.
 
     Parameters:
@@ -271,6 +321,12 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         max_samples: analyse only the first ``max_samples`` samples of ``data`` (``None``: all).
         max_graph_bytes: bound on the kept autograd graph (2 GiB); beyond, products stream the batches.
         progress: a progress bar (counting products) when the call runs longer than 2 s (True).
+        params: the parameters analysed, the others held fixed (``None``: all; tensors, submodules,
+            names or a filter ``(name, parameter) -> bool``): the verdict of that block of ``H``.
+        operator: ``"hessian"`` (default), ``"ggn"`` or ``"fisher"``: whose spectrum decides. With the
+            Hessian, at a critical point with negative curvature (a saddle or a maximum) and with
+            ``loss_fn`` given, ``λ_min`` of the Gauss–Newton ``G`` is computed too (exact path: ``n`` more products; Lanczos: at most
+            :data:`GGN_MAX_HVP`) and reported beside ``λ_min`` of ``H`` (``ggn_lambda_min``).
 
     Returns:
         :class:`Diagnosis` — ``verdict``, ``loss``, ``grad_norm``, ``eigenvalues`` (descending),
@@ -288,8 +344,13 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     _check(method, grad_tol, eig_tol, eig_floor, max_seconds)
     check_max_hvp(max_hvp)
     timer, notes = Timer(), []
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    options = dict(batch_loss=batch_loss, max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+    operator_class(operator)
+    selected = selected_names(model, params)  # by name: the exact path analyses a float64 copy
+    parameters = dict(model.named_parameters())
+    n = sum(parameters[name].numel() for name in selected)
+    whole = len(selected) == sum(p.requires_grad for p in model.parameters())
+    options = dict(batch_loss=batch_loss, max_samples=max_samples, max_graph_bytes=max_graph_bytes, params=selected,
+                   operator=operator)
     chosen = method
     if method == "auto":
         chosen = "dense" if n <= dense_max_params else "lanczos"
@@ -311,7 +372,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     if chosen == "dense":
         try:
             spectrum = _exact(model, loss_fn, data, mode, distributed, group, options, eig_tol, eig_floor,
-                              max_seconds, progress)
+                              max_seconds, progress, grad_tol)
         except _OverBudget as refusal:
             if method == "dense":
                 raise
@@ -325,6 +386,12 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             budget = None if max_hvp is None else max_hvp - spent
             with progress_bar.counting(op, budget, "diagnose", progress):
                 spectrum = _estimated(op, k, tol, probes, steps, seed, eig_tol, eig_floor, budget, notes)
+            del op  # its graph goes before the Gauss–Newton's is built
+        if _wants_split(spectrum, operator, loss_fn, grad_tol):
+            found = _ggn_minimum(model, loss_fn, data, mode, distributed, group, options, tol, seed,
+                                 None if budget is None else budget - spectrum.n_hvp, progress)
+            if found is not None:
+                spectrum.ggn, spectrum.ggn_hvp = found[:2], found[2]
     s = spectrum
     like = next(p for p in model.parameters() if p.requires_grad)  # the caller's device and dtype
     has_positive, has_negative = bool(s.values[0] > s.threshold), bool(s.values[-1] < -s.threshold)
@@ -334,9 +401,12 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         n_positive=float(s.counts[0]), n_negative=float(s.counts[1]), n_flat=float(s.counts[2]),
         minimum_ratio=s.ratio, minimum_ratio_stderr=s.stderr, minimum_ratio_bounds=s.bounds,
         negative_curvature=has_negative, grad_tol=grad_tol, eig_tol=eig_tol, eig_floor=eig_floor,
-        flat_threshold=s.threshold, method=chosen, n_params=n, n_hvp=spent + s.n_hvp, seconds=timer.seconds,
+        flat_threshold=s.threshold, method=chosen, n_params=n, n_hvp=spent + s.n_hvp + s.ggn_hvp,
+        seconds=timer.seconds,
         escape_directions=s.directions.to(device=like.device, dtype=like.dtype),
-        escape_eigenvalues=s.escape_values.double().cpu(), notes=notes)
+        escape_eigenvalues=s.escape_values.double().cpu(), notes=notes, trace=s.trace, trace_stderr=s.trace_stderr,
+        params=[] if whole else selected, operator=operator, ggn_lambda_min=s.ggn[0] if s.ggn else None,
+        ggn_converged=s.ggn[1] if s.ggn else True)
     doubt = _doubt(d)
     if doubt:
         notes.append(f"the verdict {d.verdict.replace('_', ' ')!r} rests on an unconverged eigenvalue: {doubt};"
@@ -357,25 +427,59 @@ def _check(method: str, grad_tol: float, eig_tol: float, eig_floor: float, max_s
 
 def _exact(model: nn.Module, loss_fn: LossFn | None, data: Any, mode: str, distributed: bool | None, group: object,
            options: dict[str, Any], eig_tol: float, eig_floor: float, max_seconds: float | None,
-           progress: bool) -> _Spectrum:
+           progress: bool, grad_tol: float) -> _Spectrum:
     """Every eigenvalue of the dense float64 Hessian, after checking the time and memory it takes."""
     target = _float64_copy(model)
-    batches = (map_tensors(b, _to_float64) for b in as_batches(data, options["batch_loss"]))
     with analysis_mode(target, mode):
-        op = _operator(target, loss_fn, batches, mode, distributed, group, **options)
+        op = _operator(target, loss_fn, _float64_batches(data, options), mode, distributed, group, **options)
         grad_norm = float(op.gradient().norm())
         _check_dense_budget(op, max_seconds)
         with progress_bar.counting(op, op.n, "diagnose (exact)", progress):
             values, vectors = torch.linalg.eigh(dense(op).cpu())
-    n = len(values)
-    values, vectors = values.flip(0), vectors.flip(1).T
-    threshold = _threshold(values, eig_tol, eig_floor)
-    counts = (int((values > threshold).sum()), int((values < -threshold).sum()))
-    counts = (*counts, n - sum(counts))
-    negative = values < -threshold
-    ratio = counts[0] / n
-    return _Spectrum(values, torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.bool), threshold, counts,
-                     ratio, 0.0, (ratio, ratio), vectors[negative], values[negative], grad_norm, op.loss, op.n_hvp)
+        n = len(values)
+        values, vectors = values.flip(0), vectors.flip(1).T
+        threshold = _threshold(values, eig_tol, eig_floor)
+        counts = (int((values > threshold).sum()), int((values < -threshold).sum()))
+        counts = (*counts, n - sum(counts))
+        negative = values < -threshold
+        ratio = counts[0] / n
+        spectrum = _Spectrum(values, torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.bool), threshold,
+                             counts, ratio, 0.0, (ratio, ratio), vectors[negative], values[negative], grad_norm,
+                             op.loss, op.n_hvp, float(values.sum()), 0.0)
+        del op
+        if _wants_split(spectrum, options["operator"], loss_fn, grad_tol):
+            g_op = _operator(target, loss_fn, _float64_batches(data, options), mode, distributed, group,
+                             **{**options, "operator": "ggn"})
+            with progress_bar.counting(g_op, g_op.n, "diagnose (exact G)", progress):
+                spectrum.ggn = (float(torch.linalg.eigvalsh(dense(g_op).cpu())[0]), True)
+            spectrum.ggn_hvp = g_op.n_hvp
+    return spectrum
+
+
+def _float64_batches(data: Any, options: dict[str, Any]) -> Iterable[Any]:
+    return (map_tensors(b, _to_float64) for b in as_batches(data, options["batch_loss"]))
+
+
+def _wants_split(spectrum: _Spectrum, operator: str, loss_fn: LossFn | None, grad_tol: float) -> bool:
+    """Set λ_min of G beside the Hessian's at a critical point with negative curvature (a saddle or
+    a maximum), when the loss is ``loss_fn(outputs, targets)``, which the Gauss–Newton needs."""
+    return (operator == "hessian" and loss_fn is not None and spectrum.grad_norm <= grad_tol
+            and bool(spectrum.values[-1] < -spectrum.threshold))
+
+
+def _ggn_minimum(model: nn.Module, loss_fn: LossFn, data: Any, mode: str, distributed: bool | None, group: object,
+                 options: dict[str, Any], tol: float, seed: int, budget: int | None, progress: bool
+                 ) -> tuple[float, bool, int] | None:
+    """``λ_min`` of the Gauss–Newton ``G`` by Lanczos within ``min(budget, GGN_MAX_HVP)`` products,
+    whether it converged, and the products spent (``None`` when the budget allows no product)."""
+    most = GGN_MAX_HVP if budget is None else min(budget, GGN_MAX_HVP)
+    if most < 2:
+        return None
+    with analysis_mode(model, mode):
+        op = _operator(model, loss_fn, data, mode, distributed, group, **{**options, "operator": "ggn"})
+        with progress_bar.counting(op, most, "diagnose (G)", progress):
+            low = eigs_of(op, 1, "smallest", tol, most, seed=seed)
+    return float(low.values[-1]), bool(low.converged[-1]), op.n_hvp
 
 
 def _check_dense_budget(op: HessianOperator, max_seconds: float | None) -> None:
@@ -442,7 +546,7 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
         counts = (*counts, n - sum(counts))
         ratio = counts[0] / n
         return _Spectrum(values, found.residuals, found.converged, threshold, counts, ratio, 0.0, (ratio, ratio),
-                         directions, escape_values, grad_norm, op.loss, op.n_hvp)
+                         directions, escape_values, grad_norm, op.loss, op.n_hvp, float(values.sum()), 0.0)
     spectrum = density_of(op, probes, steps, seed=seed, max_hvp=None if max_hvp is None else max_hvp - found.n_hvp)
     notes += [f"density: {note}" for note in spectrum.notes]
     positive, below = spectrum.fraction(low=threshold), spectrum.fraction(high=-threshold)
@@ -452,8 +556,11 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
     ratio = shares[0] / n
     low, high = max(positive.bounds[0], proven[0] / n), min(positive.bounds[1], 1 - proven[1] / n)
     bounds = (min(low, ratio), max(high, ratio))
+    per_probe = n * (spectrum.weights * spectrum.nodes).sum(1)  # n · vᵀHv for each unit probe: Hutchinson
+    trace_stderr = float(per_probe.std() / math.sqrt(len(per_probe))) if len(per_probe) > 1 else math.nan
     return _Spectrum(values, found.residuals, found.converged, threshold, _whole(shares, n), ratio,
-                     positive.stderr, bounds, directions, escape_values, grad_norm, op.loss, op.n_hvp)
+                     positive.stderr, bounds, directions, escape_values, grad_norm, op.loss, op.n_hvp,
+                     float(per_probe.mean()), trace_stderr)
 
 
 def _reconciled(shares: tuple[float, float], proven: tuple[int, int], n: int) -> tuple[float, float, float]:

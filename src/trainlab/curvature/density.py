@@ -32,6 +32,7 @@ from trainlab.curvature.eigs import check_max_hvp
 from trainlab.curvature.lanczos import _unit, step
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
+from trainlab.curvature.selection import ParamSpec
 from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
@@ -147,7 +148,7 @@ def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
             sigma: float | None = None, grid_points: int = 1000, seed: int = 0, mode: str = "eval",
             distributed: bool | None = None, group: object = None, *, batch_loss: BatchLoss | None = None,
             max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None,
-            progress: bool = True) -> Density:
+            progress: bool = True, params: ParamSpec = None, operator: str = "hessian") -> Density:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (module docstring).
 
     Parameters:
@@ -164,6 +165,8 @@ def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
             shrinks probes and steps together (at least 2 probes while the budget allows),
             with a note.
         progress: a progress bar when the call runs longer than 2 s (True).
+        params, operator: the parameters analysed and the operator (``"hessian"``, ``"ggn"``,
+            ``"fisher"``), as for :func:`trainlab.curvature.eigs`.
 
     Returns:
         :class:`Density` — ``grid``, ``density``, ``stderr``, ``nodes``, ``weights``, ``sigma``,
@@ -177,7 +180,7 @@ def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
     _check_positive(probes=probes, steps=steps, grid_points=grid_points)
     check_max_hvp(max_hvp)
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+        op = _operator(model, loss_fn, data, mode, distributed, group, operator, params, batch_loss=batch_loss,
                        max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         planned = math.prod(fit_budget(probes, min(steps, op.n), max_hvp)[:2])
         with progress_bar.counting(op, planned, "density", progress):
@@ -243,7 +246,8 @@ def _check_positive(**values: Any) -> None:
 def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], samples: int = 30,
           method: str = "hutch++", seed: int = 0, mode: str = "eval", distributed: bool | None = None,
           group: object = None, *, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
-          max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None, progress: bool = True) -> Trace:
+          max_graph_bytes: float = DEFAULT_GRAPH_BYTES, max_hvp: int | None = None, progress: bool = True,
+          params: ParamSpec = None, operator: str = "hessian") -> Trace:
     """``tr H`` (the sum of the Hessian's eigenvalues) by Hutch++ or Hutchinson, with a standard error.
 
     Parameters:
@@ -256,6 +260,8 @@ def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
         batch_loss, max_samples, max_graph_bytes: as for :func:`trainlab.curvature.eigs`.
         max_hvp: at most this many products: ``samples`` is lowered to it, with a note (``None``: no limit).
         progress: a progress bar when the call runs longer than 2 s (True).
+        params, operator: the parameters analysed and the operator (``"hessian"``, ``"ggn"``,
+            ``"fisher"``), as for :func:`trainlab.curvature.eigs`.
 
     Returns:
         :class:`Trace` — ``value``, ``stderr``, ``n_hvp``, ``seconds``, ``method``, ``notes``.
@@ -266,7 +272,7 @@ def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
     timer = Timer()
     _check_trace(samples, method, max_hvp)
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+        op = _operator(model, loss_fn, data, mode, distributed, group, operator, params, batch_loss=batch_loss,
                        max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         with progress_bar.counting(op, min(samples, max_hvp or samples), "trace", progress):
             return trace_of(op, samples, method, seed, timer, max_hvp)

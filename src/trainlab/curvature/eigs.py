@@ -12,6 +12,7 @@ from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.lanczos import check_request, lanczos
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator
+from trainlab.curvature.selection import ParamSpec
 from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
@@ -83,7 +84,8 @@ def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], 
          which: str = "largest", tol: float = 1e-6, max_hvp: int | None = None, basis_size: int | None = None,
          seed: int = 0, mode: str = "eval", distributed: bool | None = None, group: object = None, *,
          batch_loss: BatchLoss | None = None, max_samples: int | None = None,
-         max_graph_bytes: float = DEFAULT_GRAPH_BYTES, progress: bool = True) -> Eigs:
+         max_graph_bytes: float = DEFAULT_GRAPH_BYTES, progress: bool = True, params: ParamSpec = None,
+         operator: str = "hessian") -> Eigs:
     """The ``k`` largest, ``k`` most negative, or both, eigenpairs of the Hessian ``H`` of the
     loss, by thick-restart Lanczos (:mod:`trainlab.curvature.lanczos`) on the model's device.
 
@@ -105,6 +107,12 @@ def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], 
         max_samples: analyse only the first ``max_samples`` samples of ``data`` (``None``: all).
         max_graph_bytes: bound on the kept autograd graph (2 GiB); beyond, products stream the batches.
         progress: show a progress bar (counting products) when the call runs longer than 2 s (True).
+        params: the parameters analysed, the others held fixed (``None``: all; tensors, submodules,
+            names or a filter ``(name, parameter) -> bool``, :mod:`trainlab.curvature.selection`):
+            the eigenpairs of that block of ``H``.
+        operator: ``"hessian"`` (default), ``"ggn"`` (the generalised Gauss–Newton ``G``, positive
+            semi-definite for a convex loss) or ``"fisher"`` (the empirical Fisher),
+            :mod:`trainlab.curvature.gauss_newton`.
 
     Returns:
         :class:`Eigs` — ``values`` (descending), ``vectors``, ``residuals``, ``converged``, ``n_hvp``,
@@ -117,7 +125,7 @@ def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], 
     """
     timer = Timer()
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
+        op = _operator(model, loss_fn, data, mode, distributed, group, operator, params, batch_loss=batch_loss,
                        max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         with progress_bar.counting(op, max_hvp, "eigs", progress):
             return eigs_of(op, k, which, tol, max_hvp, basis_size, seed, timer)
@@ -140,8 +148,7 @@ def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | 
     if len(r.values) < wanted or not bool(r.converged.all()):
         notes.append(f"{int(r.converged.sum())} of the {wanted} eigenpairs wanted converged within"
                      f" {r.n_matvec} products" + (f" (max_hvp={max_hvp})" if max_hvp is not None else ""))
-    names = {id(p): name for name, p in op.model.named_parameters()}
-    shapes = [(names[id(p)], p.shape) for p in op.params]
+    shapes = [(name, p.shape) for name, p in zip(op.names, op.params)]
     return Eigs(r.values, r.vectors, r.residuals, r.converged, op.n_hvp - before, timer.seconds, shapes, which, notes)
 
 

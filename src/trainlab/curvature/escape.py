@@ -96,7 +96,8 @@ def escape(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any]
     Parameters:
         model, loss_fn, data: the loss, as given to :func:`trainlab.curvature.diagnose` for ``diagnosis``.
         diagnosis: a :class:`Diagnosis` of this model at these parameters, with
-            ``escape_directions`` (converged eigenvectors of ``λ < −flat_threshold``).
+            ``escape_directions`` (converged eigenvectors of ``λ < −flat_threshold``); when it is of
+            a block (``diagnosis.params``), only those parameters move.
         max_halvings: line-search halvings of the step before giving up (40).
         mode: ``"eval"`` (default) or ``"train"``; distributed, group: ``torch.distributed`` sharding.
         force: step even away from a critical point (``diagnosis.grad_norm > diagnosis.grad_tol``),
@@ -116,6 +117,9 @@ def escape(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any]
         Changes the parameters only when a step is accepted; nothing else.
     """
     directions = diagnosis.escape_directions
+    if diagnosis.operator != "hessian":
+        raise ConfigError(f"the diagnosis is of the operator {diagnosis.operator!r}; escape steps along the Hessian's"
+                          " negative curvature: diagnose with operator='hessian'")
     if not diagnosis.negative_curvature or len(directions) == 0:
         raise ConfigError(
             f"no negative curvature to escape along: the smallest eigenvalue found is"
@@ -130,8 +134,8 @@ def escape(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any]
                               " along the negative curvature anyway")
         notes.append(f"forced: {away}")
     with analysis_mode(model, mode):
-        op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
-                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+        op = _operator(model, loss_fn, data, mode, distributed, group, params=diagnosis.params or None,
+                       batch_loss=batch_loss, max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         if directions.shape[1] != op.n:
             raise ConfigError(f"the diagnosis is of a model with {directions.shape[1]} parameters; this one has {op.n}")
         g = op.gradient()

@@ -62,11 +62,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from trainlab import distributed as dist
-from trainlab.curvature.operator import (DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, _flat, _LiveBytes,
-                                         _storage_key)
+from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, _flat, _mean_loss
 from trainlab.curvature.selection import ParamSpec
-from trainlab.data.batches import Batch, BatchLoss, batch_size_of, named_tensors
+from trainlab.data.batches import Batch, BatchLoss, batch_size_of
 from trainlab.errors import ConfigError
 
 
@@ -116,12 +114,7 @@ class GGNOperator(HessianOperator):
                               " needs the outputs f that loss_fn(f, targets) takes")
         if not outputs.requires_grad:  # the selected parameters do not reach the outputs: J = 0
             outputs = outputs.detach().requires_grad_(True)
-        loss = self.loss_fn(outputs, batch[1])
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ConfigError(f"loss_fn returns {what}, not a scalar mean over the batch: use reduction='mean'"
-                              " (or .mean() over the samples)")
-        loss = loss.reshape(())
+        loss = _mean_loss(self.loss_fn(outputs, batch[1]), "loss_fn")
         if check and self.check:
             self._check_loss(loss, index)
         weighted = loss * (n / self.samples)
@@ -174,68 +167,41 @@ class GGNOperator(HessianOperator):
                 for j, x in enumerate(inputs)]
 
     # ---------------------------------------------------------------- gradient and products
-    @torch.enable_grad()
-    def gradient(self) -> torch.Tensor:
-        """``∇L`` as a flat vector over all the data (all ranks): with ``keep_graph`` ``Σ_b J_bᵀ
-        ∂((n_b/N) ℓ_b)/∂f_b`` through the kept pieces (built here, so a second call after a reset
-        runs the model again), else piece by piece; no graph of the gradient either way."""
-        if self._full_grad is None:
-            if self.keep_graph:
-                self._kept = [self._piece(batch, n, index) for batch, n, index, _ in self.pieces]
-                self._grad = torch.zeros(self.n, device=self.device, dtype=self.dtype)
-                loss = torch.zeros((), device=self.device)
-                for p in self._kept:
-                    self._grad += _flat(torch.autograd.grad(p.outputs, self.params, p.grad_outputs.detach(),
-                                                            retain_graph=True, allow_unused=True), self.params)
-                    loss = loss + p.loss
-            else:
-                self._grad, loss = self._accumulated_gradient()
-            full = torch.cat([self._grad.detach().reshape(-1), loss.reshape(1).to(self.dtype)])
-            if self.distributed:
-                dist.all_reduce_sum(full, self.group)
-            self._full_grad, self._loss = full[:-1], float(full[-1])
-        return self._full_grad
+    def _local_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's ``∇L`` and loss, no graph of the gradient: with ``keep_graph``
+        ``Σ_b J_bᵀ ∂((n_b/N) ℓ_b)/∂f_b`` through the pieces kept for the products (built here, so a
+        second call after a reset runs the model again), else piece by piece."""
+        if not self.keep_graph:
+            return self._accumulated_gradient()
+        self._kept = [self._piece(batch, n, index) for batch, n, index, _ in self.pieces]
+        grad = torch.zeros(self.n, device=self.device, dtype=self.dtype)
+        loss = torch.zeros((), device=self.device)
+        for p in self._kept:
+            grad += _flat(torch.autograd.grad(p.outputs, self.params, p.grad_outputs.detach(), retain_graph=True,
+                                              allow_unused=True), self.params)
+            loss = loss + p.loss
+        return grad, loss
 
-    @torch.enable_grad()
-    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``(G vᵢ)ᵢ`` for the rows of an ``(m, n)`` block (one count in ``n_hvp`` per row)."""
-        if vectors.dim() != 2 or vectors.shape[1] != self.n:
-            raise ConfigError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
-        vectors = vectors.to(device=self.device, dtype=self.dtype)
-        self.n_hvp += len(vectors)
+    def _local_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """This rank's share of ``(G vᵢ)ᵢ``: through the kept pieces, or one piece alive at a time."""
         out = torch.zeros_like(vectors)
         if self.keep_graph:
             if self._kept is None:  # (set by the gradient, on every rank)
                 self.gradient()
             for piece in self._kept:
                 out += self._piece_products(piece, vectors)
-        else:
-            for batch, n, index, _ in self.pieces:
-                piece = self._piece(batch, n, index)
-                out += self._piece_products(piece, vectors)
-                del piece  # before the next piece is built: one graph alive at a time
-        return dist.all_reduce_sum(out, self.group) if self.distributed else out
+            return out
+        for batch, n, index, _ in self.pieces:
+            piece = self._piece(batch, n, index)
+            out += self._piece_products(piece, vectors)
+            del piece  # before the next piece is built: one graph alive at a time
+        return out
 
-    def _graph_bytes(self, batch: Any) -> tuple[int, int]:
-        """Bytes of what a product keeps of one batch (the outputs', ``a(u)``'s and ``∂ℓ/∂f``'s
-        graphs), and the peak of building it and running one product through it; measured as
-        the Hessian's (:meth:`HessianOperator._graph_bytes`)."""
-        held = {_storage_key(t) for t in [*self.model.parameters(), *self.model.buffers()]}
-        held |= {_storage_key(t) for _, t in named_tensors(batch)}
-        saved: dict[tuple, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            key = _storage_key(t)
-            if key not in held:
-                saved[key] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), \
-                _LiveBytes(held) as live:
-            piece = self._piece(batch, batch_size_of(batch), 0, check=False)
-            self._piece_products(piece, torch.ones(1, self.n, device=self.device, dtype=self.dtype))
-        del piece
-        return sum(saved.values()), live.peak
+    def _probe(self, batch: Any) -> None:
+        """What a product keeps of one batch (the outputs', ``a(u)``'s and ``∂ℓ/∂f``'s graphs) and
+        one product through it, for :meth:`HessianOperator._graph_bytes` to measure."""
+        piece = self._piece(batch, batch_size_of(batch), 0, check=False)
+        self._piece_products(piece, torch.ones(1, self.n, device=self.device, dtype=self.dtype))
 
 
 class FisherOperator(GGNOperator):

@@ -62,6 +62,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from trainlab import distributed as dist
+from trainlab.curvature.selection import ParamSpec, select
 from trainlab.data.batches import Batch, BatchLoss, batch_size_of, first_samples, named_tensors, take, to_device
 from trainlab.errors import ConfigError, DataError
 from trainlab.state import preserved
@@ -119,8 +120,11 @@ class HessianOperator:
             through it; default 2 GiB (module docstring).
         check: check the data and the loss (module docstring); one extra forward pass over the
             first batch. ``True`` by default.
+        params: the parameters analysed, the others held fixed (:mod:`trainlab.curvature.selection`):
+            ``None`` (default) all that require gradients; parameter tensors, submodules or names of
+            the model, or a filter ``(name, parameter) -> bool``. ``H`` is then the block of those.
 
-    Attributes: ``n`` (parameters), ``samples`` (over all ranks), ``n_hvp``, ``loss``,
+    Attributes: ``params`` and ``names`` (the parameters analysed), ``n`` (their count), ``samples`` (over all ranks), ``n_hvp``, ``loss``,
     ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph) and ``peak_bytes``
     (its peak with a product running through it), both ``None`` with ``keep_graph=True``.
     """
@@ -128,13 +132,12 @@ class HessianOperator:
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
                  keep_graph: bool | None = None, distributed: bool | None = None, group: object = None,
                  batched: bool | None = None, *, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
-                 max_graph_bytes: float = DEFAULT_GRAPH_BYTES, check: bool = True):
+                 max_graph_bytes: float = DEFAULT_GRAPH_BYTES, check: bool = True, params: ParamSpec = None):
         _check_options(loss_fn, batch_loss, max_samples, max_graph_bytes)
         self.model, self.loss_fn, self.batch_loss = model, loss_fn, batch_loss
         self.max_graph_bytes, self.check = max_graph_bytes, bool(check)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ConfigError("the model has no parameters that require gradients")
+        chosen = select(model, params)
+        self.names, self.params = [name for name, _ in chosen], [p for _, p in chosen]
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
         self.n = sum(p.numel() for p in self.params)
         self.batches = _load(data, batch_loss, max_samples, self.device)
@@ -169,14 +172,9 @@ class HessianOperator:
     # ---------------------------------------------------------------- checks and memory
     def batch_loss_of(self, batch: Any) -> torch.Tensor:
         """``L_b`` of one batch, a 0-d tensor (a :class:`ConfigError` if the loss is not a scalar)."""
-        loss = self.batch_loss(self.model, batch) if self.batch_loss is not None else \
-            self.loss_fn(self.model(batch[0]), batch[1])
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-            source = "batch_loss" if self.batch_loss is not None else "loss_fn"
-            raise ConfigError(f"{source} returns {what}, not a scalar mean over the batch: use reduction='mean'"
-                              " (or .mean() over the samples)")
-        return loss.reshape(())
+        if self.batch_loss is not None:
+            return _mean_loss(self.batch_loss(self.model, batch), "batch_loss")
+        return _mean_loss(self.loss_fn(self.model(batch[0]), batch[1]), "loss_fn")
 
     def _check_data(self) -> None:
         offset = 0
@@ -218,8 +216,7 @@ class HessianOperator:
     def _check_loss(self, loss: torch.Tensor, index: int) -> None:
         if bool(torch.isfinite(loss)):
             return
-        names = {id(p): name for name, p in self.model.named_parameters()}
-        bad = next((names.get(id(p), "?") for p in self.params if not bool(torch.isfinite(p).all())), None)
+        bad = next((name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
         why = (f"parameter {bad!r} holds non-finite values (a diverged run?)" if bad is not None else
                "the parameters and data are finite, so the model or the loss overflows at these parameters")
         raise DataError(f"the loss on batch {index} is {float(loss.detach())} at the analysed point: {why}; no"
@@ -255,12 +252,16 @@ class HessianOperator:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), \
                 _LiveBytes(held) as live:
-            loss = self.batch_loss_of(batch)
-            grad = _flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True), self.params)
-            if grad.requires_grad:
-                torch.autograd.grad(grad, self.params, torch.ones_like(grad), allow_unused=True)
-        del loss, grad
+            self._probe(batch)
         return sum(saved.values()), live.peak
+
+    def _probe(self, batch: Any) -> None:
+        """Build what the products keep of one batch and run one product through it (measured by
+        :meth:`_graph_bytes`): here the gradient's graph and one backward pass through it."""
+        grad = _flat(torch.autograd.grad(self.batch_loss_of(batch), self.params, create_graph=True,
+                                         allow_unused=True), self.params)
+        if grad.requires_grad:
+            torch.autograd.grad(grad, self.params, torch.ones_like(grad), allow_unused=True)
 
     def _pieces(self) -> list[tuple[Any, int, int, int]]:
         if self.keep_graph or self._graph_size is None:
@@ -297,22 +298,30 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
-            if self.keep_graph and self.pieces:
-                total = sum(self._weighted_losses())
-                grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
-                loss, self._grad = total.detach(), _flat(grads, self.params)
-            else:
-                flat = torch.zeros(self.n, device=self.device, dtype=self.dtype)
-                loss = torch.zeros((), device=self.device)
-                for part in self._weighted_losses():
-                    flat += _flat(torch.autograd.grad(part, self.params, allow_unused=True), self.params)
-                    loss = loss + part.detach()
-                self._grad = flat
+            self._grad, loss = self._local_gradient()
             full = torch.cat([self._grad.detach().reshape(-1), loss.reshape(1).to(self.dtype)])
             if self.distributed:
                 dist.all_reduce_sum(full, self.group)
             self._full_grad, self._loss = full[:-1], float(full[-1])
         return self._full_grad
+
+    def _local_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's flat gradient and loss; with ``keep_graph`` the gradient keeps its graph,
+        through which every product then runs."""
+        if self.keep_graph and self.pieces:
+            total = sum(self._weighted_losses())
+            grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
+            return _flat(grads, self.params), total.detach()
+        return self._accumulated_gradient()
+
+    def _accumulated_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's flat gradient and loss, piece by piece, keeping no graph."""
+        flat = torch.zeros(self.n, device=self.device, dtype=self.dtype)
+        loss = torch.zeros((), device=self.device)
+        for part in self._weighted_losses():
+            flat += _flat(torch.autograd.grad(part, self.params, allow_unused=True), self.params)
+            loss = loss + part.detach()
+        return flat, loss
 
     def total_loss(self) -> float:
         """The full-data loss at the current parameters (recomputed; no gradient)."""
@@ -339,15 +348,19 @@ class HessianOperator:
             raise ConfigError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
         self.n_hvp += len(vectors)
+        out = self._local_products(vectors)
+        return dist.all_reduce_sum(out, self.group) if self.distributed else out
+
+    def _local_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the products: through the kept graph, or piece by piece."""
         if self.keep_graph:
             self.gradient()
-            out = self._products(self._grad, vectors)
-        else:
-            out = torch.zeros_like(vectors)
-            for part in self._weighted_losses():
-                grad = _flat(torch.autograd.grad(part, self.params, create_graph=True, allow_unused=True), self.params)
-                out += self._products(grad, vectors)
-        return dist.all_reduce_sum(out, self.group) if self.distributed else out
+            return self._products(self._grad, vectors)
+        out = torch.zeros_like(vectors)
+        for part in self._weighted_losses():
+            grad = _flat(torch.autograd.grad(part, self.params, create_graph=True, allow_unused=True), self.params)
+            out += self._products(grad, vectors)
+        return out
 
     def _products(self, grad: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """``∇(gᵀ v)`` for each row ``v``: backward passes through the gradient's graph, all
@@ -447,6 +460,15 @@ def _check_options(loss_fn: Any, batch_loss: Any, max_samples: Any, max_graph_by
     if isinstance(max_graph_bytes, bool) or not isinstance(max_graph_bytes, (int, float)) \
             or math.isnan(max_graph_bytes) or max_graph_bytes <= 0:
         raise ConfigError(f"max_graph_bytes={max_graph_bytes!r} is not allowed; expected a number of bytes > 0")
+
+
+def _mean_loss(loss: Any, source: str) -> torch.Tensor:
+    """``loss`` as a 0-d tensor, or a :class:`ConfigError` saying that ``source`` must return a scalar mean."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ConfigError(f"{source} returns {what}, not a scalar mean over the batch: use reduction='mean'"
+                          " (or .mean() over the samples)")
+    return loss.reshape(())
 
 
 def _load(data: Any, batch_loss: BatchLoss | None, max_samples: int | None, device: torch.device) -> list[Any]:

@@ -8,9 +8,10 @@ between ``torch.distributed`` ranks).
 
 Options every function here takes (keyword only), as :class:`HessianOperator` does:
 ``batch_loss=(model, batch) -> mean loss`` (then ``loss_fn`` may be ``None``),
-``max_samples`` (use only the first samples of ``data``; ``None`` = all) and
+``max_samples`` (use only the first samples of ``data``; ``None`` = all),
 ``max_graph_bytes`` (bound on the kept autograd graph, default 2 GiB; beyond it products
-stream over the batches).
+stream over the batches) and ``params`` (the parameters analysed, the others held fixed:
+tensors, submodules, names or a filter, :mod:`trainlab.curvature.selection`; ``None`` = all).
 
 The model is left exactly as it was — parameters, buffers, flags, ``.grad``, random states —
 on success and on failure (:func:`~trainlab.curvature.operator.analysis_mode`).
@@ -24,7 +25,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from trainlab.curvature.gauss_newton import FisherOperator, GGNOperator
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, analysis_mode
+from trainlab.curvature.selection import ParamSpec, select
 from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
@@ -34,7 +37,8 @@ HESSIAN_BLOCK_BYTES = 256 * 2**20
 
 def gradient(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], mode: str = "eval",
              distributed: bool | None = None, group: object = None, *, batch_loss: BatchLoss | None = None,
-             max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> torch.Tensor:
+             max_samples: int | None = None, max_graph_bytes: float = DEFAULT_GRAPH_BYTES,
+             params: ParamSpec = None) -> torch.Tensor:
     """``∇L(θ)`` as a flat vector over the parameters that require gradients.
 
     Parameters: ``model``, ``loss_fn`` (``(outputs, targets) -> mean loss``, or ``None`` with
@@ -45,14 +49,14 @@ def gradient(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     """
     with analysis_mode(model, mode):
         op = _operator(model, loss_fn, data, mode, distributed, group, keep_graph=False, batch_loss=batch_loss,
-                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes, params=params)
         return op.gradient()
 
 
 def hvp(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], v: torch.Tensor,
         mode: str = "eval", distributed: bool | None = None, group: object = None, *,
         batch_loss: BatchLoss | None = None, max_samples: int | None = None,
-        max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> torch.Tensor:
+        max_graph_bytes: float = DEFAULT_GRAPH_BYTES, params: ParamSpec = None) -> torch.Tensor:
     """``H v`` for a flat ``(n,)`` vector, or ``(H vᵢ)ᵢ`` for the rows of an ``(m, n)`` matrix,
     answered together from one kept gradient graph (in one batched pass on a GPU), or streamed
     over the batches when that graph would exceed ``max_graph_bytes``.
@@ -62,15 +66,15 @@ def hvp(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], v
     """
     with analysis_mode(model, mode):
         op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
-                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes, params=params)
         return op.matvec(v) if v.dim() == 1 else op.matmat(v)
 
 
 def hessian(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], max_params: int = 20_000,
             mode: str = "eval", distributed: bool | None = None, group: object = None, *,
             max_seconds: float = 60.0, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
-            max_graph_bytes: float = DEFAULT_GRAPH_BYTES) -> torch.Tensor:
-    """The dense ``n × n`` Hessian, built from products with blocks of the identity (each
+            max_graph_bytes: float = DEFAULT_GRAPH_BYTES, params: ParamSpec = None) -> torch.Tensor:
+    """The dense ``n × n`` Hessian (with ``params``: the block of those parameters), built from products with blocks of the identity (each
     block bounded to :data:`HESSIAN_BLOCK_BYTES`) through one kept gradient graph, and
     symmetrised, ``(H + Hᵀ)/2``.
 
@@ -80,15 +84,15 @@ def hessian(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
     (default 60; ``None`` for no limit): :func:`trainlab.curvature.eigs` (Lanczos) finds the
     extreme eigenvalues from a few products. Other parameters as :func:`gradient`.
     """
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    itemsize = next((p.element_size() for p in model.parameters() if p.requires_grad), 8)
+    chosen = [p for _, p in select(model, params)]
+    n, itemsize = sum(p.numel() for p in chosen), chosen[0].element_size()
     if n > max_params:
         raise ConfigError(f"the model has {n:,} parameters, above max_params={max_params:,}: a dense Hessian would"
                           f" hold {n * n:,} numbers ({_size(n * n * itemsize)}); use trainlab.curvature.eigs (Lanczos)"
                           " for its extreme eigenvalues, or raise max_params")
     with analysis_mode(model, mode):
         op = _operator(model, loss_fn, data, mode, distributed, group, batch_loss=batch_loss,
-                       max_samples=max_samples, max_graph_bytes=max_graph_bytes)
+                       max_samples=max_samples, max_graph_bytes=max_graph_bytes, params=params)
         if max_seconds is not None:
             _check_time(op, max_seconds)
         return dense(op)
@@ -128,11 +132,34 @@ def _size(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
+#: The curvature operators an analysis can take: the Hessian, the generalised Gauss–Newton, the empirical Fisher.
+OPERATORS = ("hessian", "ggn", "fisher")
+
+
 def _operator(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], mode: str,
-              distributed: bool | None = None, group: object = None, **options: Any) -> HessianOperator:
+              distributed: bool | None = None, group: object = None, operator: str = "hessian",
+              params: ParamSpec = None, **options: Any) -> HessianOperator:
     """The operator of an analysis (``options``: ``batch_loss``, ``max_samples``, ``max_graph_bytes``,
-    ``check``, ``keep_graph``, ``batched``), with the determinism check in ``mode="train"``."""
-    op = HessianOperator(model, loss_fn, data, distributed=distributed, group=group, **options)
+    ``check``, ``keep_graph``, ``batched``), with the determinism check in ``mode="train"``.
+
+    Called inside :func:`analysis_mode`: parameters outside ``params`` stop requiring gradients
+    for the analysis (the mode restores the flags), so no graph is built for them."""
+    kind = operator_class(operator)
+    chosen = [p for _, p in select(model, params)]
+    kept = {id(p) for p in chosen}
+    for p in model.parameters():
+        if id(p) not in kept:
+            p.requires_grad_(False)
+    op = kind(model, loss_fn, data, distributed=distributed, group=group, params=chosen, **options)
     if mode == "train":
         op.check_determinism()
     return op
+
+
+def operator_class(operator: str) -> type[HessianOperator]:
+    """The operator class for ``operator="hessian" | "ggn" | "fisher"`` (ConfigError otherwise)."""
+    kinds = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
+    if isinstance(operator, str) and operator in kinds:
+        return kinds[operator]
+    raise ConfigError(f"operator={operator!r} is not allowed; use one of: {', '.join(OPERATORS)} (the Hessian, the"
+                      " generalised Gauss–Newton, the empirical Fisher)")
