@@ -280,3 +280,61 @@ def test_lazy_public_names_and_experiment_names():
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         tl.nope  # noqa: B018
     assert EXPERIMENT_NAMES == tuple(EXPERIMENTS)
+
+
+# ------------------------------------------------------------------------------------------ --layers
+def test_layers_prints_the_table_of_layerwise_and_draws_it_beside_out(user, tmp_path, capsys):
+    """--layers: after the whole model's diagnosis, the rows ``layerwise`` gives called directly;
+    the figure goes beside --out as STEM_layers.png; --groups and --no-couplings reach it."""
+    import trainlab as tl
+    from trainlab.curvature.layerwise import layerwise
+
+    base = ["diagnose", "--model", f"{user}:build", "--weights", "weights.pt", "--data", "iris", "--no-progress"]
+    assert main([*base, "--layers", "--out", "fig.png"]) == 0
+    printed = capsys.readouterr().out
+    model = sys.modules[user].build()
+    x, y = tl.data.load("iris")[0].tensors
+    direct = layerwise(model, tl.nn.cross_entropy, (x, y), progress=False)
+    assert [r.name for r in direct.rows] == ["0", "0 + 2", "2"]
+    assert printed.index("verdict:") < printed.index("Hessian blocks by layer: 2 groups, 1 coupling(s)")
+    assert str(direct).splitlines()[1:] == printed.split("Hessian blocks by layer")[1].splitlines()[1:-2]
+    assert printed.splitlines()[-2:] == ["wrote fig.png", "wrote fig_layers.png"]
+    assert (tmp_path / "fig_layers.png").read_bytes()[:4] == b"\x89PNG"
+
+    before = tree_digest(tmp_path)
+    assert main([*base, "--layers", "--groups", "0, 2.weight", "--no-couplings"]) == 0
+    table = capsys.readouterr().out.split("Hessian blocks by layer: 2 groups;")[1].splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["0", "2.weight"] and table[4] == "  no block is a saddle"
+    assert tree_digest(tmp_path) == before  # with --model and no --out: no figure
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--groups", "0"], "--groups 0 goes with --layers, which is not given"),
+    (["--no-couplings"], "--no-couplings goes with --layers"),
+    (["--groups", "0", "--no-couplings"], "--groups 0 and --no-couplings go with --layers"),
+    (["--layers", "--groups", " , "], "--groups ' , ' names no group"),
+    (["--layers", "--groups", "0,nope"], "group 'nope': params names 'nope', which is neither a parameter nor"),
+])
+def test_layers_bad_combinations_are_one_line_exit_2(user, tmp_path, capsys, args, fragment):
+    before = tree_digest(tmp_path)
+    code = main(["diagnose", "--model", f"{user}:build", "--weights", "weights.pt", "--data", "iris", "--out",
+                 "fig.png", *args])
+    assert fragment in error_line(capsys, code)
+    assert tree_digest(tmp_path) == before
+
+
+def test_layers_of_a_run_in_a_real_process(tmp_path, capsys):
+    """A run directory: the layer figure goes beside spectrum.png, as spectrum_layers.png."""
+    out = tmp_path / "run"
+    assert main(["train", "--set", "data.name=iris", "--set", "train.epochs=1", "--set", "model.hidden=[4]",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    result = subprocess.run([sys.executable, "-m", "trainlab", "diagnose", str(out), "--layers", "--no-progress"],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Hessian blocks by layer: "))
+    assert lines[head + 1].split()[:4] == ["block", "params", "λ_max", "λ_min"]
+    assert lines[-1] == f"wrote {out / 'spectrum_layers.png'}"
+    assert (out / "spectrum_layers.png").read_bytes()[:4] == b"\x89PNG" and (out / "spectrum.png").exists()
+    assert result.stderr == ""  # no progress bar, no warning

@@ -12,6 +12,10 @@ Two ways to name the model:
   the training split (80 %, stratified, seed 0), each feature standardised with that split's
   mean and standard deviation (``--no-standardize``: the raw features).
 
+``--layers`` adds, after the whole model's diagnosis, the table of
+:func:`trainlab.curvature.layerwise.layerwise`: the Hessian block of each layer and of each
+pair of neighbouring layers; its figure goes beside the spectrum's, as ``STEM_layers.png``.
+
 Every input is checked before the analysis starts; whatever does not fit is one sentence
 and exit status 2.
 """
@@ -44,6 +48,9 @@ COST = ("Cost, in Hessian-vector products (HVPs; one costs about two gradient ev
         " bytes of memory and an O(n³) eigendecomposition, when its time estimate is under 60 s; otherwise Lanczos"
         " finds the extreme eigenvalues (typically a few hundred HVPs, at most 5,000) and the spectral density"
         " estimates the counts (10 probes × 80 steps = 800 HVPs; --density draws it with another 800)."
+        " --layers adds one diagnosis per layer and per pair of neighbouring layers (2g − 1 rows for g layers):"
+        " exact for a block of at most 2,000 parameters (one HVP per parameter), else Lanczos with k=5 to a"
+        " tolerance of 1e-4 and 5 probes × 40 steps (about 300–500 HVPs a row, each through the whole network)."
         " --max-samples and --max-hvp bound the time; a progress bar shows after 2 s.")
 
 
@@ -93,7 +100,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         " it is marked, and a verdict resting on it says so")
     p.add_argument("--density", action="store_true", help="also estimate and draw the spectral density (800 HVPs)")
     p.add_argument("--out", metavar="FILE",
-                   help="where to write the figure (default: spectrum.png in the run directory; with --model: none)")
+                   help="where to write the figure (default: spectrum.png in the run directory; with --model: none);"
+                        " with --layers the layer figure goes beside it, as STEM_layers.png")
+    layers = p.add_argument_group("where the curvature lives (trainlab.curvature.layerwise)")
+    layers.add_argument("--layers", action="store_true",
+                        help="after the whole model's diagnosis (which says whether the point is critical at all),"
+                             " a table of the Hessian block of each layer, the others held fixed, and of each pair"
+                             " of neighbouring layers (their coupling, where a network's negative curvature lives):"
+                             " parameters, λ_max, λ_min, trace, share of negative eigenvalues, verdict; layers are"
+                             " the modules holding parameters, merged by name prefix past 16; --max-hvp bounds each"
+                             " row too, --k only the whole model's analysis")
+    layers.add_argument("--groups", metavar="NAMES",
+                        help="with --layers: comma-separated module or parameter names of the model, one group each"
+                             " (e.g. conv1,layer1,layer2,fc), instead of one group per layer")
+    layers.add_argument("--no-couplings", action="store_true",
+                        help="with --layers: no rows for pairs of neighbouring layers (halves the cost)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -138,6 +159,14 @@ def _check_options(args: argparse.Namespace) -> None:
     for flag, value in (("--k", args.k), ("--max-samples", args.max_samples), ("--max-hvp", args.max_hvp)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; expected an integer >= 1")
+    alone = ([f"--groups {args.groups}"] if args.groups is not None else []) + \
+        (["--no-couplings"] if args.no_couplings else [])
+    if alone and not args.layers:
+        raise ConfigError(f"{' and '.join(alone)} go{'es' * (len(alone) == 1)} with --layers, which is not given;"
+                          " add --layers for the table by layer")
+    if args.groups is not None and not [g for g in args.groups.split(",") if g.strip()]:
+        raise ConfigError(f"--groups {args.groups!r} names no group; give comma-separated module or parameter names,"
+                          " e.g. --groups 0,2,4")
 
 
 def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -399,7 +428,18 @@ def _analyse(target: Target, args: argparse.Namespace) -> int:
     data = (target.x[rank::world], target.y[rank::world])
     options = _analysis_options(args)
     hvp_cap = {} if args.max_hvp is None else {"max_hvp": args.max_hvp}
+    groups = None
+    if args.layers:
+        from trainlab.curvature.layerwise import layer_groups, layerwise
+
+        if args.groups is not None:
+            groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+        layer_groups(target.model, groups)  # a name not in the model: one sentence before any analysis
     d = curvature.diagnose(target.model, target.loss_fn, data, k=args.k, **options, **hvp_cap)
+    by_layer = None
+    if args.layers:  # every rank joins each row's products
+        by_layer = layerwise(target.model, target.loss_fn, data, groups, couplings=not args.no_couplings, **options,
+                             **hvp_cap)
     if rank != 0:
         if args.density:
             curvature.density(target.model, target.loss_fn, data, **options, **hvp_cap)  # every rank joins
@@ -414,6 +454,8 @@ def _analyse(target: Target, args: argparse.Namespace) -> int:
     show = min(5, len(values))
     print(f"  largest eigenvalues: {', '.join(f'{float(v):.4g}' for v in values[:show])}")
     print(f"  smallest eigenvalues: {', '.join(f'{float(v):.4g}' for v in values[-show:])}")
+    if by_layer is not None:
+        print(by_layer)
     out = args.out or target.figure
     if out is None and not args.density:
         return 0
@@ -428,4 +470,8 @@ def _analyse(target: Target, args: argparse.Namespace) -> int:
     title = f"{'all' if d.exact else 'extreme'} eigenvalues: {d.verdict.replace('_', ' ')}"
     path = plots.save(plots.spectrum_figure(values.tolist(), title, grid, density), out)
     print(f"wrote {path}")
+    if by_layer is not None:
+        out = Path(out)
+        path = plots.save(plots.layerwise_figure(by_layer), out.with_name(f"{out.stem}_layers.png"))
+        print(f"wrote {path}")
     return 0

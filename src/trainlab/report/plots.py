@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
 if TYPE_CHECKING:
+    from trainlab.curvature.layerwise import Layerwise
     from trainlab.nn.surface import Surface
 
 
@@ -81,6 +82,58 @@ def spectrum_figure(eigenvalues: Sequence[float], title: str, grid: Sequence[flo
         bottom.set(xlabel="λ", ylabel="density")
         bottom.set_title("spectral density (stochastic Lanczos quadrature)", fontsize="medium")
         bottom.grid(alpha=0.3)
+    return fig
+
+
+def layerwise_figure(result: Layerwise) -> Figure:
+    """Per row of :func:`trainlab.curvature.layerwise` (top to bottom), ``λ_max`` (upper bar) and
+    ``λ_min`` (lower, lighter bar) on a symmetric-log axis, coloured by the block's verdict; a
+    diamond at 0 where both are flat; coupling rows hatched and their names in italics. The axis
+    is linear within ``±linthresh``, a thousandth of the largest ``|λ|`` (at least the largest
+    flat threshold)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    colours = {"saddle": "tab:red", "local_minimum": "tab:blue", "local_maximum": "tab:purple",
+               "degenerate": "tab:gray", "not_critical": "tab:orange"}
+    rows = result.rows
+    fig = Figure(figsize=(7.2, 1.9 + 0.34 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    y = list(range(len(rows)))[::-1]  # the first row on top, as in the table
+    for pos, r in zip(y, rows):
+        colour = colours.get(r.verdict, "black")
+        hatch = "//" if r.coupling else None
+        ax.barh(pos + 0.19, r.lambda_max, height=0.36, color=colour, hatch=hatch, edgecolor="white")
+        ax.barh(pos - 0.19, r.lambda_min, height=0.36, color=colour, alpha=0.45, hatch=hatch, edgecolor="white")
+        if max(abs(r.lambda_max), abs(r.lambda_min)) <= r.flat_threshold:
+            ax.plot([0], [pos], marker="D", ms=6, color=colour, linestyle="none")
+    zero = ax.axvline(0, color="black", lw=0.8, label=r"$\lambda = 0$")
+    largest = max([abs(v) for r in rows for v in (r.lambda_max, r.lambda_min)] + [0.0])
+    floor = max([r.flat_threshold for r in rows] + [0.0])
+    ax.set_xscale("symlog", linthresh=max(1e-3 * largest, floor) if largest > 0 else 1.0)
+    if largest > 0:
+        ax.set_xlim(-1.6 * largest, 1.6 * largest)
+    ax.set_yticks(y, [r.name if len(r.name) <= 28 else r.name[:13] + "…" + r.name[-14:] for r in rows])
+    for label, r in zip(ax.get_yticklabels(), rows):
+        label.set_fontstyle("italic" if r.coupling else "normal")
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("eigenvalue λ of the block (symmetric log scale)")
+    ax.grid(axis="x", alpha=0.3)
+    saddles = result.saddles
+    what = {"ggn": "Gauss–Newton", "fisher": "empirical Fisher"}.get(result.operator, "Hessian")
+    ax.set_title(f"{what} blocks by layer: " + (f"saddle in {', '.join(saddles)}" if saddles
+                                                else "no block is a saddle"), fontsize="medium", wrap=True)
+    shown = [v for v in colours if any(r.verdict == v for r in rows)]
+    handles = [Patch(color="0.15", label=r"$\lambda_{max}$ (upper bar)"),
+               Patch(color="0.15", alpha=0.45, label=r"$\lambda_{min}$ (lower bar)")]
+    handles += [Patch(color=colours[v], label=v.replace("_", " ")) for v in shown]
+    if any(max(abs(r.lambda_max), abs(r.lambda_min)) <= r.flat_threshold for r in rows):
+        handles.append(Line2D([], [], marker="D", ms=6, color="0.15", linestyle="none", label="all eigenvalues flat"))
+    if any(r.coupling for r in rows):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
+                             label="coupling a + b (italic): joint block"))
+    handles.append(zero)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize="small")
     return fig
 
 
