@@ -299,9 +299,11 @@ class HessianOperator:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
             self._grad, loss = self._local_gradient()
-            full = torch.cat([self._grad.detach().reshape(-1), loss.reshape(1).to(self.dtype)])
-            if self.distributed:
-                dist.all_reduce_sum(full, self.group)
+            if not self.distributed:  # the kept graph's gradient itself, not a second copy of it
+                self._full_grad, self._loss = self._grad.detach(), float(loss)
+                return self._full_grad
+            full = dist.all_reduce_sum(torch.cat([self._grad.detach().reshape(-1), loss.reshape(1).to(self.dtype)]),
+                                       self.group)
             self._full_grad, self._loss = full[:-1], float(full[-1])
         return self._full_grad
 
@@ -374,8 +376,10 @@ class HessianOperator:
                 return _flat(hv, self.params, batch=len(vectors))
             except RuntimeError:  # an operation without a batching rule: one vector at a time
                 pass
-        return torch.stack([_flat(torch.autograd.grad(grad, self.params, v, retain_graph=True, allow_unused=True),
-                                  self.params) for v in vectors])
+        out = torch.empty_like(vectors)  # each row written in place: no stacked copy of the products
+        for v, row in zip(vectors, out):
+            _flat(torch.autograd.grad(grad, self.params, v, retain_graph=True, allow_unused=True), self.params, out=row)
+        return out
 
     # ---------------------------------------------------------------- helpers
     def check_determinism(self) -> None:
@@ -503,14 +507,17 @@ def _gib(n: float) -> str:
 
 
 def _flat(tensors: Iterable[torch.Tensor | None], params: list[torch.Tensor] | None = None,
-          batch: int | None = None) -> torch.Tensor:
-    """Concatenate per-parameter tensors (``None`` → zeros) into one flat vector (per batch row)."""
+          batch: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenate per-parameter tensors (``None`` → zeros) into one flat vector (per batch row),
+    written into ``out`` when given."""
     parts = []
     for i, t in enumerate(tensors):
         if t is None:
             p = params[i]
             t = torch.zeros((batch, *p.shape) if batch else p.shape, device=p.device, dtype=p.dtype)
         parts.append(t.reshape(batch, -1) if batch else t.reshape(-1))
+    if out is not None:
+        return torch.cat(parts, dim=1 if batch else 0, out=out)
     return torch.cat(parts, dim=1 if batch else 0)
 
 
