@@ -304,3 +304,17 @@ def test_escape_takes_batch_loss():
     assert d.verdict == "saddle" and e.accepted
     with torch.no_grad():
         assert e.loss_after == pytest.approx(float(F.mse_loss(model(x), y)), rel=1e-12)
+
+
+def test_lanczos_counts_agree_with_a_converged_extreme_inside_the_flat_band():
+    """The Gauss–Newton G of a ReLU MLP is PSD with a cluster at zero: the density's cells straddle
+    it, but a converged λ_min inside the flat band means no negative eigenvalue is counted."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (40,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 30), nn.ReLU(), nn.Linear(30, 3)).double()
+    d = diagnose(model, F.cross_entropy, (x, y), method="lanczos", k=3, operator="ggn", progress=False)
+    exact = diagnose(model, F.cross_entropy, (x, y), method="dense", operator="ggn", progress=False)
+    assert bool(d.converged[-1]) and abs(float(d.eigenvalues[-1])) <= d.flat_threshold
+    assert d.n_negative == exact.n_negative == 0 and not d.negative_curvature
+    assert d.n_positive + d.n_flat == d.n_params

@@ -26,8 +26,10 @@ from trainlab.curvature.density import Density, Trace, density, trace
 from trainlab.curvature.eigs import Eigs, eigs
 from trainlab.curvature.escape import Escape, escape
 from trainlab.curvature.gauss_newton import FisherOperator, GGNOperator
+from trainlab.curvature.layerwise import LayerRow, Layerwise, layer_groups, layerwise
 from trainlab.curvature.operator import HessianOperator, analysis_mode
 from trainlab.curvature.products import gradient, hessian, hvp
 
-__all__ = ["Density", "Diagnosis", "Eigs", "Escape", "FisherOperator", "GGNOperator", "HessianOperator", "Trace", "analysis_mode", "density",
+__all__ = ["Density", "Diagnosis", "Eigs", "Escape", "FisherOperator", "GGNOperator", "HessianOperator", "LayerRow",
+           "Layerwise", "layer_groups", "layerwise", "Trace", "analysis_mode", "density",
            "diagnose", "eigs", "escape", "gradient", "hessian", "hvp", "trace", "verdict"]

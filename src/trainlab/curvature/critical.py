@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from trainlab.curvature import progress as progress_bar
-from trainlab.curvature.density import density_of, fit_budget
+from trainlab.curvature.density import Share, density_of, fit_budget
 from trainlab.curvature.eigs import check_max_hvp, clamp_k, eigs_of
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import _operator, _size, dense, operator_class
@@ -550,6 +550,13 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
     spectrum = density_of(op, probes, steps, seed=seed, max_hvp=None if max_hvp is None else max_hvp - found.n_hvp)
     notes += [f"density: {note}" for note in spectrum.notes]
     positive, below = spectrum.fraction(low=threshold), spectrum.fraction(high=-threshold)
+    # a converged extreme inside the flat band says that side is empty, as the verdict does, whatever
+    # share the density's cells put there: they straddle the cluster at zero and spill across the band
+    none = Share(0.0, 0.0, (0.0, 0.0))
+    if bool(found.converged[-1]) and float(values[-1]) >= -threshold:
+        below = none
+    if bool(found.converged[0]) and float(values[0]) <= threshold:
+        positive = none
     # Ritz values interlace with the eigenvalues, so those found beyond the threshold are certain
     proven = (int((values > threshold).sum()), int((values < -threshold).sum()))
     shares = _reconciled((positive.value, below.value), proven, n)
