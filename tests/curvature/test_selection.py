@@ -159,6 +159,7 @@ BAD = [
     ("unknown name", lambda m: "5", "neither a parameter nor a submodule"),
     ("misspelt name", lambda m: "2.weigth", "neither a parameter nor a submodule"),
     ("empty list", lambda m: [], "params is empty"),
+    ("module without parameters", lambda m: "1", r"the submodule '1' \(Tanh\), which holds no parameters"),
     ("filter choosing none", lambda m: (lambda name, p: False), "chose no parameter"),
     ("a number", lambda m: 3, "not allowed"),
     ("a number in a list", lambda m: [m[0].weight, 3], "allowed: parameter tensors"),

@@ -83,7 +83,11 @@ def _resolve(model: nn.Module, item: Any) -> list[torch.Tensor]:
         if item in parameters:
             return [parameters[item]]
         if item in modules and item:
-            return list(modules[item].parameters())
+            found = list(modules[item].parameters())
+            if not found:
+                raise ConfigError(f"params names the submodule {item!r} ({type(modules[item]).__name__}), which holds"
+                                  " no parameters")
+            return found
         close = [n for n in [*parameters, *(m for m in modules if m)] if n.startswith(item)][:3]
         hint = f" (names starting so: {', '.join(close)})" if close else ""
         raise ConfigError(f"params names {item!r}, which is neither a parameter nor a submodule of the model{hint};"
