@@ -128,22 +128,25 @@ def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], 
         op = _operator(model, loss_fn, data, mode, distributed, group, operator, params, batch_loss=batch_loss,
                        max_samples=max_samples, max_graph_bytes=max_graph_bytes)
         with progress_bar.counting(op, max_hvp, "eigs", progress):
-            return eigs_of(op, k, which, tol, max_hvp, basis_size, seed, timer)
+            return eigs_of(op, k, which, tol, max_hvp, basis_size, seed, timer, release=True)
 
 
 def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | None = None,
-            basis_size: int | None = None, seed: int = 0, timer: Timer | None = None) -> Eigs:
+            basis_size: int | None = None, seed: int = 0, timer: Timer | None = None, release: bool = False) -> Eigs:
     """:func:`eigs` of an operator already built (the caller holds :func:`analysis_mode`).
 
     Parameters: ``op`` a :class:`HessianOperator`; ``k``, ``which``, ``tol``, ``max_hvp``
-    (``None``: 5,000), ``basis_size`` (``None``), ``seed`` (0) as for :func:`eigs`; ``timer``
+    (``None``: 5,000), ``basis_size`` (``None``), ``seed`` (0) as for :func:`eigs`; ``release``
+    (False): free the operator's kept graph before the eigenvectors are formed (when no more
+    products will be asked of it); ``timer``
     (``None``: started here) for ``seconds``. Returns :class:`Eigs`. Cost: as :func:`eigs`, ≤ ``max_hvp``.
     """
     timer = timer or Timer()
     check_max_hvp(max_hvp)
     k, notes = clamp_k(k, which, op.n)
     before = op.n_hvp
-    r = lanczos(op.matvec, op.n, k, which, tol, max_hvp, basis_size, seed, op.device, op.dtype, sync=op.broadcast)
+    r = lanczos(op.matvec, op.n, k, which, tol, max_hvp, basis_size, seed, op.device, op.dtype, sync=op.broadcast,
+                release=op.release if release else None)
     wanted = min(op.n, k * (2 if which == "both" else 1))
     if len(r.values) < wanted or not bool(r.converged.all()):
         notes.append(f"{int(r.converged.sum())} of the {wanted} eigenpairs wanted converged within"

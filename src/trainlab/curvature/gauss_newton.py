@@ -197,6 +197,11 @@ class GGNOperator(HessianOperator):
             del piece  # before the next piece is built: one graph alive at a time
         return out
 
+    def release(self) -> None:
+        """Free the kept pieces' graphs with the gradient (:meth:`HessianOperator.release`)."""
+        super().release()
+        self._kept = None
+
     def _probe(self, batch: Any) -> None:
         """What a product keeps of one batch (the outputs', ``a(u)``'s and ``∂ℓ/∂f``'s graphs) and
         one product through it, for :meth:`HessianOperator._graph_bytes` to measure."""

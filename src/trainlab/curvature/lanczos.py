@@ -49,7 +49,8 @@ class LanczosResult:
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10, which: str = "largest",
             tol: float = 1e-6, max_matvecs: int | None = None, basis_size: int | None = None, seed: int = 0,
             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-            sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LanczosResult:
+            sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            release: Callable[[], None] | None = None) -> LanczosResult:
     """The ``k`` largest, ``k`` smallest, or both (``k`` of each), eigenpairs of the symmetric
     operator ``v ↦ matvec(v)`` on ``R^n``.
 
@@ -70,6 +71,8 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
         sync: applied to every random vector drawn (under ``torch.distributed``: a broadcast from
             rank 0, so that all ranks hold the same basis; every other step is deterministic
             given the same products). ``None``: identity.
+        release: called once no product is needed any more, before the Ritz vectors are formed
+            (an operator frees its kept graph there, so the two never take memory together).
 
     Returns:
         :class:`LanczosResult` — ``values`` descending (float64), ``vectors`` (rows), ``residuals``,
@@ -113,6 +116,8 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
                 ritz = _Ritz(T[:size, :size], beta, wanted, which, tol)
                 if ritz.done or size == n or used >= max_matvecs:
                     idx = ritz.order[torch.argsort(ritz.theta[ritz.order], descending=True)]
+                    if release is not None:
+                        release()
                     vectors = ritz.Y[:, idx].T.to(device=device, dtype=dtype) @ V[:size]
                     return LanczosResult(ritz.theta[idx], vectors, ritz.residuals[idx],
                                          ritz.residuals[idx] <= ritz.limit, used)

@@ -382,10 +382,14 @@ class HessianOperator:
         return out
 
     # ---------------------------------------------------------------- helpers
+    def release(self) -> None:
+        """Free the kept graph (and the cached gradient); a later call builds them again."""
+        self._grad, self._full_grad, self._loss = None, None, None
+
     def check_determinism(self) -> None:
         """In training mode, the gradient must come out the same twice (no dropout etc.)."""
         first = self.gradient().clone()
-        self._grad, self._full_grad, self._loss = None, None, None
+        self.release()
         second = self.gradient()
         gap = (first - second).abs().max().item()
         if gap > 0:
