@@ -21,16 +21,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Peers (PyHessian, hessian-eigenthings, SciPy, Cockpit) come from the bench extra, never the runtime;
-# Cockpit and BackPACK without their dependencies, which would let pip replace torch (pyproject.toml).
+# Peers (PyHessian, hessian-eigenthings, curvlinops, SciPy, Cockpit) and torchvision come from the bench
+# extra, never the runtime; torch is named in the same command so pip keeps the pinned build; Cockpit and
+# BackPACK without their dependencies, which would let pip replace torch (pyproject.toml).
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[bench]"
 	$(BIN)/python -m pip install --quiet --no-deps "cockpit-for-pytorch>=1.0.2" "backpack-for-pytorch>=1.7"
 	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/trainer_overhead.py
 	$(BIN)/python benchmarks/optim_step.py
 	$(BIN)/python benchmarks/batchnorm.py
 	$(BIN)/python benchmarks/curvature.py
+	$(BIN)/python benchmarks/curvature_scale.py
 	$(BIN)/python benchmarks/hvp_batching.py
 	$(BIN)/python benchmarks/analysis_memory.py
 	$(BIN)/python benchmarks/sharpness_tracking.py

@@ -14,7 +14,9 @@ with Adam so the Hessian is that of a real training point. Printed, as tables:
    its cheapest successful setting.
 3. Dense Hessian: trainlab ``hessian`` vs ``torch.func.hessian`` on two small models.
 
-Peers come from the ``bench`` extra: ``pip install -e .[bench]``.
+Peers come from the ``bench`` extra: ``pip install -e .[bench]``. The same comparison at scale
+(torchvision ResNet-18 and a small GPT, float32, with peak memory and curvlinops beside the
+others) is ``benchmarks/curvature_scale.py``.
 
     python benchmarks/curvature.py [--device auto] [--skip-slow-peers]
 """
