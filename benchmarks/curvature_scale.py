@@ -74,9 +74,9 @@ K = 5
 ACCURACY = 1e-3
 #: Per model: trainlab's and PyHessian's tol, eigsh's tol, hessian-eigenthings' Lanczos steps.
 SETTINGS = {
-    "resnet18": {"trainlab_tol": 1e-4, "pyhessian_tol": 1e-4, "pyhessian_max_iter": 100, "eigsh_tol": 1e-3,
+    "resnet18": {"trainlab_tol": 1e-2, "pyhessian_tol": 1e-4, "pyhessian_max_iter": 100, "eigsh_tol": 1e-3,
                  "eigenthings_steps": 20},
-    "gpt": {"trainlab_tol": 1e-4, "pyhessian_tol": 1e-4, "pyhessian_max_iter": 100, "eigsh_tol": 1e-3,
+    "gpt": {"trainlab_tol": 1e-2, "pyhessian_tol": 1e-4, "pyhessian_max_iter": 100, "eigsh_tol": 1e-3,
             "eigenthings_steps": 30},
 }
 #: --quick: PyHessian's power iterations capped, so the smoke test stays short.

@@ -376,9 +376,11 @@ class HessianOperator:
                 return _flat(hv, self.params, batch=len(vectors))
             except RuntimeError:  # an operation without a batching rule: one vector at a time
                 pass
-        out = torch.empty_like(vectors)  # each row written in place: no stacked copy of the products
-        for v, row in zip(vectors, out):
-            _flat(torch.autograd.grad(grad, self.params, v, retain_graph=True, allow_unused=True), self.params, out=row)
+        out = None  # allocated after the first backward pass, so it never adds to that pass's peak
+        for i, v in enumerate(vectors):
+            hv = torch.autograd.grad(grad, self.params, v, retain_graph=True, allow_unused=True)
+            out = torch.empty_like(vectors) if out is None else out
+            _flat(hv, self.params, out=out[i])  # written in place: no stacked copy of the products
         return out
 
     # ---------------------------------------------------------------- helpers
