@@ -140,3 +140,16 @@ def test_products_work_inside_no_grad(small_mlp_problem):
     with torch.no_grad():
         torch.testing.assert_close(hessian(model, F.cross_entropy, (x, y)), expected, rtol=0, atol=0)
         assert gradient(model, F.cross_entropy, (x, y)).shape == (57,)
+
+
+@pytest.mark.parametrize("operator", ["hessian", "ggn", "fisher"])
+def test_an_operation_without_a_double_backward_is_named(operator):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Hardsigmoid(), nn.Linear(4, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    from digests import model_digest
+    before = model_digest(model)
+    with pytest.raises(ConfigError, match="the model uses aten::hardsigmoid_backward, whose derivative PyTorch does"
+                                          " not implement"):
+        tl.curvature.eigs(model, F.cross_entropy, (x, y), k=1, operator=operator, progress=False)
+    assert model_digest(model) == before

@@ -251,7 +251,7 @@ class HessianOperator:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), \
-                _LiveBytes(held) as live:
+                _LiveBytes(held) as live, _second_derivatives():
             self._probe(batch)
         return sum(saved.values()), live.peak
 
@@ -298,7 +298,8 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
-            self._grad, loss = self._local_gradient()
+            with _second_derivatives():
+                self._grad, loss = self._local_gradient()
             if not self.distributed:  # the kept graph's gradient itself, not a second copy of it
                 self._full_grad, self._loss = self._grad.detach(), float(loss)
                 return self._full_grad
@@ -350,7 +351,8 @@ class HessianOperator:
             raise ConfigError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
         self.n_hvp += len(vectors)
-        out = self._local_products(vectors)
+        with _second_derivatives():
+            out = self._local_products(vectors)
         return dist.all_reduce_sum(out, self.group) if self.distributed else out
 
     def _local_products(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -470,6 +472,22 @@ def _check_options(loss_fn: Any, batch_loss: Any, max_samples: Any, max_graph_by
     if isinstance(max_graph_bytes, bool) or not isinstance(max_graph_bytes, (int, float)) \
             or math.isnan(max_graph_bytes) or max_graph_bytes <= 0:
         raise ConfigError(f"max_graph_bytes={max_graph_bytes!r} is not allowed; expected a number of bytes > 0")
+
+
+@contextlib.contextmanager
+def _second_derivatives() -> Iterator[None]:
+    """Turn PyTorch's "derivative for aten::… is not implemented" — an operation without the
+    double backward that curvature products need — into a :class:`ConfigError` naming it."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if "derivative for" not in text or "is not implemented" not in text:
+            raise
+        what = text.split("derivative for", 1)[1].split("is not implemented", 1)[0].strip()
+        raise ConfigError(f"the model uses {what}, whose derivative PyTorch does not implement, and curvature needs"
+                          " the network's second derivatives: for the analysis replace the operation that calls it"
+                          " (e.g. nn.Hardsigmoid or nn.Hardswish by nn.Sigmoid or nn.SiLU)") from None
 
 
 def _mean_loss(loss: Any, source: str) -> torch.Tensor:
