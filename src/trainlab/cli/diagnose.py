@@ -164,9 +164,14 @@ def _check_options(args: argparse.Namespace) -> None:
     if alone and not args.layers:
         raise ConfigError(f"{' and '.join(alone)} go{'es' * (len(alone) == 1)} with --layers, which is not given;"
                           " add --layers for the table by layer")
-    if args.groups is not None and not [g for g in args.groups.split(",") if g.strip()]:
+    if args.groups is not None and not _group_names(args):
         raise ConfigError(f"--groups {args.groups!r} names no group; give comma-separated module or parameter names,"
                           " e.g. --groups 0,2,4")
+
+
+def _group_names(args: argparse.Namespace) -> list[str] | None:
+    """The names of ``--groups``, stripped and without empty items (``None`` without the flag)."""
+    return None if args.groups is None else [g.strip() for g in args.groups.split(",") if g.strip()]
 
 
 def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -428,12 +433,10 @@ def _analyse(target: Target, args: argparse.Namespace) -> int:
     data = (target.x[rank::world], target.y[rank::world])
     options = _analysis_options(args)
     hvp_cap = {} if args.max_hvp is None else {"max_hvp": args.max_hvp}
-    groups = None
+    groups = _group_names(args)
     if args.layers:
         from trainlab.curvature.layerwise import layer_groups, layerwise
 
-        if args.groups is not None:
-            groups = [g.strip() for g in args.groups.split(",") if g.strip()]
         layer_groups(target.model, groups)  # a name not in the model: one sentence before any analysis
     d = curvature.diagnose(target.model, target.loss_fn, data, k=args.k, **options, **hvp_cap)
     by_layer = None

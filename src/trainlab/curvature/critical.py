@@ -107,8 +107,8 @@ class Diagnosis:
             density's probes (Hutchinson: ``n · vᵀHv`` over the unit Rademacher probes).
         params: the names of the parameters analysed (the Hessian's block of those); empty when all are.
         operator: ``"hessian"``, ``"ggn"`` or ``"fisher"`` — what the eigenvalues are of.
-        ggn_lambda_min: with the Hessian, at a critical point with negative curvature, ``λ_min`` of the Gauss–Newton
-            ``G`` over the same parameters (``None`` otherwise): ``H = G + R`` with ``G ⪰ 0`` for a
+        ggn_lambda_min: with the Hessian, at a critical point with negative curvature, ``λ_min`` of
+            the Gauss–Newton ``G`` over the same parameters (``None`` otherwise): ``H = G + R`` with ``G ⪰ 0`` for a
             convex loss, so when ``G`` has no negative eigenvalue the negative curvature comes from
             ``R``, the network's second derivatives weighted by the residuals
             (:mod:`trainlab.curvature.gauss_newton`); ``ggn_converged`` tells whether it converged.
@@ -325,8 +325,9 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             names or a filter ``(name, parameter) -> bool``): the verdict of that block of ``H``.
         operator: ``"hessian"`` (default), ``"ggn"`` or ``"fisher"``: whose spectrum decides. With the
             Hessian, at a critical point with negative curvature (a saddle or a maximum) and with
-            ``loss_fn`` given, ``λ_min`` of the Gauss–Newton ``G`` is computed too (exact path: ``n`` more products; Lanczos: at most
-            :data:`GGN_MAX_HVP`) and reported beside ``λ_min`` of ``H`` (``ggn_lambda_min``).
+            ``loss_fn`` given, ``λ_min`` of the Gauss–Newton ``G`` is computed too (exact path: ``n``
+            more products; Lanczos: at most :data:`GGN_MAX_HVP`) and reported beside ``λ_min`` of
+            ``H`` (``ggn_lambda_min``).
 
     Returns:
         :class:`Diagnosis` — ``verdict``, ``loss``, ``grad_norm``, ``eigenvalues`` (descending),
@@ -563,11 +564,9 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
     ratio = shares[0] / n
     low, high = max(positive.bounds[0], proven[0] / n), min(positive.bounds[1], 1 - proven[1] / n)
     bounds = (min(low, ratio), max(high, ratio))
-    per_probe = n * (spectrum.weights * spectrum.nodes).sum(1)  # n · vᵀHv for each unit probe: Hutchinson
-    trace_stderr = float(per_probe.std() / math.sqrt(len(per_probe))) if len(per_probe) > 1 else math.nan
     return _Spectrum(values, found.residuals, found.converged, threshold, _whole(shares, n), ratio,
                      positive.stderr, bounds, directions, escape_values, grad_norm, op.loss, op.n_hvp,
-                     float(per_probe.mean()), trace_stderr)
+                     *spectrum.trace(n))
 
 
 def _reconciled(shares: tuple[float, float], proven: tuple[int, int], n: int) -> tuple[float, float, float]:

@@ -96,6 +96,12 @@ class Density:
         upper = (self.weights * ((right > low) & (left < high))).sum(1)
         return Share(float(estimate.mean()), _stderr(estimate), (float(lower.mean()), float(upper.mean())))
 
+    def trace(self, n: int) -> tuple[float, float]:
+        """``tr H ≈ n · vᵀHv = n Σ_i τ_i θ_i`` over the unit Rademacher probes (Hutchinson with the
+        density's own probes), and its standard error; ``n`` the operator's dimension. Cost: no products."""
+        per_probe = n * (self.weights * self.nodes).sum(1)
+        return float(per_probe.mean()), _stderr(per_probe)
+
 
 @dataclass
 class Share:

@@ -62,12 +62,13 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 10,
         max_matvecs: at most this many products (``None``: 5,000); then the pairs found so far
             are returned, unconverged ones flagged.
         basis_size: ``None`` (default) 300 vectors, fewer when ``n`` is small or the basis would
-            exceed ``basis_bytes`` (:data:`BASIS_BYTES`, 64 MiB), but never fewer than ``wanted + max(3, wanted/2)``: a
-            restart keeps the wanted Ritz vectors and about half the rest, so even that small a basis
-            costs few extra products (ResNet-18 on 128 images, top 5 to 1e-3: 22 products with 8
-            vectors, 21 with 10, 20 with 22 — and 0.5 GB less memory than 22). Convergence is checked every few products (every product when ``n ≥ 10 m³``, where
-            a product costs more than the check), so an easy problem stops long before
-            the basis is full.
+            exceed ``basis_bytes`` (:data:`BASIS_BYTES`, 64 MiB), but never fewer than
+            ``wanted + max(3, wanted/2)``: a restart keeps the wanted Ritz vectors and about half
+            the rest, so even that small a basis costs few extra products (ResNet-18 on 128 images,
+            top 5 to 1e-3: 22 products with 8 vectors, 21 with 10, 20 with 22 — and 0.5 GB less
+            memory than 22). Convergence is checked every few products (every product when
+            ``n ≥ 10 m³``, where a product costs more than the check), so an easy problem stops
+            long before the basis is full.
         seed: seed of the random start vector (0); device, dtype: where the vectors live.
         sync: applied to every random vector drawn (under ``torch.distributed``: a broadcast from
             rank 0, so that all ranks hold the same basis; every other step is deterministic

@@ -124,8 +124,8 @@ class HessianOperator:
             ``None`` (default) all that require gradients; parameter tensors, submodules or names of
             the model, or a filter ``(name, parameter) -> bool``. ``H`` is then the block of those.
 
-    Attributes: ``params`` and ``names`` (the parameters analysed), ``n`` (their count), ``samples`` (over all ranks), ``n_hvp``, ``loss``,
-    ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph) and ``peak_bytes``
+    Attributes: ``params`` and ``names`` (the parameters analysed), ``n`` (their count),
+    ``samples`` (over all ranks), ``n_hvp``, ``loss``, ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph) and ``peak_bytes``
     (its peak with a product running through it), both ``None`` with ``keep_graph=True``.
     """
 

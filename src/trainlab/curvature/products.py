@@ -74,9 +74,9 @@ def hessian(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
             mode: str = "eval", distributed: bool | None = None, group: object = None, *,
             max_seconds: float = 60.0, batch_loss: BatchLoss | None = None, max_samples: int | None = None,
             max_graph_bytes: float = DEFAULT_GRAPH_BYTES, params: ParamSpec = None) -> torch.Tensor:
-    """The dense ``n × n`` Hessian (with ``params``: the block of those parameters), built from products with blocks of the identity (each
-    block bounded to :data:`HESSIAN_BLOCK_BYTES`) through one kept gradient graph, and
-    symmetrised, ``(H + Hᵀ)/2``.
+    """The dense ``n × n`` Hessian (with ``params``: the block of those parameters), built from
+    products with blocks of the identity (each block bounded to :data:`HESSIAN_BLOCK_BYTES`)
+    through one kept gradient graph, and symmetrised, ``(H + Hᵀ)/2``.
 
     Cost: ``n`` Hessian-vector products and ``n² × itemsize`` bytes. It refuses
     (:class:`~trainlab.errors.ConfigError`, naming the estimate) above ``max_params``
@@ -133,7 +133,8 @@ def _size(n: float) -> str:
 
 
 #: The curvature operators an analysis can take: the Hessian, the generalised Gauss–Newton, the empirical Fisher.
-OPERATORS = ("hessian", "ggn", "fisher")
+_KINDS = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
+OPERATORS = tuple(_KINDS)
 
 
 def _operator(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], mode: str,
@@ -158,8 +159,7 @@ def _operator(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[A
 
 def operator_class(operator: str) -> type[HessianOperator]:
     """The operator class for ``operator="hessian" | "ggn" | "fisher"`` (ConfigError otherwise)."""
-    kinds = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
-    if isinstance(operator, str) and operator in kinds:
-        return kinds[operator]
+    if isinstance(operator, str) and operator in _KINDS:
+        return _KINDS[operator]
     raise ConfigError(f"operator={operator!r} is not allowed; use one of: {', '.join(OPERATORS)} (the Hessian, the"
                       " generalised Gauss–Newton, the empirical Fisher)")

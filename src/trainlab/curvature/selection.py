@@ -32,20 +32,20 @@ def select(model: nn.Module, params: ParamSpec = None) -> list[tuple[str, nn.Par
     item that is not part of ``model``, a name that matches nothing, or an empty selection."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if params is None:
-        chosen = named
-    elif callable(params) and not isinstance(params, (nn.Module, torch.Tensor)):
+        if not named:
+            raise ConfigError("the model has no parameters that require gradients")
+        return named
+    if callable(params) and not isinstance(params, (nn.Module, torch.Tensor)):
         chosen = [(name, p) for name, p in named if params(name, p)]
         if not chosen:
             raise ConfigError("the params filter chose no parameter: it returned False for all"
                               f" {len(named):,} parameters that require gradients")
-    else:
-        wanted = {id(p) for item in _items(params) for p in _resolve(model, item)}
-        chosen = [(name, p) for name, p in named if id(p) in wanted]
-        if not chosen:
-            raise ConfigError("params selects no parameter that requires gradients: every parameter named is frozen"
-                              " (requires_grad=False)")
+        return chosen
+    wanted = {id(p) for item in _items(params) for p in _resolve(model, item)}
+    chosen = [(name, p) for name, p in named if id(p) in wanted]
     if not chosen:
-        raise ConfigError("the model has no parameters that require gradients")
+        raise ConfigError("params selects no parameter that requires gradients: every parameter named is frozen"
+                          " (requires_grad=False)")
     return chosen
 
 
