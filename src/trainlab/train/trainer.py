@@ -104,6 +104,7 @@ class Trainer:
                  progress: bool = True, distributed: bool | None = None, overwrite: bool = False,
                  tensorboard: str | os.PathLike[str] | None = None):
         _check_positive_int("epochs", epochs)
+        _check_optimizer(model, optimizer)
         from trainlab.integrations import tensorboard_dir  # (stdlib only; the framework only when asked for)
 
         self.tensorboard = tensorboard_dir(tensorboard)
@@ -644,6 +645,32 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= 1")
+
+
+def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
+    """The optimizer must train at least one of the model's parameters: one holding only another
+    model's tensors, or only frozen ones (``requires_grad=False``), would train nothing for the
+    whole run without a word. Holding only some of them (fine-tuning a head) is fine."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        shown = _short_repr(optimizer) if isinstance(optimizer, (str, int, float, type(None))) else \
+            f"a {type(optimizer).__name__}"
+        raise ConfigError(f"optimizer={shown} is not a torch optimizer (it has no param_groups); pass one built on"
+                          " the model's parameters, e.g. torch.optim.SGD(model.parameters(), lr=0.1)")
+    held = {id(p) for group in groups for p in group.get("params", ())}
+    mine = [p for p in model.parameters() if id(p) in held]
+    if not mine:
+        raise ConfigError(f"the optimizer holds none of the model's parameters (its {len(held)} tensors belong to"
+                          " another model or a copy); build it on this model's, e.g."
+                          " torch.optim.SGD(model.parameters(), lr=0.1)")
+    if not any(p.requires_grad for p in mine):
+        raise ConfigError(f"the optimizer holds {len(mine)} of the model's parameters and every one has"
+                          " requires_grad=False, so training would change nothing; unfreeze what should train")
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def updates_per_epoch(batch_size: int | str, samples: int, world: int = 1) -> int:
