@@ -1,16 +1,24 @@
 """trainlab BatchNorm against torch.nn.BatchNorm1d/2d: forward, backward, buffers, state_dict."""
 
+import math
+
 import pytest
 import torch
 
 import trainlab as tl
+from tolerance import close
 
 CASES = [  # (ours, torch's, input shape)
     (tl.nn.BatchNorm1d, torch.nn.BatchNorm1d, (32, 6)),
     (tl.nn.BatchNorm1d, torch.nn.BatchNorm1d, (16, 6, 5)),
     (tl.nn.BatchNorm2d, torch.nn.BatchNorm2d, (8, 6, 4, 3)),
 ]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def assert_matches(a, b, n):
+    """Equal up to the rounding of reductions over ``n`` values (a channel's batch statistics), relative to
+    the largest value compared: elements near zero come from the same cancelling sums."""
+    torch.testing.assert_close(a, b, **close(b.dtype, n, scale=float(b.abs().max())))
 
 
 def pair(ours_cls, torch_cls, dtype, **kwargs):
@@ -39,25 +47,28 @@ def step(module, x, dy):
                                     {"momentum": 0.3, "eps": 1e-3}])
 def test_train_then_eval_matches_torch(ours_cls, torch_cls, shape, dtype, kwargs):
     ours, theirs = pair(ours_cls, torch_cls, dtype, **kwargs)
+    per_channel = math.prod(shape) // shape[1]  # values each channel's statistics reduce
     gen = torch.Generator().manual_seed(1)
     for _ in range(20):  # 20 training steps: outputs, all gradients, running buffers
         x = (torch.randn(shape, generator=gen, dtype=dtype) * 3 + 2)
         dy = torch.randn(shape, generator=gen, dtype=dtype)
         (ya, ga), (yb, gb) = step(ours, x, dy), step(theirs, x, dy)
-        torch.testing.assert_close(ya, yb, **TOL[dtype])
+        assert_matches(ya, yb, per_channel)
         for a, b in zip(ga, gb):
-            torch.testing.assert_close(a, b, **TOL[dtype])
+            assert_matches(a, b, per_channel)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         a, b = getattr(ours, name), getattr(theirs, name)
         assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, **TOL[dtype])
+        if a is not None and a.is_floating_point():
+            assert_matches(a, b, 20 * per_channel)  # running averages over the 20 steps
+        elif a is not None:
+            assert torch.equal(a, b)  # a count
     ours.eval(), theirs.eval()
     x, dy = torch.randn(shape, generator=gen, dtype=dtype), torch.randn(shape, generator=gen, dtype=dtype)
     (ya, ga), (yb, gb) = step(ours, x, dy), step(theirs, x, dy)
-    torch.testing.assert_close(ya, yb, **TOL[dtype])
+    assert_matches(ya, yb, 20 * per_channel)  # normalised by the running statistics
     for a, b in zip(ga, gb):
-        torch.testing.assert_close(a, b, **TOL[dtype])
+        assert_matches(a, b, 20 * per_channel)
 
 
 @pytest.mark.parametrize("ours_cls, torch_cls, shape", CASES)
@@ -75,7 +86,7 @@ def test_hessian_vector_products_in_training_mode_match_torch(ours_cls, torch_cl
         gx, gw = torch.autograd.grad(loss, (xi, module.weight), create_graph=True)
         results.append(torch.autograd.grad((gx * v[0]).sum() + (gw * v[1]).sum(), (xi, module.weight, module.bias)))
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert_matches(a, b, math.prod(shape))  # the mean loss and the batch statistics
 
 
 @pytest.mark.parametrize("ours_cls, torch_cls, shape", CASES)
