@@ -25,8 +25,12 @@ def test_a_large_operator_gets_a_small_basis_and_still_converges(monkeypatch):
     monkeypatch.setattr(lanczos_module.torch, "zeros", recording_zeros)
     r = lanczos(lambda v: diagonal * v, n, k=5, tol=1e-6, dtype=torch.float32)
     assert BASIS_BYTES // (n * 4) < 8 and sizes == [5 + 3 + 1]
-    assert torch.allclose(r.values, torch.tensor([4.0, 3.5, 3.0, 2.5, 2.0], dtype=torch.float64), atol=1e-5)
     assert bool(r.converged.all())
+    # a Ritz value lies within its residual of an eigenvalue; the residuals bound the float32 vectors'
+    # (tests/curvature/test_lanczos_precision.py), so no tolerance of one CPU's rounding is needed here
+    exact = torch.tensor([4.0, 3.5, 3.0, 2.5, 2.0], dtype=torch.float64)
+    assert bool(((r.values - exact).abs() <= r.residuals).all()), (r.values - exact, r.residuals)
+    assert bool((r.residuals <= 1e-6 * 4.0).all())
 
 
 def test_release_is_called_once_after_the_last_product_and_before_the_vectors():

@@ -42,7 +42,8 @@ def test_lambda_max_of_the_experiments_network_matches_thick_restart_lanczos():
     # at the edge of stability, against trainlab.curvature.eigs run to a tight tolerance
     data = sharpness.digits(sharpness.QUICK["samples"], seed=0)
     run = sharpness.descend(sharpness.network(0), data, lr=0.6, updates=120, read=lambda t: t % 40 == 0, seed=0)
-    top = tl.curvature.eigs(run.model, sharpness.half_mse, data, k=1, tol=1e-7, progress=False)
+    # float32: tol ≥ 2ε (2.4e-7), the floor of a residual a float32 vector can show
+    top = tl.curvature.eigs(run.model, sharpness.half_mse, data, k=1, tol=1e-6, progress=False)
     assert top.converged[0] and run.sharpness[-1] == pytest.approx(float(top.values[0]), rel=2e-3)
     assert run.sharpness[-1] * 0.6 / 2 > 0.9  # it is at the edge: λ_max ≈ 2/η
 
