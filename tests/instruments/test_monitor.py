@@ -86,9 +86,10 @@ def test_a_failing_reading_is_recorded_once_warned_and_training_goes_on():
 
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
     monitor = Monitor(every=1, instruments=[Broken(), GradNorm()])
+    model = nn.Linear(3, 2)  # one model: a Monitor given another one starts afresh
     with pytest.warns(RuntimeWarning) as caught:
         for _ in range(3):
-            readings = monitor.after_step(nn.Linear(3, 2), None, F.cross_entropy, (x, y))
+            readings = monitor.after_step(model, None, F.cross_entropy, (x, y))
     assert len([w for w in caught if "broken" in str(w.message)]) == 1
     broken = [r for r in monitor.history if r.instrument == "broken"]
     assert len(broken) == 3 and all(math.isnan(r.value) for r in broken)

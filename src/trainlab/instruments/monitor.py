@@ -8,10 +8,23 @@ once), the optimizer, the update count — and calls the instrument's ``read(ctx
 reading becomes a :class:`Reading` (step, instrument, value, seconds, extra fields).
 
 An instrument is any object with ``name``, ``every`` and ``read(ctx) -> {"value": float, ...}``
-(optionally ``needs_previous``, ``runs_model``, ``guarded``, ``state_dict`` and ``load_state_dict``);
-:class:`Instrument` is the base class with those defaults. The periods are fixed when the Monitor
+(optionally ``needs_previous``, ``runs_model``, ``guarded``, ``state_dict``, ``load_state_dict`` and
+``reset``); :class:`Instrument` is the base class with those defaults. The periods are fixed when the Monitor
 is built: between readings an update costs the Monitor one modulo. A reading that raises does not stop training: it is
-recorded with value NaN and an ``"error"`` field, and warned about once per instrument.
+recorded with value NaN and an ``"error"`` field, and warned about once per instrument. So is a
+reading JSON cannot hold (its line in ``instruments.jsonl`` must be strict JSON): its ``value`` must
+be a real number (NaN and ±inf allowed, written as ``null``), its other fields numbers, strings,
+booleans, ``None``, lists and dicts of them; tensors and NumPy arrays or scalars are converted (one
+element to a number, more to a list), anything else (a complex, a set, bytes, an object, a key
+that is not a string or number, an integer beyond a float's range) is named in the error.
+
+A Monitor follows one model. Given another model object it starts afresh — update count,
+``latest``, ``history``, the kept parameters and each instrument's state (``reset()``, e.g. a
+warm-start vector) — with a one-line warning; the same model object whose parameters changed
+(names, shapes, dtypes or which require a gradient) keeps its count and readings but drops the
+kept parameters and the instruments' states, also with a warning. Update counts given to
+:meth:`Monitor.after_step` are integers ``>= 1`` that grow from call to call (:meth:`Monitor.start`
+sets the count, e.g. on resuming).
 
 Under ``torch.distributed`` (a process group of several ranks is initialised) each rank's
 sample is the first ``sample`` samples of its own share of the data, and every instrument sums
@@ -31,8 +44,10 @@ written to ``RUN/instruments.jsonl``) or in a plain loop::
 from __future__ import annotations
 
 import math
+import operator
 import os
 import time
+import weakref
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -136,6 +151,9 @@ class Instrument:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take back what :meth:`state_dict` saved."""
+
+    def reset(self) -> None:
+        """Forget what was kept from earlier readings (the Monitor calls it when the model changes); none here."""
 
 
 def _economy(every: int) -> list[Any]:
@@ -247,6 +265,8 @@ class Monitor:
         self._source: Any = None  # the data the cached sample was drawn from
         self._sample: Any = None
         self._failed: set[str] = set()  # instruments already warned about
+        self._model: weakref.ref | None = None  # the model followed (see _follow)
+        self._shapes: tuple | None = None  # and its parameters' names, shapes, dtypes and requires_grad
         self.tensorboard, self._board = tensorboard, None  # the directory; its TensorBoardLogger once opened
         # every period divides a multiple of these: updates that are not multiples need no look
         self._base = math.gcd(*(self.period(inst) for inst in self.instruments))
@@ -272,6 +292,7 @@ class Monitor:
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ConfigError(f"Monitor.start: step={step!r} is not allowed; expected an update count >= 0")
+        self._follow(model)
         self.step = step
         if self._previous is None:
             self._remember_if_due(model)
@@ -303,14 +324,21 @@ class Monitor:
         if loss_fn is None and self.batch_loss is None:
             raise ConfigError("Monitor.after_step: loss_fn is None; pass the loss function (outputs, targets) -> mean"
                               " loss, or build the Monitor with batch_loss=(model, batch) -> mean loss")
+        other = self._model is not None and self._model() is not model
+        last = 0 if other else self.step
+        count = last + 1 if step is None else _update_count(step, last)
         if self.tensorboard is not None and self._board is None:
             self._open_board()
-        self.step = self.step + 1 if step is None else int(step)
+        if other or self._model is None:
+            self._follow(model)
+        self.step = count
         if self.step % self._base and self._previous is None and \
                 not (self._base_previous and (self.step + 1) % self._base_previous == 0):
             return []  # nothing due now, nothing to keep for the next update: the common case
         due = [inst for inst in self.instruments if self.step % self.period(inst) == 0
                and not (getattr(inst, "needs_previous", False) and self._previous is None)]
+        if self._reshaped(model):
+            due = [inst for inst in due if not getattr(inst, "needs_previous", False)]  # the kept ones are gone
         readings = []
         if due:
             ctx = Context(model, loss_fn, self._sample_of(model, data), self.batch_loss, optimizer, self.step,
@@ -367,6 +395,38 @@ class Monitor:
         self.latest = {name: Reading.from_dict(r) for name, r in state["latest"].items()}
 
     # ---------------------------------------------------------------- internals
+    def _follow(self, model: nn.Module) -> None:
+        """Follow ``model`` from now on. Another model object than the one followed so far: start
+        afresh (update count, readings, kept parameters and sample, instruments' states), warning once."""
+        if self._model is not None and self._model() is not model:
+            warnings.warn(f"Monitor: now reading another model ({type(model).__name__}) than before; it starts afresh:"
+                          " update count, readings and what its instruments kept of the other model are reset",
+                          RuntimeWarning, stacklevel=3)
+            self.step, self.latest, self.history = 0, {}, []
+            self._failed = set()
+            self._forget()
+        self._model, self._shapes = weakref.ref(model), _shapes(model)
+
+    def _reshaped(self, model: nn.Module) -> bool:
+        """Whether the followed model's parameters changed since the last look (then what was kept
+        of the old ones is dropped, with a warning); checked only when a reading or a copy is due."""
+        shapes = _shapes(model)
+        if shapes == self._shapes:
+            return False
+        warnings.warn("Monitor: the model's parameters changed (names, shapes, dtypes or which require a gradient);"
+                      " the parameters kept for update_ratio and the instruments' states (warm starts) are dropped",
+                      RuntimeWarning, stacklevel=3)
+        self._shapes = shapes
+        self._forget()
+        return True
+
+    def _forget(self) -> None:
+        """Drop what belongs to the model: the kept parameters, the sample on its device, instrument states."""
+        self._previous, self._source, self._sample = None, None, None
+        for inst in self.instruments:
+            if callable(getattr(inst, "reset", None)):
+                inst.reset()
+
     def _read(self, inst: Any, ctx: Context) -> Reading:
         started = time.perf_counter()
         try:
@@ -375,9 +435,8 @@ class Monitor:
             own = getattr(inst, "runs_model", True) and not getattr(inst, "guarded", False)
             guard = analysis_mode(ctx.model, self.mode) if own else nullcontext()
             with guard:
-                result = dict(inst.read(ctx))
-            value = float(result.pop("value"))
-            extra = _plain(result)
+                result = inst.read(ctx)
+            value, extra = _checked(result)
         except Exception as e:  # a reading must never stop training
             message = " ".join(f"{type(e).__name__}: {e}".split())
             message = message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS - 1] + "…"
@@ -416,15 +475,84 @@ class Monitor:
         return self._sample
 
 
-def _plain(obj: Any) -> Any:
-    """Tensors as numbers or lists, so a reading's fields are plain JSON."""
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
+#: Keys JSON writes as strings; a reading's dict with other keys (a tuple, an object) is refused.
+KEYS = (str, int, float, bool, type(None))
+
+
+def _checked(result: Any) -> tuple[float, dict[str, Any]]:
+    """An instrument's reading as ``(value, other fields)``, plain JSON (module docstring); a
+    reading that is not is a :class:`ConfigError` naming the field and its type."""
+    if not isinstance(result, dict):
+        raise ConfigError(f"the reading is {_what(result)}, not a dict with a 'value'")
+    if "value" not in result:
+        raise ConfigError(f"the reading has no 'value' (its keys: {', '.join(map(str, list(result)[:8]))})")
+    value = _plain(result["value"], "value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"the reading's 'value' is {_what(result['value'])}, not a number (return math.nan for no value)")
+    extra = _plain({k: v for k, v in result.items() if k != "value"}, "")
+    return float(value), extra
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` as plain JSON: tensors and NumPy arrays or scalars as numbers (one element) or
+    lists; ``where`` names the field in the error for anything JSON cannot hold."""
+    if isinstance(obj, torch.Tensor) or type(obj).__module__ == "numpy" and callable(getattr(obj, "tolist", None)):
+        obj = obj.detach().cpu() if isinstance(obj, torch.Tensor) else obj
+        obj = obj.reshape(-1)[0].item() if obj.ndim > 0 and _size(obj) == 1 else obj.tolist()
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        bad = next((k for k in obj if not isinstance(k, KEYS)), None)
+        if bad is not None:
+            raise ConfigError(f"the reading's field {where or 'reading'!r} has a key {_what(bad)}; JSON keys are strings or"
+                              " numbers")
+        return {str(k): _plain(v, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 1024:
+        raise ConfigError(f"the reading's field {where!r} is an int of {obj.bit_length():,} bits, beyond any float JSON readers"
+                          " take")
+    if obj is None or isinstance(obj, (str, int, float)):  # bool is an int
+        return obj
+    raise ConfigError(f"the reading's field {where!r} is {_what(obj)}, which JSON cannot hold; use numbers, strings, lists or"
+                      " dicts")
+
+
+def _size(array: Any) -> int:
+    return array.numel() if isinstance(array, torch.Tensor) else int(array.size)
+
+
+def _what(value: Any) -> str:
+    """``a complex ((1+2j))``: the type and a short repr, for one-line messages."""
+    return f"a {type(value).__name__} ({_short(value)})"
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` on one line, cut at ``limit`` characters."""
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # an int of more digits than Python will print
+        return f"an {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _shapes(model: nn.Module) -> tuple:
+    """Names, shapes, dtypes and requires_grad of the model's parameters: what kept state depends on."""
+    return tuple((name, tuple(p.shape), p.dtype, p.requires_grad) for name, p in model.named_parameters())
+
+
+def _update_count(step: Any, last: int) -> int:
+    """``step`` given to ``after_step``: an integer (``int``, NumPy or integer tensor; not a bool) ``>= 1``
+    and above the ``last`` count, else a :class:`ConfigError`."""
+    try:
+        count = None if isinstance(step, bool) else operator.index(step)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise ConfigError(f"Monitor.after_step: step={_short(step)} is not allowed;"
+                          " expected the updates done, an integer >= 1")
+    if count <= last:
+        raise ConfigError(f"Monitor.after_step: step={count} is not allowed after step {last}; update counts grow"
+                          " (call start(model, step) to set the count anew)")
+    return count
 
 
 def _check_int(name: str, value: Any) -> None:

@@ -240,6 +240,11 @@ class _Tracking:
         self.every = _check_every(every)
         self._tracker = _Tracker(tol, max_hvp, basis_size, refresh)
 
+    def reset(self) -> None:
+        """Forget the warm-start vector and the operator's checks: they belong to the model read so far."""
+        t = self._tracker
+        self._tracker = _Tracker(t.tol, t.max_hvp, t.basis_size, t.refresh)
+
     def state_dict(self) -> dict:
         return self._tracker.state_dict()
 
@@ -528,6 +533,10 @@ class HessianTrace:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
             raise ConfigError(f"samples={samples!r} is not allowed; expected an integer >= {least} for {method}")
         self.samples, self.method = samples, method
+        self._operators = _Operators()
+
+    def reset(self) -> None:
+        """Forget the first reading's checks and memory decision: they belong to the model read so far."""
         self._operators = _Operators()
 
     def read(self, ctx: Any) -> dict:
