@@ -43,8 +43,21 @@ def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    names = list(EXPERIMENT_NAMES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
-    return _run(names, args, Path(args.out))
+    return _run(list(EXPERIMENT_NAMES) if args.only is None else only(args.only), args, Path(args.out))
+
+
+def only(text: str) -> list[str]:
+    """The experiments ``--only TEXT`` names, comma-separated, spaces around a name ignored. Naming
+    none (``--only ""``, which once ran every experiment) or one twice is a :class:`ConfigError`;
+    unknown names are refused by the caller, with the allowed ones."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--only {text!r} names no experiment; give one or more of: {', '.join(EXPERIMENT_NAMES)}"
+                          " (comma-separated), or leave --only out to run them all")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"--only {text!r} names {twice!r} twice; name each experiment once")
+    return names
 
 
 def run_experiment(args: argparse.Namespace) -> int:
