@@ -56,7 +56,8 @@ def test_model_standardises_raw_inputs_with_training_statistics(tmp_path):
     scaler = parts.model[0]
     assert isinstance(scaler, tl.nn.Standardizer)
     z = scaler(x_train)  # ... and the model's first module standardises them with training statistics
-    # float32 means over the training samples of raw values up to `scale` standard deviations from zero
+    # Standardizer's statistics are float64, stored and applied in float32; the means and deviations here
+    # are float32 sums over the training samples of values up to `scale` standard deviations from zero
     scale = float((x_train.abs().max(0).values / x_train.std(0)).max())
     atol = tol(torch.float32, len(x_train), scale)
     torch.testing.assert_close(z.mean(0), torch.zeros(13), atol=atol, rtol=0)
