@@ -32,6 +32,7 @@ import io
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -132,11 +133,11 @@ class Run:
     def learning_rates(self) -> list[tuple[int, float]]:
         """``(step, η)`` of every update, from ``steps.jsonl``; else the configured η at the
         run's first and last step; else none."""
-        lrs = [(r["step"], float(r["lr"])) for r in self.steps if _finite(r.get("lr"))]
+        lrs = [(r["step"], float(r["lr"])) for r in self.steps if _drawable(r.get("lr"))]
         if lrs:
             return lrs
         lr = self.config.get("optimizer", {}).get("lr") if isinstance(self.config.get("optimizer"), dict) else None
-        return [(0, float(lr)), (max(self.last_step(), 1), float(lr))] if _finite(lr) else []
+        return [(0, float(lr)), (max(self.last_step(), 1), float(lr))] if _drawable(lr) else []
 
 
 @dataclass
@@ -249,9 +250,31 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: Values beyond ±LIMIT are not drawn (the captions say how many): an axis spanning ±1e308
+#: overflows matplotlib's tick arithmetic, and no training quantity is meant to be that large.
+LIMIT = 1e100
+
+
+def _drawable(value: Any) -> bool:
+    """A finite number within ±:data:`LIMIT`."""
+    return _finite(value) and abs(value) <= LIMIT
+
+
 def _number(value: Any) -> float:
-    """``value`` as a float, NaN (a gap in a line) when missing or not finite."""
-    return float(value) if _finite(value) else math.nan
+    """``value`` as a float, NaN (a gap in a line) when missing, not finite or beyond ±:data:`LIMIT`."""
+    return float(value) if _drawable(value) else math.nan
+
+
+def _undrawn(values: Sequence[Any], what: str) -> str:
+    """A caption's note on the ``values`` not drawn (null, not finite or beyond ±LIMIT), or ``""``."""
+    n = sum(1 for v in values if not _drawable(v))
+    return f" {n} {what}{'s' if n != 1 else ''} not drawn: not finite (null) or beyond ±{LIMIT:.0e}." if n else ""
+
+
+def _plain_text(text: str) -> str:
+    """``text`` from the run's files as matplotlib shows it literally: every ``$`` escaped, so no
+    mathtext is parsed (``$\\frac{$`` would be a parse error when the figure is drawn)."""
+    return text.replace("$", r"\$")
 
 
 def _new_figure() -> tuple[Figure, Any]:
@@ -313,7 +336,7 @@ def curve_panels(run: Run) -> list[Panel]:
         values += ys
     for key, label, color in (("train_loss", "training loss, epoch mean", "tab:blue"),
                               ("eval_loss", "test loss, end of epoch", "tab:orange")):
-        points = [(r["step"], _number(r.get(key))) for r in run.epochs if _finite(r.get(key))]
+        points = [(r["step"], _number(r.get(key))) for r in run.epochs if _drawable(r.get(key))]
         if points:
             ax.plot(*zip(*points), "o-" if len(points) <= 60 else "-", color=color, lw=1.8, ms=4, label=label)
             values += [p[1] for p in points]
@@ -321,9 +344,12 @@ def curve_panels(run: Run) -> list[Panel]:
     mark_events(ax, run.events)
     _style(ax, "loss", "loss", xmax)
     _legend(fig, ax)
+    losses = [r.get("loss") for r in run.steps] + [r.get(k) for r in run.epochs for k in ("train_loss", "eval_loss")
+                                                   if k in r]
     panels.append(Panel("loss", "Loss", fig, "The training loss of each update (on its batch, thin line), its mean"
-                        " over each epoch, and the loss on the test split at the end of each epoch."))
-    accuracy = [(key, label, color, [(r["step"], float(r[key])) for r in run.epochs if _finite(r.get(key))])
+                        " over each epoch, and the loss on the test split at the end of each epoch."
+                        + _undrawn(losses, "loss value")))
+    accuracy = [(key, label, color, [(r["step"], float(r[key])) for r in run.epochs if _drawable(r.get(key))])
                 for key, label, color in (("train_accuracy", "training accuracy, epoch mean", "tab:blue"),
                                           ("eval_accuracy", "test accuracy, end of epoch", "tab:orange"))]
     if any(points for *_, points in accuracy):
@@ -337,7 +363,7 @@ def curve_panels(run: Run) -> list[Panel]:
         _legend(fig, ax)
         panels.append(Panel("accuracy", "Accuracy", fig, "The share of samples classified correctly: training"
                             " (mean over each epoch, while training) and test split (end of each epoch)."))
-    lrs = [(r["step"], float(r["lr"])) for r in run.steps if _finite(r.get("lr"))]
+    lrs = [(r["step"], float(r["lr"])) for r in run.steps if _drawable(r.get("lr"))]
     if len({lr for _, lr in lrs}) > 1:
         fig, ax = _new_figure()
         ax.plot(*zip(*lrs), color="tab:green", lw=1.6, drawstyle="steps-post", label="learning rate η of each update")
@@ -359,7 +385,7 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
     the run's batch size on ``noise_scale`` where the readings carry none; ``xmax``, the
     run's last update, gives every panel the same x range.
     """
-    spec = SPECS.get(name, Spec(name.replace("_", " "), name, name, ""))
+    spec = SPECS.get(name, Spec(_plain_text(name.replace("_", " ")), _plain_text(name), _plain_text(name), ""))
     steps = [r["step"] for r in readings]
     values = [_number(r.get("value")) for r in readings]
     parts = _parts(name, readings)
@@ -372,11 +398,11 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
             zorder=3)
     colors = _colors(len(parts))
     for (part, ys, style), color in zip(parts, colors):
-        ax.plot(steps, ys, style, color=color, lw=0.9, alpha=0.9, label=part)
+        ax.plot(steps, ys, style, color=color, lw=0.9, alpha=0.9, label=_plain_text(part))
         everything += ys
     if name == "sharpness" and lrs:
         xs = [s for s, _ in lrs]
-        ys = [2.0 / lr if lr > 0 else math.nan for _, lr in lrs]
+        ys = [_number(2.0 / lr) if lr > 0 else math.nan for _, lr in lrs]
         ax.plot(xs, ys, color="tab:red", lw=1.6, drawstyle="steps-post", label="2/η, η of each update")
         everything += ys
     if name == "stability":
@@ -495,12 +521,13 @@ def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spe
         f"update {first}" if first == last else f"updates {first}–{last}")
     if ok:
         text += f"; last value {float(ok[-1]['value']):.4g} at update {ok[-1]['step']}"
+    large = [r["value"] for r in ok if not _drawable(r["value"])]
     if seconds:
         text += f"; {sum(seconds) / len(seconds):.3g} s per reading"
     hvps = [r["n_hvp"] for r in readings if _finite(r.get("n_hvp"))]
     if hvps and sum(hvps) > 0:  # stability reuses the sharpness reading's λ_max at no cost
         text += f"; {sum(hvps) / len(hvps):.3g} Hessian-vector products per reading"
-    text += "."
+    text += "." + _undrawn(large, "reading value")
     if name == "sharpness":
         if not run.learning_rates():
             text += " No learning rate is logged, so 2/η is not drawn."
@@ -634,9 +661,15 @@ def _config_html(run: Run) -> str:
         items = value.items() if isinstance(value, dict) else [("", value)]
         for key, v in items:
             rows.append(f"<tr><td><code>{html.escape(f'{section}.{key}' if key else section)}</code></td>"
-                        f"<td><code>{html.escape(json.dumps(v, ensure_ascii=False))}</code></td></tr>")
+                        f"<td><code>{html.escape(json.dumps(v, ensure_ascii=False, default=_toml_json))}</code>"
+                        "</td></tr>")
     return (f"<p>{html.escape(' · '.join(bits))}</p><details><summary>config.toml in full ({len(rows)} keys)"
             f"</summary><table><tr><th>key</th><th>value</th></tr>{''.join(rows)}</table></details>")
+
+
+def _toml_json(value: Any) -> str:
+    """A TOML date, time or date-time (which JSON has not) as its ISO text; anything else as ``str``."""
+    return value.isoformat() if callable(getattr(value, "isoformat", None)) else str(value)
 
 
 def _events_html(run: Run) -> str:
@@ -680,7 +713,9 @@ def _figures_html(panels: Sequence[Panel]) -> str:
 
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    with warnings.catch_warnings():  # an emoji in a name is drawn as a box: the page shows it, no need to warn
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
 
