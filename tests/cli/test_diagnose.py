@@ -203,8 +203,8 @@ def test_k_is_clamped_and_max_hvp_bounds_the_cost(user, tmp_path, capsys):
     assert "Lanczos" in printed and "k=5,000 clamped to 1,202" in printed and "max_hvp=" in printed
     n_hvp = int(printed.split("cost: ")[1].split(" Hessian-vector")[0])
     assert n_hvp <= 120
-    counts = printed.split("eigenvalues: ")[1].split("\n")[0].replace("≈", "").replace(",", "").split()
-    assert int(counts[0]) + int(counts[2]) + int(counts[4]) == 2403  # positive + negative + flat
+    # the Lanczos path prints what it knows (Ritz values beyond the flat band, the density's bounds), not counts
+    assert "eigenvalues (of 2,403): Lanczos found" in printed and "the density puts" in printed
 
 
 def test_run_directory_then_checkpoint_faults(tmp_path, capsys):

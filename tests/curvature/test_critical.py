@@ -121,7 +121,7 @@ def test_lanczos_path_agrees_with_the_exact_path(digits):
     assert approx.minimum_ratio_stderr > 0 and low <= approx.minimum_ratio <= high
     assert low - 4 * approx.minimum_ratio_stderr <= exact.minimum_ratio <= high + 4 * approx.minimum_ratio_stderr
     assert exact.minimum_ratio_bounds == (exact.minimum_ratio, exact.minimum_ratio)
-    assert "estimated" in str(approx)
+    assert "the density puts" in str(approx) and f"{exact.n_positive:,.0f} positive" in str(exact)
 
 
 def test_mode_is_restored_and_bad_options_named(small_mlp_problem):

@@ -60,7 +60,7 @@ from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.density import Share, density_of, fit_budget
 from trainlab.curvature.eigs import check_max_hvp, clamp_k, eigs_of
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
-from trainlab.curvature.products import _operator, _size, dense, operator_class
+from trainlab.curvature.products import TITLES, _operator, _size, dense, operator_class
 from trainlab.curvature.selection import ParamSpec, names as selected_names
 from trainlab.data.batches import Batch, BatchLoss, as_batches, map_tensors
 from trainlab.errors import ConfigError
@@ -95,6 +95,8 @@ class Diagnosis:
             when exact). ``minimum_ratio_bounds``: ``(lower, upper)``, the quadrature's
             resolution — the shares of quadrature cells wholly above the threshold and touching
             it; the true share lies between them up to the sampling error (``(r, r)`` when exact).
+            ``negative_share_bounds``: the same for the share below ``−flat_threshold``. The
+            printout shows the counts only where they are exact, and the bounds otherwise.
         negative_curvature: some eigenvalue below ``−flat_threshold`` (certain when found).
         escape_directions, escape_eigenvalues: ``(j, n)`` unit eigenvectors with converged
             ``λ < −flat_threshold`` and their ``λ`` — what :func:`trainlab.curvature.escape` uses.
@@ -144,6 +146,7 @@ class Diagnosis:
     operator: str = "hessian"
     ggn_lambda_min: float | None = None
     ggn_converged: bool = True
+    negative_share_bounds: tuple[float, float] = (math.nan, math.nan)
 
     @property
     def exact(self) -> bool:
@@ -156,36 +159,53 @@ class Diagnosis:
         return _doubt(self) is None
 
     def __str__(self) -> str:
-        lam, low, high = self.eigenvalues, *self.minimum_ratio_bounds
-        counted = self.minimum_ratio_stderr == 0 and low == high  # exact path, or every eigenvalue computed
-        approx = "" if counted else "≈ "
-        ratio = (f"{self.minimum_ratio:.3f}" if counted
-                 else f"≈ {self.minimum_ratio:.3f} ± {self.minimum_ratio_stderr:.3f} (estimated; ± is the standard"
-                      f" error over the density's probes)\n    bounds {low:.3f}–{high:.3f}: the quadrature's"
-                      " resolution (the shares of its cells wholly above and touching the flat threshold)")
+        lam = self.eigenvalues
         doubt = _doubt(self)
         lines = [
             f"verdict: {self.verdict.replace('_', ' ')}" + (f" (uncertain: {doubt})" if doubt else ""),
             f"  loss {self.loss:.6g}, gradient norm {self.grad_norm:.3g} (critical below {self.grad_tol:g})",
-            f"  {_OPERATOR_NAMES[self.operator]} ({self.n_params:,} parameters{_block(self)},"
+            f"  {TITLES[self.operator][0]} ({self.n_params:,} parameters{_block(self)},"
             f" {'exact' if self.exact else 'Lanczos'}):"
             f" λ_max {float(lam[0]):.4g}{_unconverged(self, 0)}, λ_min {float(lam[-1]):.4g}{_unconverged(self, -1)}",
             *_split(self),
-            f"  eigenvalues: {approx}{self.n_positive:,.0f} positive, {approx}{self.n_negative:,.0f} negative,"
-            f" {approx}{self.n_flat:,.0f} flat (|λ| ≤ {self.flat_threshold:.3g})",
-            f"  minimum ratio (share of positive eigenvalues): {ratio}",
+            *_counts(self),
             f"  negative curvature: {'yes' if self.negative_curvature else 'no'}"
             + (f" — {len(self.escape_eigenvalues)} escape direction(s), trainlab.curvature.escape can step along them"
                + (" (with force=True: this is not a critical point)" if self.verdict == "not_critical" else "")
                if len(self.escape_eigenvalues) else ""),
-            f"  cost: {self.n_hvp:,} Hessian-vector products, {self.seconds:.2f} s",
+            f"  cost: {self.n_hvp:,} {TITLES[self.operator][2]}"
+            + (" (the Gauss–Newton G's for the split included)" if self.ggn_lambda_min is not None else "")
+            + f", {self.seconds:.2f} s",
         ]
         return "\n".join(lines + [f"  note: {note}" for note in self.notes])
 
     __repr__ = __str__
 
 
-_OPERATOR_NAMES = {"hessian": "Hessian", "ggn": "Gauss–Newton G", "fisher": "empirical Fisher"}
+def _counts(d: Diagnosis) -> list[str]:
+    """The eigenvalue counts and the minimum ratio, with only the digits the analysis stands behind.
+
+    Where every eigenvalue was computed they are exact. On the Lanczos path what is known is the
+    number of Ritz values found beyond the flat band (certain: they interlace with the spectrum)
+    and the density's bounds on the shares above and below it: its point counts split the cells
+    straddling the cluster at zero arbitrarily, and a standard error over the probes is printed
+    only where those bounds are no wider than ±2 of it."""
+    band = f"|λ| ≤ {d.flat_threshold:.3g}"
+    low, high = d.minimum_ratio_bounds
+    if d.minimum_ratio_stderr == 0 and low == high:  # the exact path, or every eigenvalue computed
+        return [f"  eigenvalues: {d.n_positive:,.0f} positive, {d.n_negative:,.0f} negative, {d.n_flat:,.0f} flat"
+                f" ({band})", f"  minimum ratio (share of positive eigenvalues): {d.minimum_ratio:.3f}"]
+    above = int((d.eigenvalues > d.flat_threshold).sum())
+    below = int((d.eigenvalues < -d.flat_threshold).sum())
+    n_low, n_high = d.negative_share_bounds
+    ratio = (f"≈ {d.minimum_ratio:.3f} ± {d.minimum_ratio_stderr:.3f} (standard error over the density's probes;"
+             f" bounds {low:.3f}–{high:.3f})" if high - low <= 4 * d.minimum_ratio_stderr else
+             f"between {low:.3f} and {high:.3f} (the quadrature's resolution: its cells straddling the flat band"
+             " cannot be split)")
+    return [f"  eigenvalues (of {d.n_params:,}): Lanczos found {above:,} above the flat band ({band}) and {below:,}"
+            f" below it; the density puts {low:.3f}–{high:.3f} of the spectrum above the band and"
+            f" {n_low:.3f}–{n_high:.3f} below it",
+            f"  minimum ratio (share of positive eigenvalues): {ratio}"]
 
 
 def _block(d: Diagnosis) -> str:
@@ -271,6 +291,7 @@ class _Spectrum:
     trace_stderr: float = math.nan
     ggn: tuple[float, bool] | None = None  # λ_min of G and whether it converged
     ggn_hvp: int = 0
+    negative_bounds: tuple[float, float] | None = None  # None: the counts are exact
 
 
 class _OverBudget(ConfigError):
@@ -407,7 +428,8 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
         escape_directions=s.directions.to(device=like.device, dtype=like.dtype),
         escape_eigenvalues=s.escape_values.double().cpu(), notes=notes, trace=s.trace, trace_stderr=s.trace_stderr,
         params=[] if whole else selected, operator=operator, ggn_lambda_min=s.ggn[0] if s.ggn else None,
-        ggn_converged=s.ggn[1] if s.ggn else True)
+        ggn_converged=s.ggn[1] if s.ggn else True,
+        negative_share_bounds=s.negative_bounds or (s.counts[1] / n,) * 2)
     doubt = _doubt(d)
     if doubt:
         notes.append(f"the verdict {d.verdict.replace('_', ' ')!r} rests on an unconverged eigenvalue: {doubt};"
@@ -564,9 +586,11 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
     ratio = shares[0] / n
     low, high = max(positive.bounds[0], proven[0] / n), min(positive.bounds[1], 1 - proven[1] / n)
     bounds = (min(low, ratio), max(high, ratio))
+    n_low, n_high = max(below.bounds[0], proven[1] / n), min(below.bounds[1], 1 - proven[0] / n)
+    negative_bounds = (min(n_low, shares[1] / n), max(n_high, shares[1] / n))
     return _Spectrum(values, found.residuals, found.converged, threshold, _whole(shares, n), ratio,
                      positive.stderr, bounds, directions, escape_values, grad_norm, op.loss, op.n_hvp,
-                     *spectrum.trace(n))
+                     *spectrum.trace(n), negative_bounds=negative_bounds)
 
 
 def _reconciled(shares: tuple[float, float], proven: tuple[int, int], n: int) -> tuple[float, float, float]:

@@ -31,7 +31,7 @@ from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.eigs import check_max_hvp
 from trainlab.curvature.lanczos import _unit, step
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
-from trainlab.curvature.products import _operator
+from trainlab.curvature.products import TITLES, _operator
 from trainlab.curvature.selection import ParamSpec
 from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
@@ -65,12 +65,14 @@ class Density:
     n_hvp: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    operator: str = "hessian"
 
     def __str__(self) -> str:
         probes, steps = self.nodes.shape
         negative, positive = self.fraction(high=0.0), self.fraction(low=0.0)
-        lines = [f"Density: spectral density of the Hessian from {probes} probe(s) × {steps} Lanczos step(s),"
-                 f" smoothed with sigma {self.sigma:.3g}; {self.n_hvp} Hessian-vector products, {self.seconds:.2f} s",
+        title, _, products = TITLES[self.operator]
+        lines = [f"Density: spectral density of the {title} from {probes} probe(s) × {steps} Lanczos step(s),"
+                 f" smoothed with sigma {self.sigma:.3g}; {self.n_hvp} {products}, {self.seconds:.2f} s",
                  f"  eigenvalues within ≈ [{float(self.nodes.min()):.4g}, {float(self.nodes.max()):.4g}]",
                  f"  share negative (λ ≤ 0): {_share(negative)}; share positive (λ > 0): {_share(positive)}",
                  "  .fraction(low, high) gives the share in any interval; .grid and .density the curve"]
@@ -115,7 +117,13 @@ class Share:
 
 
 def _share(share: Share) -> str:
-    return f"{share.value:.3f} ± {share.stderr:.3f} (quadrature bounds {share.bounds[0]:.3f}–{share.bounds[1]:.3f})"
+    """The bounds, and the point estimate with its standard error only where the bounds are
+    narrow enough for it to mean something (within ±2 standard errors): beside bounds of
+    0.05–0.965 a "± 0.008" would claim a precision the quadrature does not have."""
+    low, high = share.bounds
+    if high - low <= 4 * share.stderr:
+        return f"{share.value:.3f} ± {share.stderr:.3f} (quadrature bounds {low:.3f}–{high:.3f})"
+    return f"between {low:.3f} and {high:.3f} (the quadrature's cells straddling the edge cannot be split)"
 
 
 def _cells(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,10 +149,12 @@ class Trace:
     seconds: float
     method: str = "hutch++"
     notes: list[str] = field(default_factory=list)
+    operator: str = "hessian"
 
     def __str__(self) -> str:
-        lines = [f"Trace: tr H ≈ {self.value:.6g} ± {self.stderr:.2g} ({self.method}, {self.n_hvp} Hessian-vector"
-                 f" products, {self.seconds:.2f} s)"]
+        title, symbol, products = TITLES[self.operator]
+        lines = [f"Trace: tr {symbol} ≈ {self.value:.6g} ± {self.stderr:.2g} of the {title} ({self.method},"
+                 f" {self.n_hvp} {products}, {self.seconds:.2f} s)"]
         return "\n".join(lines + [f"  note: {note}" for note in self.notes])
 
     __repr__ = __str__
@@ -224,7 +234,8 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
     kernel = torch.exp(-((grid[None, None, :] - nodes[:, :, None]) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
     per_probe = (weights[:, :, None] * kernel).sum(1)
     stderr = per_probe.std(0) / math.sqrt(probes) if probes > 1 else torch.full_like(grid, math.nan)
-    return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds, notes)
+    return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds, notes,
+                   op.kind)
 
 
 def fit_budget(probes: int, steps: int, max_hvp: int | None) -> tuple[int, int, list[str]]:
@@ -303,14 +314,15 @@ def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", se
     if method == "hutchinson":
         z = _rademacher(op, samples, gen)
         terms = (z * op.matmat(z)).sum(1).double().cpu()
-        return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes)
+        return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes, op.kind)
     third = samples // 3
     Q, _ = torch.linalg.qr(op.matmat(_rademacher(op, third, gen)).T)  # (n, third), orthonormal columns
     exact = float((Q.T * op.matmat(Q.T)).sum())  # tr(Qᵀ H Q)
     g = _rademacher(op, samples - 2 * third, gen)
     g = g - (g @ Q) @ Q.T  # project out the sketched subspace
     terms = (g * op.matmat(g)).sum(1).double().cpu()
-    return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes)
+    return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes,
+                 op.kind)
 
 
 def _check_trace(samples: int, method: str, max_hvp: int | None) -> None:

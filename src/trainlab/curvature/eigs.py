@@ -11,7 +11,7 @@ from torch import nn
 from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.lanczos import BASIS_BYTES, check_request, lanczos
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
-from trainlab.curvature.products import _operator
+from trainlab.curvature.products import TITLES, _operator
 from trainlab.curvature.selection import ParamSpec
 from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
@@ -33,7 +33,8 @@ class Eigs:
         values: ``(k,)`` float64 eigenvalues, descending (above).
         vectors: ``(k, n)`` unit eigenvectors, row ``i`` for ``values[i]``, in the model's dtype and
             device; :meth:`as_params` reshapes one like the parameters.
-        residuals: ``(k,)`` float64, ``‖H xᵢ − λᵢ xᵢ‖``.
+        residuals: ``(k,)`` float64, a bound on ``‖H xᵢ − λᵢ xᵢ‖`` of the vectors returned: the
+            Lanczos residual plus their rounding in the model's dtype, ``ε·max|λ|``.
         converged: ``(k,)`` bool, ``residuals[i] ≤ tol · max|λ|``. An unconverged value still lies
             inside the spectrum (``λ_min ≤ values[i] ≤ λ_max``) but is not yet an eigenvalue.
         which: ``"largest"``, ``"smallest"`` or ``"both"``, as asked.
@@ -50,6 +51,7 @@ class Eigs:
     _shapes: list[tuple[str, torch.Size]] = field(default_factory=list)
     which: str = "largest"
     notes: list[str] = field(default_factory=list)
+    operator: str = "hessian"
 
     def as_params(self, i: int) -> dict[str, torch.Tensor]:
         """Eigenvector ``i`` as ``{parameter name: tensor}``, shaped like the parameters."""
@@ -60,8 +62,9 @@ class Eigs:
         k, done = len(self.values), int(self.converged.sum())
         order = {"largest": "largest first", "smallest": "descending: the last is the most negative",
                  "both": "descending: the largest, then the smallest"}[self.which]
-        lines = [f"Eigs: {k} eigenvalue(s) of the Hessian, which={self.which!r} ({order}); {done}/{k} converged;"
-                 f" {self.n_hvp} Hessian-vector products, {self.seconds:.2f} s",
+        title, _, products = TITLES[self.operator]
+        lines = [f"Eigs: {k} eigenvalue(s) of the {title}, which={self.which!r} ({order}); {done}/{k} converged;"
+                 f" {self.n_hvp} {products}, {self.seconds:.2f} s",
                  f"  values:    {_listing(self.values)}",
                  f"  residuals: {_listing(self.residuals, '.1e')}"]
         if done < k:
@@ -95,7 +98,8 @@ def eigs(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], 
         k: eigenpairs wanted (10); above the parameter count ``n`` it is clamped to ``n``
             (``ceil(n/2)`` for ``"both"``) with a note.
         which: ``"largest"`` (default), ``"smallest"`` (most negative) or ``"both"`` (``k`` of each).
-        tol: a pair has converged when ``‖H x − λ x‖ ≤ tol · max|λ|`` (1e-6).
+        tol: a pair has converged when ``‖H x − λ x‖ ≤ tol · max|λ|`` (1e-6); at least ``2ε`` of
+            the model's dtype (float32: 2.4e-7), below which a residual cannot be shown.
         max_hvp: at most this many products (``None``: 5,000); when it runs out, the values found
             so far are returned with ``converged`` False.
         basis_size: Lanczos basis size (``None``: up to 300 vectors, fewer to fit 64 MiB or half the
@@ -153,7 +157,8 @@ def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | 
         notes.append(f"{int(r.converged.sum())} of the {wanted} eigenpairs wanted converged within"
                      f" {r.n_matvec} products" + (f" (max_hvp={max_hvp})" if max_hvp is not None else ""))
     shapes = [(name, p.shape) for name, p in zip(op.names, op.params)]
-    return Eigs(r.values, r.vectors, r.residuals, r.converged, op.n_hvp - before, timer.seconds, shapes, which, notes)
+    return Eigs(r.values, r.vectors, r.residuals, r.converged, op.n_hvp - before, timer.seconds, shapes, which, notes,
+                op.kind)
 
 
 def basis_bytes(op: HessianOperator) -> int:

@@ -80,7 +80,8 @@ class LayerRow:
             at or below which one counts as flat.
         trace, trace_stderr: ``tr H_SS``, exact (stderr 0) or estimated from the density's probes.
         negative_share: ``n_negative / n_params``, the share of negative eigenvalues (estimated on
-            the Lanczos path).
+            the Lanczos path); ``negative_share_bounds`` the density's bounds on it there (the
+            table prints those: the point estimate splits the cluster at zero arbitrarily).
         ggn_lambda_min: ``λ_min`` of the Gauss–Newton block when negative curvature was found
             (``None`` otherwise): ``≥ 0`` says the negative curvature comes from ``R = H − G``.
         method: ``"dense"`` (exact) or ``"lanczos"``; n_hvp, seconds: the row's cost; notes: its
@@ -105,6 +106,7 @@ class LayerRow:
     n_hvp: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    negative_share_bounds: tuple[float, float] = (math.nan, math.nan)
 
     @property
     def exact(self) -> bool:
@@ -149,14 +151,14 @@ class Layerwise:
                 f"{f', {len(self.rows) - groups} coupling(s)' if groups != len(self.rows) else ''};"
                 f" loss {self.loss:.6g}; {self.n_hvp:,} products, {self.seconds:.2f} s")
         lines = [head, f"  {'block':<{NAME_WIDTH}} {'params':>9} {'λ_max':>10} {'λ_min':>10} {'trace':>11}"
-                       f" {'neg':>7}  verdict"]
+                       f" {'neg':>11}  verdict"]
         for r in self.rows:
             approx = "" if r.exact else "≈"
             name = ("  " if r.coupling else "") + _short(r.name, NAME_WIDTH - (2 if r.coupling else 0))
             verdict = r.verdict.replace("_", " ") + ("" if r.certain else " ?")
             lines.append(f"  {name:<{NAME_WIDTH}} {r.n_params:>9,} {_number(r.lambda_max, r):>10}"
                          f" {_number(r.lambda_min, r):>10} {approx + f'{r.trace:.4g}':>11}"
-                         f" {approx + _share(r.negative_share):>7}  {verdict}" + ("" if r.exact else " (Lanczos)"))
+                         f" {_bounds(r):>11}  {verdict}" + ("" if r.exact else " (Lanczos)"))
         saddles = self.saddles
         lines.append(f"  saddle in: {', '.join(saddles)}" if saddles else "  no block is a saddle")
         from_r = [r.name for r in self.rows if r.ggn_lambda_min is not None and r.ggn_lambda_min >= -r.flat_threshold]
@@ -166,8 +168,9 @@ class Layerwise:
                                    initial_indent="  ", subsequent_indent="  ")
         lines += [
             "  λ: extreme eigenvalues of the block of the row's parameters, the others held fixed; indented a + b:",
-            "  the joint block of neighbouring groups a and b (their coupling); neg: share of negative eigenvalues;",
-            "  0: |λ| within the flat threshold; ≈: estimated (Lanczos); ?: verdict uncertain",
+            "  the joint block of neighbouring groups a and b (their coupling); neg: share of negative eigenvalues",
+            "  (a–b: the density's bounds); 0: |λ| within the flat threshold; ≈: estimated (Lanczos); ?: verdict"
+            " uncertain",
         ]
         return "\n".join(lines + [f"  note: {note}" for note in self.notes])
 
@@ -281,7 +284,7 @@ def layerwise(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[A
                 certain=d.certain, grad_norm=d.grad_norm, lambda_max=float(lam[0]), lambda_min=float(lam[-1]),
                 flat_threshold=d.flat_threshold, trace=d.trace, trace_stderr=d.trace_stderr,
                 negative_share=d.n_negative / d.n_params, ggn_lambda_min=d.ggn_lambda_min, method=d.method,
-                n_hvp=d.n_hvp, seconds=d.seconds, notes=list(d.notes)))
+                n_hvp=d.n_hvp, seconds=d.seconds, notes=list(d.notes), negative_share_bounds=d.negative_share_bounds))
             bar.update(1)
     finally:
         bar.close()
@@ -369,6 +372,14 @@ def _number(value: float, row: LayerRow) -> str:
 
 def _share(share: float) -> str:
     return "0" if share == 0 else f"{share:.3g}"
+
+
+def _bounds(row: LayerRow) -> str:
+    """The negative share: exact, or the density's bounds on the Lanczos path."""
+    low, high = row.negative_share_bounds
+    if row.exact or not (math.isfinite(low) and math.isfinite(high)) or low == high:
+        return ("" if row.exact else "≈") + _share(row.negative_share)
+    return f"{_share(low)}–{_share(high)}"
 
 
 def _plain(value: Any) -> Any:

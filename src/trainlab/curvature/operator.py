@@ -129,6 +129,9 @@ class HessianOperator:
     (its peak with a product running through it), both ``None`` with ``keep_graph=True``.
     """
 
+    #: the ``operator=`` name of this operator (:data:`trainlab.curvature.products.TITLES` names it in printouts)
+    kind = "hessian"
+
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
                  keep_graph: bool | None = None, distributed: bool | None = None, group: object = None,
                  batched: bool | None = None, *, batch_loss: BatchLoss | None = None, max_samples: int | None = None,

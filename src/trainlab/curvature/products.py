@@ -135,6 +135,9 @@ def _size(n: float) -> str:
 #: The curvature operators an analysis can take: the Hessian, the generalised Gauss–Newton, the empirical Fisher.
 _KINDS = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
 OPERATORS = tuple(_KINDS)
+#: How a printout names each operator, the symbol of its matrix, and its products.
+TITLES = {"hessian": ("Hessian", "H", "Hessian-vector products"), "ggn": ("Gauss–Newton G", "G", "GGN-vector products"),
+          "fisher": ("empirical Fisher", "F", "Fisher-vector products")}
 
 
 def _operator(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], mode: str,
