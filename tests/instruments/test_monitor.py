@@ -17,6 +17,7 @@ from trainlab.train import Callback, Trainer
 
 from callbacks import Counter, InterruptAt
 from digests import model_digest
+from tolerance import tol
 
 
 def bn_dropout_model(seed=0):
@@ -137,7 +138,8 @@ def test_batch_loss_batches_of_any_form():
         model, None, None, batches)
     model.zero_grad()
     F.cross_entropy(model(x[:25]), y[:25]).backward()
-    assert r.value == pytest.approx(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+    total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert r.value == pytest.approx(total, rel=tol(torch.float32, 25) + tol(torch.float32, 8))  # 25 samples, 8 weights
 
 
 def test_state_dict_round_trip():
@@ -290,7 +292,7 @@ def test_schedule_with_kept_parameters_across_periods(periods):
             seen[r.instrument].append(r.step)
             if r.instrument == "update_ratio":
                 expected = float((after - before).norm() / after.norm())
-                assert r.value == pytest.approx(expected, rel=1e-6)
+                assert r.value == pytest.approx(expected, rel=tol(torch.float32, after.numel()))  # float32 norms
     # (at update 1 no earlier parameters were seen: the Monitor starts watching after it)
     assert seen == {"update_ratio": [s for s in range(ratio_every, 31, ratio_every) if s > 1],
                     "grad_norm": list(range(norm_every, 31, norm_every))}
