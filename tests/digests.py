@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,9 @@ def tree_digest(root: str | Path) -> dict[str, str] | None:
             found[key] = "dir"
         else:
             try:
-                found[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+                mode = p.lstat().st_mode  # a named pipe, socket or device is not read: that could block forever
+                found[key] = (hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(mode)
+                              else f"<special {stat.S_IFMT(mode):o}>")
             except OSError as e:  # unreadable to us: still its presence counts
                 found[key] = f"<unreadable {e.errno}>"
     return found

@@ -139,7 +139,23 @@ class Target:
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
     target = _from_factory(args) if args.model is not None else _from_run(args)
+    _check_figures(args, target)
     return _analyse(target, args)
+
+
+def _check_figures(args: argparse.Namespace, target: Target) -> None:
+    """Before any analysis: the figures go nowhere they would replace a run's files
+    (:func:`trainlab.train.rundir.check_output`); the default one belongs to its run."""
+    from trainlab.train import rundir
+
+    out = args.out or target.figure
+    if out is None:
+        return
+    own = target.figure.parent if target.figure is not None else None
+    rundir.check_output(out, own)
+    if args.layers:
+        out = Path(out)
+        rundir.check_output(out.with_name(f"{out.stem}_layers.png"), own)
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -188,8 +204,11 @@ def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
 def _from_run(args: argparse.Namespace) -> Target:
     from trainlab.train import run as run_mod
 
+    from trainlab.train import rundir
+
     path = Path(args.path)
     run_dir, ckpt = (path, path / "checkpoint.pt") if path.is_dir() else (path.parent, path)
+    rundir.check_run_files(run_dir, ("config.toml", ckpt.name))  # a named pipe would block the reads below
     if not ckpt.is_file():
         raise ConfigError(f"{str(path)!r} is not a run directory or checkpoint: {str(ckpt)!r} does not exist")
     if not (run_dir / "config.toml").is_file():

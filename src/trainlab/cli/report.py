@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from trainlab.errors import ConfigError
+from trainlab.train import rundir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     " during training (train with --monitor) over the updates — 2/η on the sharpness, the"
                     " divergence threshold on the stability, the batch size against B_simple on the noise scale —"
                     " and the stall doctor's events (train with --doctor), marked on every panel and listed. Nothing"
-                    " else in the run directory changes; the page is written atomically.")
+                    " else in the run directory changes; the page is written atomically, never over a run's own files, into"
+                    " another run directory or through a link in a run directory.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory of `trainlab train`")
     p.add_argument("--out", metavar="FILE", help="where to write the page (default: RUN/report.html)")
     p.set_defaults(run=run)
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and (args.out == "" or out.is_dir()):
         raise ConfigError(f"--out {args.out!r} is {'empty' if args.out == '' else 'a directory'}; give the file to"
                           " write, e.g. --out report.html")
+    rundir.check_output(out if out is not None else Path(args.run_dir) / "report.html", own=args.run_dir)
     from trainlab.report import run_report  # matplotlib: only when the command runs
 
     path = run_report.write(args.run_dir, out)

@@ -7,6 +7,7 @@ import math
 
 from trainlab.errors import ConfigError
 from trainlab.optim import schedules
+from trainlab.train import rundir
 from trainlab.train.config import parse_override
 
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out!r} is not allowed; expected a PNG file name such as lr.png")
     if not 0 < args.lr < math.inf:
         raise ConfigError(f"--lr {args.lr} is not allowed; expected a finite number > 0")
+    rundir.check_output(args.out)  # a schedule belongs to no run: never into a run directory
     from trainlab.report import plots  # matplotlib: only when drawing
 
     lrs = schedules.trace(args.name, steps, lr=args.lr, **kwargs)

@@ -31,6 +31,7 @@ import html
 import io
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from trainlab.train import rundir
 from trainlab.train.checkpoint import write_text
 
 NO_READINGS = "no instrument readings (train with --monitor)"
+#: The run's files the report reads.
+READ = ("config.toml", "summary.json", "metrics.jsonl", "steps.jsonl", "instruments.jsonl")
 
 # Sizes chosen for a phone: a figure 4.8 in wide is drawn about 370 px wide on a 390 px
 # screen (a pixel per point), where these font sizes read at 11 px or more; embedded at 160
@@ -162,9 +165,10 @@ def read(run_dir: str | Path) -> Run:
     if not path.is_dir():
         raise ConfigError(f"{str(path)!r} is a file, not a run directory; give the directory `trainlab train --out`"
                           " wrote")
-    if not any((path / name).exists() for name in ("metrics.jsonl", "steps.jsonl")):
+    if not any(os.path.lexists(path / name) for name in ("metrics.jsonl", "steps.jsonl")):
         raise ConfigError(f"{str(path)!r} is not a run directory of `trainlab train`: it holds no metrics.jsonl"
                           " or steps.jsonl")
+    rundir.check_run_files(path, READ)  # each a regular file, before any is read (a named pipe would block)
     config = _read_toml(path / "config.toml")
     summary = _read_json(path / "summary.json")
     metrics = read_jsonl(path / "metrics.jsonl", _check_metrics)
@@ -187,58 +191,43 @@ def read_jsonl(path: Path, check: Callable[[Any], str | None]) -> list[dict[str,
 
 
 def _check_metrics(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        return f"expected a JSON object, found {type(record).__name__}"
-    return _need_int(record, "step") or (None if "event" in record else _need_int(record, "epoch")) or \
-        _need_numbers(record, ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"))
+    event = isinstance(record, dict) and "event" in record
+    return rundir.record_problem(record, ("step",) if event else ("step", "epoch"),
+                                 rundir.NUMBER_FIELDS["metrics.jsonl"][:4])
 
 
 def _check_step(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        return f"expected a JSON object, found {type(record).__name__}"
-    return _need_int(record, "step") or _need_numbers(record, ("loss", "lr", "grad_norm"))
+    return rundir.record_problem(record, ("step",), rundir.NUMBER_FIELDS["steps.jsonl"])
 
 
 def _check_reading(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        return f"expected a JSON object, found {type(record).__name__}"
-    if not isinstance(record.get("instrument"), str) or not record["instrument"]:
+    if isinstance(record, dict) and (not isinstance(record.get("instrument"), str) or not record["instrument"]):
         return "it needs an instrument name (a string) under 'instrument'"
-    return _need_int(record, "step") or _need_numbers(record, ("value", "threshold", "batch_size"))
-
-
-def _need_int(record: dict[str, Any], key: str) -> str | None:
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return f"it needs an integer {key!r}, found {value!r}"
-    return None
-
-
-def _need_numbers(record: dict[str, Any], keys: Sequence[str]) -> str | None:
-    for key in keys:
-        value = record.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"{key!r} must be a number or null, found {value!r}"
-    return None
+    return rundir.record_problem(record, ("step",), rundir.NUMBER_FIELDS["instruments.jsonl"])
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.exists():
+    data = rundir.read_bounded(path, "configuration")
+    if data is None:
         return {}
     try:
-        return _toml.loads(path.read_bytes().decode("utf-8"))
+        return _toml.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, _toml.TOMLDecodeError) as e:
         raise DataError(f"{str(path)!r} is not valid TOML ({' '.join(str(e).split())}); repair it or move it"
                         " away") from None
+    except (RecursionError, ValueError):  # nested too deeply; an integer beyond Python's 4300 digits
+        raise DataError(f"{str(path)!r} is not a configuration trainlab writes (values nested too deeply or an"
+                        " integer of thousands of digits); repair it or move it away") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
+    data = rundir.read_bounded(path, "summary")
+    if data is None:
         return {}
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{str(path)!r} is damaged (not JSON: {e}); repair it or move it away") from None
+        value = rundir.parse_json(data)
+    except ValueError as e:  # not UTF-8, not JSON, or what trainlab never writes (NaN, nested too deeply)
+        raise DataError(f"{str(path)!r} is damaged ({' '.join(str(e).split())}); repair it or move it away") from None
     if not isinstance(value, dict):
         raise DataError(f"{str(path)!r} holds a JSON {type(value).__name__}, not the object trainlab writes; repair"
                         " it or move it away")

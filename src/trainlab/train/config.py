@@ -275,6 +275,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
     except RecursionError:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML for trainlab: its values nest too deeply")
+    except ValueError:  # Python's limit on the digits of an integer (4300), which no setting comes near
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML for trainlab: it holds an integer of"
+                          f" thousands of digits") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

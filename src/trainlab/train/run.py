@@ -158,6 +158,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
 
 def _check_out(config: RunConfig, out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
+        rundir.check_directory(out)
+        if out.is_dir():
+            rundir.check_run_files(out)  # each a regular file before any is read (a named pipe would block)
         _resumable(config, out)
     else:
         rundir.check_fresh(out, rundir.RUN_FILES, overwrite)
