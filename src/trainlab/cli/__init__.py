@@ -3,7 +3,10 @@
 Errors that are the user's to fix (:class:`~trainlab.errors.ConfigError`,
 :class:`~trainlab.errors.DataError`) print one line and exit 2, with no traceback; a fault
 of the environment (an :class:`OSError`: disk full, permission denied, a path that is a
-file) prints one line naming the path and exits 1, as does a diverged run.
+file) prints one line naming the path and exits 1, as does a diverged run. A command stopped
+by Ctrl-C (SIGINT) or SIGTERM prints one line naming the signal and exits ``128 + signal``:
+130 and 143 (:mod:`trainlab.train.interrupt`; SIGTERM raises as Ctrl-C does, so a command's
+atomic writes leave no temporary file behind).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Sequence
 from trainlab import __version__, distributed
 from trainlab.cli import demo, diagnose, report, schedule, train
 from trainlab.errors import ConfigError, DataError, DivergenceError
+from trainlab.train import interrupt
 
 SUBCOMMANDS = (demo, train, diagnose, schedule, report)
 
@@ -42,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with interrupt.raising(), warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
             distributed.init()  # under torchrun: join the process group; a no-op in one process
             return args.run(args)
@@ -55,9 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"trainlab {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"trainlab {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        stopped = e if isinstance(e, interrupt.Interrupted) else interrupt.Interrupted(interrupt.signum_of(e))
+        print(f"trainlab {args.command}: {' '.join(str(stopped).split())}", file=sys.stderr)
+        return stopped.exit_code
 
 
 def _one_line_warning(command: str):

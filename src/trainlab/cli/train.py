@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from pathlib import Path
 
 from trainlab import distributed
 from trainlab.integrations import tensorboard_dir
 from trainlab.train import config as config_mod
-from trainlab.train import rundir
+from trainlab.train import interrupt, rundir
 from trainlab.train import run as run_mod
 from trainlab.train.doctor import StallDoctor
 
@@ -54,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise config_mod.ConfigError("--overwrite starts a new run and --resume continues one; choose one of them")
     out = Path(args.out) if args.out else None
-    if args.config is None and args.resume:
+    if args.resume:  # every file of the run a regular one before any is read (a named pipe would block)
         rundir.check_directory(out)
+        if out.is_dir():
+            rundir.check_run_files(out)
+    if args.config is None and args.resume:
         config = config_mod.load(out / "config.toml" if (out / "config.toml").exists() else None, args.overrides)
     else:
         config = config_mod.load(args.config, args.overrides)
@@ -73,10 +75,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = run_mod.train(config, out, resume=args.resume, progress=not args.no_progress,
                                     callbacks=callbacks, overwrite=args.overwrite, tensorboard=args.tensorboard)
-        except KeyboardInterrupt:
-            print(f"interrupted; the checkpoint in {out} keeps the last completed step."
-                  f" Continue with: trainlab train --out {out} --resume", file=sys.stderr)
-            raise
+        except KeyboardInterrupt as e:  # the one line main() prints, with the way on
+            raise interrupt.Interrupted(interrupt.signum_of(e), f"the checkpoint in {out} keeps the last completed"
+                                        f" step; continue with: trainlab train --out {out} --resume") from None
     if distributed.rank() == 0:
         print(report(config, summary, out))
         if args.monitor:

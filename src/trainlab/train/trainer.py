@@ -46,7 +46,6 @@ import json
 import math
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -59,7 +58,7 @@ from tqdm.auto import tqdm
 from trainlab import distributed as dist
 from trainlab.errors import ConfigError, DataError, DivergenceError
 from trainlab.nn import batchnorm as tnn_batchnorm
-from trainlab.train import checkpoint, rundir
+from trainlab.train import checkpoint, interrupt, rundir
 from trainlab.train.callbacks import HOOKS
 
 #: A loss larger than this multiple of the run's first loss counts as divergence.
@@ -140,7 +139,7 @@ class Trainer:
         self._generator = torch.Generator().manual_seed(seed)
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self._first_loss: float | None = None
-        self._interrupted = False
+        self._interrupted = 0  # the signal (SIGINT, SIGTERM) that asked the run to stop; 0: none
         self._unwritten_steps: list[dict[str, Any]] = []  # step records since the last write
         self._prepared: dict[str, Any] | None = None  # what prepare() checked, for fit() to use
         self._good: tuple[int, int, int] | None = None  # (epoch, step, batch) of the last good checkpoint
@@ -166,8 +165,10 @@ class Trainer:
         (:meth:`prepare`) before anything is written. Raises
         :class:`~trainlab.errors.DivergenceError` when the loss becomes non-finite or exceeds
         ``1e3 ×`` the first loss, or a checkpoint would hold non-finite values (the previous
-        checkpoint is kept, and the message says which epoch it holds), and re-raises
-        ``KeyboardInterrupt`` after saving a checkpoint at the last completed step.
+        checkpoint is kept, and the message says which epoch it holds). Ctrl-C (SIGINT) or
+        SIGTERM (a scheduler's preemption) stops the run at the next safe point — after the
+        current update, or after the epoch's evaluation — with a checkpoint of it, and raises
+        :class:`~trainlab.train.interrupt.Interrupted`, a ``KeyboardInterrupt`` naming the signal.
         """
         resume = self.resume if resume is None else resume
         if resume:
@@ -317,7 +318,7 @@ class Trainer:
             if self._interrupted:
                 tally["seconds"] += time.perf_counter() - started
                 self._save(rng_shuffle=shuffle_state, batch=b + 1, partial=tally)
-                raise KeyboardInterrupt
+                raise interrupt.Interrupted(self._interrupted)
         train_seconds = tally["seconds"] + time.perf_counter() - started
         if self.distributed and tally["correct"] is not None:
             tally["correct"] = dist.all_reduce_sum(torch.as_tensor(tally["correct"], device=self.device).clone())
@@ -341,19 +342,28 @@ class Trainer:
             self._board.scalars({name: record[key] for key, name in TENSORBOARD_EPOCH.items()}, self.step)
             self._board.flush()
         self._call("on_epoch_end", record)
-        if epoch % self.checkpoint_every == 0 or epoch == self.epochs or self.stop_training:
+        # a signal during the evaluation (or this checkpoint's write) stops here, at the epoch's end; under
+        # torchrun the ranks agree on it at the next update instead, so all of them stop at the same one
+        stop = bool(self._interrupted) and not self.distributed
+        if epoch % self.checkpoint_every == 0 or epoch == self.epochs or self.stop_training or stop:
             self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None, record=record)
         self._figures = _postfix(record)
         bar.set_postfix({**self._figures, **self._postfix}, refresh=False)
+        if self._interrupted and not self.distributed:
+            if self._good != (self.epoch, self.step, 0):  # the signal came while the checkpoint was written
+                self._save(rng_shuffle=self._generator.get_state(), batch=0, partial=None, record=record)
+            raise interrupt.Interrupted(self._interrupted)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, tally: dict[str, Any]) -> dict[str, Any]:
         out = self.model(x)
         loss = self.loss_fn(out, y)
         value, count = loss.item(), len(y)
         if self.distributed:  # one small all-reduce: the global loss, and whether any rank was interrupted
-            shared = dist.all_reduce_sum(torch.tensor([value * count, count, float(self._interrupted)],
+            shared = dist.all_reduce_sum(torch.tensor([value * count, count, float(self._interrupted > 0)],
                                                       dtype=torch.float64, device=self.device))
-            value, count, self._interrupted = float(shared[0] / shared[1]), int(shared[1]), bool(shared[2])
+            value, count = float(shared[0] / shared[1]), int(shared[1])
+            if shared[2] > 0 and not self._interrupted:  # another rank was: stop with it, as on Ctrl-C
+                self._interrupted = signal.SIGINT
         self._check_divergence(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -393,6 +403,7 @@ class Trainer:
         if path is None:
             raise ConfigError("resume=True needs an output directory (out=...) holding checkpoint.pt")
         rundir.check_directory(self.out)
+        rundir.check_run_files(self.out, TRAINER_FILES)  # each a regular file before any is read
         if not path.exists():
             raise ConfigError(f"cannot resume: no checkpoint.pt in {str(self.out)!r}")
         return path
@@ -517,9 +528,9 @@ class Trainer:
         summary = {
             "status": status, **last,
             "epochs": self.epoch, "steps": self.step,
-            "total_seconds": sum(r["seconds"] for r in self.history),
+            "total_seconds": sum(r.get("seconds") or 0.0 for r in self.history),
             "best_eval_accuracy": max((r["eval_accuracy"] for r in self.history
-                                       if r["eval_accuracy"] is not None), default=None),
+                                       if r.get("eval_accuracy") is not None), default=None),
             "parameters": sum(p.numel() for p in self.module.parameters()),
             "device": str(self.device), "seed": self.seed, "batch_size": self.batch_size,
             "events": self.events,
@@ -577,23 +588,19 @@ class Trainer:
 
     @contextlib.contextmanager
     def _deferred_interrupt(self) -> Iterator[None]:
-        """Ctrl-C sets a flag that the loop honours after the current step, so the
-        checkpoint it writes is a consistent state; a second Ctrl-C stops at once."""
-        self._interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+        """Ctrl-C (SIGINT) or SIGTERM sets a flag that the loop honours at its next safe point
+        (after the current update, or after the epoch's evaluation), so the checkpoint it writes
+        is a consistent state; a second signal stops at once. The handlers found before are
+        restored after (:func:`trainlab.train.interrupt.handling`)."""
+        self._interrupted = 0
 
         def handler(signum: int, frame: Any) -> None:
             if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
+                raise interrupt.Interrupted(signum)
+            self._interrupted = signum
 
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
+        with interrupt.handling(handler):
             yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     @contextlib.contextmanager
     def _tensorboard_open(self, resume: bool) -> Iterator[None]:
