@@ -15,12 +15,16 @@ framework that is not installed gives one sentence naming the ``pip install`` to
 
 from __future__ import annotations
 
+import collections
 import importlib
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
+
+import torch
 
 from trainlab.errors import ConfigError
 
@@ -57,16 +61,111 @@ def tensorboard_dir(value: Any, owner: str = "") -> Path | None:
 
 def states(monitor: Any, doctor: Any) -> dict[str, Any]:
     """What a framework's checkpoint keeps of a callback: the Monitor's and the doctor's
-    ``state_dict()`` (``None`` for an absent one)."""
-    return {"monitor": None if monitor is None else monitor.state_dict(),
-            "doctor": None if doctor is None else doctor.state_dict()}
+    ``state_dict()`` (``None`` for an absent one), as tensors and plain types only
+    (:func:`plain`), so that ``torch.load(weights_only=True)`` reads it back."""
+    return {"monitor": None if monitor is None else plain(monitor.state_dict(), "the Monitor's state"),
+            "doctor": None if doctor is None else plain(doctor.state_dict(), "the stall doctor's state")}
 
 
-def load_states(monitor: Any, doctor: Any, state: Any) -> None:
-    """Take back what :func:`states` saved (a part with no taker, or none saved, is left out)."""
-    for part, saved in ((monitor, state.get("monitor")), (doctor, state.get("doctor"))):
-        if part is not None and saved is not None:
-            part.load_state_dict(saved)
+def load_states(monitor: Any, doctor: Any, state: Any, source: str = "TrainlabCallback: the saved state") -> None:
+    """Take back what :func:`states` saved (a part with no taker, or none saved, is left out).
+
+    Anything that is not such a state is a :class:`~trainlab.errors.ConfigError` whose one
+    sentence begins with ``source`` (e.g. the file's path) and names the part at fault; then
+    neither part has taken anything (a part already loaded is put back)."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"{source} holds a {type(state).__name__}, not a callback state (a dict with 'monitor'"
+                          " and 'doctor' entries)")
+    if "monitor" not in state and "doctor" not in state:
+        raise ConfigError(f"{source} holds a dict without 'monitor' or 'doctor' entries (keys {sorted(map(str, state))}),"
+                          " not a callback state")
+    parts = [(name, part, state.get(key)) for name, key, part in
+             (("Monitor", "monitor", monitor), ("stall doctor", "doctor", doctor))]
+    taken: list[tuple[Any, Any]] = []  # (part, its state before) to put back on a failure
+    try:
+        for name, part, saved in parts:
+            if part is None or saved is None:
+                continue
+            if not isinstance(saved, Mapping):
+                raise ConfigError(f"{source} holds a state the {name} cannot load: its part is a"
+                                  f" {type(saved).__name__}, not a dict")
+            taken.append((part, part.state_dict()))
+            try:
+                part.load_state_dict(saved)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                reason = " ".join(f"{type(e).__name__}: {e}".split())
+                raise ConfigError(f"{source} holds a state the {name} cannot load ({reason})") from None
+    except ConfigError:
+        for part, before in reversed(taken):
+            part.load_state_dict(before)
+        raise
+
+
+def check_model(monitor: Any, model: Any, source: str) -> None:
+    """Refuse, in one sentence beginning with ``source``, a Monitor state saved for another
+    model: parameters kept for ``update_ratio`` whose names or shapes differ from ``model``'s
+    trainable ones, or a warm-start vector (``sharpness``, ``stability``) of another length.
+    A resumed callback would otherwise read on the wrong parameters without a word."""
+    if monitor is None or model is None:
+        return
+    state = monitor.state_dict()
+    own = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    previous = state.get("previous")
+    if previous is not None:
+        kept = {name: tuple(t.shape) for name, t in previous.items()}
+        foreign = next((name for name in kept if name not in own), None)
+        if foreign is not None:
+            raise ConfigError(f"{source} holds a Monitor state saved for another model: it keeps parameter"
+                              f" {foreign!r}, which {type(model).__name__} does not have; resume with the model it"
+                              " was saved for, or start without that state")
+        for name, shape in own.items():
+            if kept.get(name) != shape:
+                found = "no value" if name not in kept else f"shape {kept[name]}"
+                raise ConfigError(f"{source} holds a Monitor state saved for another model: it keeps {found} for"
+                                  f" parameter {name!r}, of shape {shape} in {type(model).__name__}; resume with the"
+                                  " model it was saved for, or start without that state")
+    size = sum(math.prod(shape) for shape in own.values())
+    for name, saved in (state.get("instruments") or {}).items():
+        vector = saved.get("vector") if isinstance(saved, Mapping) else None
+        if isinstance(vector, torch.Tensor) and vector.numel() != size:
+            raise ConfigError(f"{source} holds a Monitor state saved for another model: the {name!r} instrument's"
+                              f" vector has {vector.numel():,} entries, the model {size:,} trainable parameters;"
+                              " resume with the model it was saved for, or start without that state")
+
+
+#: The types a saved state may hold besides tensors, dicts, lists and tuples.
+PLAIN = (str, int, float, bool, type(None))
+
+
+def plain(value: Any, where: str = "the state") -> Any:
+    """``value`` with tensors, dicts, lists, tuples and ``str``/``int``/``float``/``bool``/``None``
+    only — what ``torch.load(weights_only=True)`` reads back without running code. A user's
+    instrument may keep NumPy scalars (made Python numbers, the same value), NumPy arrays (made
+    tensors), deques (lists), sets (lists) and paths (strings); anything else is a
+    :class:`~trainlab.errors.ConfigError` naming ``where`` in it, raised when the state is saved
+    rather than when a resume cannot read it."""
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN or isinstance(value, (torch.dtype, torch.device)):
+        return value
+    if isinstance(value, Mapping):
+        return {plain(k, f"{where} key {k!r}"): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, (list, collections.deque)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(sorted(value, key=repr))]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+            return value.item()
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            return torch.from_numpy(value.copy())
+    raise ConfigError(f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which"
+                      " torch.load(weights_only=True) cannot read back; a state_dict() may hold tensors, dicts,"
+                      " lists, tuples, str, int, float, bool and None")
 
 
 def scalars(readings: Iterable[Any]) -> dict[str, float]:
@@ -104,5 +203,5 @@ def event_text(event: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-__all__ = ["EVENT_FIELDS", "PREFIX", "event_scalars", "event_text", "load_states", "require", "scalars",
-           "states", "tensorboard_dir"]
+__all__ = ["EVENT_FIELDS", "PLAIN", "PREFIX", "check_model", "event_scalars", "event_text", "load_states", "plain",
+           "require", "scalars", "states", "tensorboard_dir"]

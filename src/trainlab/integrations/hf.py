@@ -36,7 +36,9 @@ learning-rate schedule — with the dict batches it trains on (``input_ids``, ``
   event's line of text goes to the ``transformers`` logger (a warning).
 * **Checkpoints**: the Monitor's and the doctor's states are saved beside each HF checkpoint
   (``checkpoint-N/trainlab_callback.pt``) and loaded back when ``trainer.train(resume_from_checkpoint=...)``
-  resumes from ``args.output_dir/checkpoint-N``.
+  resumes from ``args.output_dir/checkpoint-N`` — with ``torch.load(weights_only=True)``: the file
+  holds tensors and plain types only, so a crafted one cannot run code (:func:`read_state`), and a
+  state saved for another model is refused, in one sentence each.
 
 Usage::
 
@@ -48,8 +50,12 @@ Usage::
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -59,7 +65,7 @@ from torch import nn
 from trainlab import distributed as dist
 from trainlab.data.batches import BatchLoss, to_device
 from trainlab.errors import ConfigError
-from trainlab.integrations import event_scalars, event_text, load_states, require, scalars, states
+from trainlab.integrations import check_model, event_scalars, event_text, load_states, require, scalars, states
 
 _transformers = require("transformers", "hf", "transformers")
 
@@ -137,11 +143,11 @@ class TrainlabCallback(_transformers.TrainerCallback):
         """Hook the model's forward (the doctor's per-update loss); when resuming from
         ``output_dir/checkpoint-N``, take the Monitor's and the doctor's states back; start the
         Monitor at the Trainer's update count."""
+        if state.global_step > 0:  # first: a state that is refused leaves the model unhooked
+            self._load(os.path.join(args.output_dir, f"{_transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-"
+                                    f"{state.global_step}", STATE_FILE), model)
         if self.doctor is not None and model is not None and self._hook is None:
             self._hook = model.register_forward_hook(self._capture, with_kwargs=True)
-        if state.global_step > 0:
-            self._load(os.path.join(args.output_dir, f"{_transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-"
-                                    f"{state.global_step}", STATE_FILE))
         if self.monitor is not None and model is not None and callable(getattr(self.monitor, "start", None)):
             self.monitor.start(model, state.global_step)
 
@@ -245,16 +251,62 @@ class TrainlabCallback(_transformers.TrainerCallback):
             state.log_history.append({**logs, **({"epoch": state.epoch} if state.epoch is not None else {}),
                                       "step": state.global_step})
 
-    def _load(self, path: str) -> None:
-        if not os.path.exists(path):
+    def _load(self, path: str, model: nn.Module | None) -> None:
+        """Take the callback's state back from ``path`` (see :func:`read_state`), checked to be
+        one saved for ``model``; a missing file is a warning and a fresh start."""
+        if not os.path.lexists(path):
             _logger.warning(f"trainlab: {path} does not exist, so the Monitor and the stall doctor start afresh"
                             " (they resume with the Trainer only from args.output_dir/checkpoint-N)")
             return
+        source = f"TrainlabCallback: {path}"
+        before = self.state_dict()
+        load_states(self.monitor, self.doctor, read_state(path), source)
         try:
-            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ConfigError(f"TrainlabCallback: {path} holds a state the Monitor or the doctor cannot load"
-                              f" ({type(e).__name__}: {e})") from None
+            check_model(self.monitor, model, source)
+        except ConfigError:
+            load_states(self.monitor, self.doctor, before)  # refused: the parts as they were
+            raise
+
+
+def read_state(path: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain types only, so a crafted file
+    can never run code while it is read. Every way the file is unusable — objects of other
+    types (a pickled ``__reduce__`` payload among them), empty, cut short, not written by
+    ``torch.save``, a directory — is a :class:`~trainlab.errors.ConfigError` naming ``path``."""
+    if os.path.isdir(path):
+        raise ConfigError(f"TrainlabCallback: {path} is a directory, not the callback's state file")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"TrainlabCallback: {path} is empty (0 bytes), not the callback's state saved by torch.save")
+    try:
+        with warnings.catch_warnings():  # torch's own warnings would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # the class or function the pickle names
+        if found:
+            raise ConfigError(f"TrainlabCallback: {path} holds objects other than tensors and plain types (here"
+                              f" {found.group(1).rstrip('.,')}),"
+                              " which are never unpickled since unpickling them could run any code; it is not a"
+                              " state trainlab saved") from None
+        raise _unreadable(path, e) from None
+    except OSError as e:
+        if e.errno == errno.EIO:  # the disk's fault, not the file's
+            raise
+        raise _unreadable(path, e) from None
+    except Exception as e:  # foreign or truncated bytes fail in many ways inside torch.load
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, e: BaseException) -> ConfigError:
+    """The one sentence for a file torch.load cannot read: torch's own reason, without its advice
+    to retry with ``weights_only=False``."""
+    text = str(e)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    text = " ".join((reason.group(1) if reason else text).split()) or "no message"
+    text = text[:text.index(". ") + 1] if ". " in text else text  # its first sentence
+    text = text if len(text) <= 160 else text[:159] + "…"
+    return ConfigError(f"TrainlabCallback: {path} cannot be read by torch.load: it is cut short or was not written by"
+                       f" torch.save ({type(e).__name__}: {text})")
 
 
 def _loss_of(outputs: Any) -> torch.Tensor | None:
@@ -278,4 +330,4 @@ def _first(dataset: Any, limit: int, rank: int, world: int) -> list[Any]:
     return list(itertools.islice(iter(dataset), rank, rank + world * limit, world))
 
 
-__all__ = ["STATE_FILE", "TrainlabCallback", "model_loss"]
+__all__ = ["STATE_FILE", "TrainlabCallback", "model_loss", "read_state"]

@@ -254,12 +254,31 @@ class StallDoctor(Callback):
                 "events": len(self.events)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take back what :meth:`state_dict` saved, so a resumed run watches as an uninterrupted one."""
+        """Take back what :meth:`state_dict` saved, so a resumed run watches as an uninterrupted one.
+        A state that is not one (losses that are not numbers, counts that are not integers) is a
+        ``TypeError``/``ValueError`` naming the entry, raised before anything is taken."""
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def short(v: Any) -> str:
+            text = repr(v)
+            return text if len(text) <= 60 else text[:59] + "…"
+
+        losses, candidate = state["losses"], state.get("candidate")
+        if not isinstance(losses, (list, tuple)) or not all(number(v) for v in losses):
+            raise TypeError(f"losses {short(losses)} is not a list of numbers")
+        counts = {key: state[key] for key in ("steps", "quiet_until")}
+        counts["changed_at"] = state.get("changed_at", -1)
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{key} {value!r} is not an update count")
+        if candidate and not (isinstance(candidate, (list, tuple)) and len(candidate) == 2
+                              and number(candidate[1]) and isinstance(candidate[0], int)):
+            raise TypeError(f"candidate {short(candidate)} is not a pair (update, loss)")
         self._losses.clear()
-        self._losses.extend(state["losses"])
-        self._steps, self._quiet_until = state["steps"], state["quiet_until"]
-        self._changed_at = state.get("changed_at", -1)
-        self._candidate = tuple(state["candidate"]) if state.get("candidate") else None
+        self._losses.extend(float(v) for v in losses)
+        self._steps, self._quiet_until, self._changed_at = counts["steps"], counts["quiet_until"], counts["changed_at"]
+        self._candidate = (candidate[0], float(candidate[1])) if candidate else None
 
     # ---------------------------------------------------------------- noticing a stall
     def _full_batch_stalled(self) -> bool:
