@@ -366,3 +366,100 @@ def test_without_lightning_the_import_names_the_pip_install(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'trainlab\[lightning\]'") as e:
         importlib.import_module("trainlab.integrations.lightning")
     assert "\n" not in str(e.value)
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimization (issue 21): two heads, each with its own SGD (different rates), both
+    stepped in every batch, so ``global_step`` moves by two per batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.a, self.b = tanh_mlp(0), tanh_mlp(1)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt_a, opt_b = self.optimizers()
+        loss = squared_error(self(x), y)
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        self.manual_backward(loss)
+        opt_a.step()
+        opt_b.step()
+        return loss
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.a.parameters(), lr=0.05), torch.optim.SGD(self.b.parameters(), lr=0.02)]
+
+
+class ByBatch(L.Callback):
+    """Every trainable parameter tensor after every training batch (and at the start), in order."""
+
+    def __init__(self):
+        self.params: list[dict[str, torch.Tensor]] = []
+
+    def snap(self, module):
+        self.params.append({n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad})
+
+    def on_train_start(self, trainer, pl_module):
+        self.snap(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.snap(pl_module)
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_manual_optimization_with_two_optimizers_reads_update_ratio_per_update(tmp_path, every):
+    """issue 21: with two optimizers stepping per batch, global_step moves by two, and
+    update_ratio read every 2 or 3 updates never found the parameters it needs. Each reading is
+    ‖Δθ‖/‖θ‖ over both optimizers' parameters, per tensor and as one vector, from the recorded
+    parameters (float64: the ratios agree to 1e-12)."""
+    x, y = regression_data(64)
+    recorder = ByBatch()
+    monitor = Monitor(every=every, sample=64, instruments=[UpdateRatio()], progress=False)
+    fit(TwoOptimizers(), DataLoader(TensorDataset(x, y), batch_size=16), tmp_path,
+        [recorder, TrainlabCallback(monitor, loss_fn=squared_error)], max_steps=24)  # 12 batches, 24 steps
+    assert len(recorder.params) == 13
+    readings = [r for r in monitor.history if r.instrument == "update_ratio"]
+    assert [r.step for r in readings] == list(range(every, 13, every))
+    for r in readings:
+        before, after = recorder.params[r.step - 1], recorder.params[r.step]
+        parts = {n: float((after[n] - before[n]).norm() / after[n].norm()) for n in after}
+        assert set(parts) == set(r.extra["parts"]) and any(n.startswith("a.") for n in parts) \
+            and any(n.startswith("b.") for n in parts)
+        for name, expected in parts.items():
+            assert r.extra["parts"][name] == pytest.approx(expected, rel=1e-12)
+        delta = torch.cat([(after[n] - before[n]).reshape(-1) for n in after])
+        size = torch.cat([after[n].reshape(-1) for n in after])
+        assert r.value == pytest.approx(float(delta.norm() / size.norm()), rel=1e-12)
+        assert r.value > 0
+
+
+def test_a_lightning_checkpoint_with_the_callback_loads_with_weights_only(tmp_path):
+    """issue 21: the callback's part of a Lightning checkpoint is tensors and plain types, so the
+    whole checkpoint loads with torch.load(weights_only=True), and resuming from it with
+    weights_only=True reads update_ratio at the update an uninterrupted run does."""
+    x, y = regression_data(64)
+
+    def callback():
+        return TrainlabCallback(Monitor(every=1, sample=64, instruments=[GradNorm(), UpdateRatio(every=2),
+                                                                         Sharpness(every=3)], progress=False),
+                                StallDoctor(window=10), loss_fn=squared_error)
+
+    first = callback()
+    trainer = fit(Regression(tanh_mlp(), lr=0.05), DataLoader(TensorDataset(x, y), batch_size=16), tmp_path / "a",
+                  [first], max_steps=5)
+    trainer.save_checkpoint(tmp_path / "at5.ckpt")
+    saved = torch.load(tmp_path / "at5.ckpt", weights_only=True)["callbacks"]["TrainlabCallback"]
+    assert saved["updates"] == 5 and saved["monitor"]["step"] == 5
+    resumed = callback()
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, callbacks=[resumed], max_steps=8)
+    trainer.fit(Regression(tanh_mlp(), lr=0.05), DataLoader(TensorDataset(x, y), batch_size=16),
+                ckpt_path=tmp_path / "at5.ckpt", weights_only=True)
+    assert [(r.step, r.instrument) for r in resumed.monitor.history] == [
+        (6, "grad_norm"), (6, "update_ratio"), (6, "sharpness"), (7, "grad_norm"), (8, "grad_norm"),
+        (8, "update_ratio")]

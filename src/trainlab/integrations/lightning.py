@@ -23,6 +23,12 @@ micro-batches of an accumulated update are waited for) the callback
   on Lightning's own optimizer (``trainer.optimizers[0]``) and that optimizer's scheduler from
   ``trainer.lr_scheduler_configs`` (``η`` and the schedule's ``base_lrs`` rescaled together).
 
+**Manual optimization.** With ``automatic_optimization = False`` and several optimizers,
+``global_step`` counts every optimizer's steps; the callback counts updates instead — one per
+training batch after which ``global_step`` moved, however many optimizers stepped in it — so
+the Monitor's periods, and the parameters it keeps for ``update_ratio`` (all trainable ones,
+whichever optimizer holds them), are those of updates. The doctor acts on the first optimizer.
+
 **Where values go.** Each value is logged twice, for two readers: ``pl_module.log_dict(...,
 logger=False)`` puts it in ``trainer.callback_metrics``, where other callbacks (checkpointing,
 early stopping) see it; and every logger in ``trainer.loggers`` gets it through its
@@ -60,11 +66,14 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError, DataError
-from trainlab.integrations import PREFIX, event_scalars, event_text, load_states, require, scalars, states
+from trainlab.integrations import PREFIX, check_model, event_scalars, event_text, load_states, require, scalars, states
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402  (after require's message)
 from lightning.pytorch.utilities.rank_zero import rank_zero_info  # noqa: E402
+
+#: How a refused checkpoint state is named.
+SOURCE = "TrainlabCallback: the checkpoint's callback state"
 
 
 class TrainlabCallback(pl.Callback):
@@ -120,6 +129,9 @@ class TrainlabCallback(pl.Callback):
         self.monitor, self.doctor, self.loss_fn, self.batch_loss, self.data = monitor, doctor, loss_fn, batch_loss, data
         self._data: Any = None  # the data sampled, resolved when training starts
         self._step = 0  # trainer.global_step at the last update seen
+        self._updates = 0  # updates seen: batches after which global_step moved (the Monitor's count)
+        self._restored: int | None = None  # the update count a checkpoint gave back, until training starts
+        self._loaded = False  # a checkpoint's state was taken: check it fits the model when training starts
         self._losses: list[float] = []  # training_step's losses since then (micro-batches)
         self._samples = 0  # and their samples
         self._fixed: tuple[Any, Any, bool] | None = None  # (optimizer, its scheduler, full batch) of this fit
@@ -127,13 +139,18 @@ class TrainlabCallback(pl.Callback):
     # ---------------------------------------------------------------- Lightning hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """After Lightning restored a checkpoint: take the update count, resolve the data, and keep
-        the parameters when an instrument due after the coming update reads them (``update_ratio``)."""
+        the parameters when an instrument due after the coming update reads them (``update_ratio``).
+        A Monitor state restored for another model is refused first (one sentence)."""
+        if self._loaded:
+            check_model(self.monitor, pl_module, SOURCE)
+        self._updates = trainer.global_step if self._restored is None else self._restored
+        self._restored, self._loaded = None, False
         self._step, self._losses, self._samples = trainer.global_step, [], 0
         self._data = self.data if self.data is not None else _training_data(trainer)
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self._fixed = optimizer, _scheduler_of(trainer, optimizer), _full_batch(trainer)
         if self.monitor is not None:
-            self.monitor.start(pl_module, trainer.global_step)
+            self.monitor.start(pl_module, self._updates)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Collect the micro-batch's loss; after an update, read the instruments and consult the doctor."""
@@ -148,11 +165,12 @@ class TrainlabCallback(pl.Callback):
             return  # accumulating: the update has not happened yet
         losses, samples = self._losses, self._samples
         self._step, self._losses, self._samples = step, [], 0
+        self._updates += 1  # one update, however many optimizers stepped in it (manual optimization)
         optimizer, scheduler, full_batch = self._fixed  # set once per fit: looked up per update they cost ~1 %
         batch_size = samples * trainer.world_size if samples else None  # samples per update, all ranks
         if self.monitor is not None:
             readings = self.monitor.after_step(pl_module, None, self.loss_fn, self._data, optimizer,
-                                               batch_size=batch_size, step=step)
+                                               batch_size=batch_size, step=self._updates)
             self._log(trainer, pl_module, scalars(readings), step)
         if self.doctor is not None:
             if not losses:
@@ -174,12 +192,19 @@ class TrainlabCallback(pl.Callback):
                         logger.experiment.add_text(f"{PREFIX}/doctor", text, step - 1)
 
     def state_dict(self) -> dict[str, Any]:
-        """For Lightning's checkpoints: the Monitor's and the doctor's state."""
-        return states(self.monitor, self.doctor)
+        """For Lightning's checkpoints: the Monitor's and the doctor's state and the update count,
+        as tensors and plain types, so the checkpoint loads with ``weights_only=True``."""
+        return {**states(self.monitor, self.doctor), "updates": self._updates}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Take back what :meth:`state_dict` saved (a part this callback has no taker for is left out)."""
-        load_states(self.monitor, self.doctor, state_dict)
+        """Take back what :meth:`state_dict` saved (a part this callback has no taker for is left out);
+        anything else is one sentence (:func:`trainlab.integrations.load_states`). Whether the
+        Monitor's state fits the model is checked when training starts, where the model is known."""
+        updates = state_dict.get("updates", 0) if isinstance(state_dict, Mapping) else 0
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+            raise ConfigError(f"{SOURCE} holds updates={updates!r}, not an update count")
+        load_states(self.monitor, self.doctor, state_dict, SOURCE)
+        self._restored, self._loaded = (updates if "updates" in state_dict else None), True
 
     # ---------------------------------------------------------------- internals
     @staticmethod
