@@ -23,6 +23,7 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -33,7 +34,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from trainlab.errors import ConfigError, DataError
 
@@ -266,10 +267,51 @@ def _build(spec: str) -> nn.Module:
         stem = Path(module_name).with_suffix("").name if module_name.endswith(".py") else Path(module_name).name
         raise ConfigError(f"--model {spec!r}: MODULE is a module name, not a file path; run from the folder that"
                           f" holds {stem}.py and give --model {stem}:{attr}")
+    with _cwd_importable():
+        module = _import(spec, module_name)
+        factory: Any = module
+        for part in attr.split("."):
+            if not hasattr(factory, part):
+                raise ConfigError(f"--model {spec!r}: module {module_name!r} ({getattr(module, '__file__', '?')})"
+                                  f" has no attribute {attr!r}")
+            factory = getattr(factory, part)
+        if not callable(factory):
+            raise ConfigError(f"--model {spec!r}: {attr!r} is of type {type(factory).__name__}, not a callable that"
+                              " builds the model")
+        try:
+            model = factory()
+        except (Exception, SystemExit) as e:
+            raise ConfigError(f"--model {spec!r}: calling {attr}() failed: {_one_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {spec!r}: {attr}() returned an object of type {type(model).__name__},"
+                          " not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"--model {spec!r}: the model has no trainable parameters to analyse")
+    return model
+
+
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The current directory on the import path for the user's module (and its factory's own
+    imports) only, and behind the installed packages: a local ``tqdm.py``, ``sklearn.py`` or
+    ``torch.py`` never stands in for a dependency, neither while the user's module imports nor
+    when trainlab imports one lazily later. ``sys.path`` is restored after; no ``__pycache__`` is
+    left in the user's folder."""
+    path, writes = list(sys.path), sys.dont_write_bytecode
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # a module next to the user imports, as with `python -m`
-    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ in the user's folder
+        sys.path.append(os.getcwd())
+    sys.dont_write_bytecode = True
     importlib.invalidate_caches()  # the module may be newer than this process
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        sys.dont_write_bytecode = writes
+
+
+def _import(spec: str, module_name: str) -> Any:
+    """The user's module ``module_name``, refusing an installed module of that name where the
+    user's own file lies in the current directory (it would never be the one imported)."""
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -279,27 +321,17 @@ def _build(spec: str) -> nn.Module:
         raise ConfigError(f"--model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
     except (Exception, SystemExit) as e:  # the user's module may fail in any way while it runs
         raise ConfigError(f"--model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
-    finally:
-        sys.dont_write_bytecode = writes
-    factory: Any = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise ConfigError(f"--model {spec!r}: module {module_name!r} ({getattr(module, '__file__', '?')})"
-                              f" has no attribute {attr!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise ConfigError(f"--model {spec!r}: {attr!r} is of type {type(factory).__name__}, not a callable that builds"
-                          " the model")
-    try:
-        model = factory()
-    except (Exception, SystemExit) as e:
-        raise ConfigError(f"--model {spec!r}: calling {attr}() failed: {_one_line(e)}") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {spec!r}: {attr}() returned an object of type {type(model).__name__},"
-                          " not a torch.nn.Module")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError(f"--model {spec!r}: the model has no trainable parameters to analyse")
-    return model
+    top = module_name.partition(".")[0]
+    local = next((p for p in (Path(top + ".py"), Path(top)) if p.exists()), None)
+    imported = sys.modules.get(top)
+    file = getattr(imported, "__file__", None)
+    places = [file] if file else list(getattr(imported, "__path__", []))  # a namespace package has only paths
+    here = Path.cwd().resolve()
+    if local is not None and not any(Path(p).resolve().is_relative_to(here) for p in places):
+        raise ConfigError(f"--model {spec!r}: {top!r} is the installed package ({file or 'built in'}), which comes"
+                          f" before {str(local)!r} in the current directory on the import path; rename your"
+                          f" {str(local)!r} (e.g. to my{top}.py) and give --model my{top}:{spec.partition(':')[2]}")
+    return module
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
