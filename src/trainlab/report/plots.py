@@ -4,7 +4,7 @@ pyplot's global state or needs a display."""
 from __future__ import annotations
 
 import os
-import pickle
+from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -158,7 +158,7 @@ def stacked(fig: Figure) -> Figure | None:
         return None
     if any(spec is not None and (len(spec.rowspan) != 1 or len(spec.colspan) != 1) for spec in specs):
         return None  # a panel spanning cells has no single place in a column
-    copy = pickle.loads(pickle.dumps(fig))
+    copy = deepcopy(fig)  # never pickle.loads: nothing here unpickles, not even our own figure
     width, height = fig.get_size_inches()
     copy.set_size_inches(width / cols, height * cols)
     if copy.get_layout_engine() is None:
