@@ -488,7 +488,8 @@ def _checked(result: Any) -> tuple[float, dict[str, Any]]:
         raise ConfigError(f"the reading has no 'value' (its keys: {', '.join(map(str, list(result)[:8]))})")
     value = _plain(result["value"], "value")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"the reading's 'value' is {_what(result['value'])}, not a number (return math.nan for no value)")
+        raise ConfigError(f"the reading's 'value' is {_what(result['value'])}, not a number (return math.nan for no"
+                          " value)")
     extra = _plain({k: v for k, v in result.items() if k != "value"}, "")
     return float(value), extra
 
@@ -502,18 +503,18 @@ def _plain(obj: Any, where: str) -> Any:
     if isinstance(obj, dict):
         bad = next((k for k in obj if not isinstance(k, KEYS)), None)
         if bad is not None:
-            raise ConfigError(f"the reading's field {where or 'reading'!r} has a key {_what(bad)}; JSON keys are strings or"
-                              " numbers")
+            raise ConfigError(f"the reading's field {where or 'reading'!r} has a key {_what(bad)}; JSON keys are"
+                              " strings or numbers")
         return {str(k): _plain(v, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 1024:
-        raise ConfigError(f"the reading's field {where!r} is an int of {obj.bit_length():,} bits, beyond any float JSON readers"
-                          " take")
+        raise ConfigError(f"the reading's field {where!r} is an int of {obj.bit_length():,} bits, beyond any float"
+                          " JSON readers take")
     if obj is None or isinstance(obj, (str, int, float)):  # bool is an int
         return obj
-    raise ConfigError(f"the reading's field {where!r} is {_what(obj)}, which JSON cannot hold; use numbers, strings, lists or"
-                      " dicts")
+    raise ConfigError(f"the reading's field {where!r} is {_what(obj)}, which JSON cannot hold; use numbers, strings,"
+                      " lists or dicts")
 
 
 def _size(array: Any) -> int:
