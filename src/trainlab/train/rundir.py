@@ -221,9 +221,9 @@ def _busy(out: Path, holder: str | None) -> str:
             " wait for it to finish or choose another directory")
 
 
-#: Files whose presence makes a directory a run directory (``config.toml`` alone does not: many
-#: projects hold one).
-RUN_MARKERS = ("checkpoint.pt", "metrics.jsonl", "steps.jsonl", "summary.json", LOCK_NAME)
+#: Files whose presence makes a directory a run directory: trainlab's logs and lock (a
+#: ``config.toml`` or ``checkpoint.pt`` alone does not: many a project holds one).
+RUN_MARKERS = ("metrics.jsonl", "steps.jsonl", "instruments.jsonl", LOCK_NAME)
 
 
 def is_run_dir(path: str | Path) -> bool:
