@@ -124,7 +124,11 @@ def test_readings_reach_the_csv_logger_and_equal_autograd_and_a_dense_hessian(tm
     Lightning itself writes step values only every log_every_n_steps = 50 updates."""
     x, y = regression_data()
     data = DataLoader(TensorDataset(x, y), batch_size=32)
-    monitor = Monitor(every=10, sample=64, instruments=[GradNorm(), UpdateRatio(), Sharpness(every=50)])
+    # Sharpness stops once its estimated error is below tol·|λ|: at its default tol (1e-4) the true error
+    # sat at 0.97e-4 under ATEN_CPU_CAPABILITY=default, so the reading is converged to where float64 rounding
+    # of the 64-sample Hessian is what remains (tol well above tolerance.tol(float64, 64 · 49 parameters))
+    sharp_tol = 1e-10
+    monitor = Monitor(every=10, sample=64, instruments=[GradNorm(), UpdateRatio(), Sharpness(every=50, tol=sharp_tol)])
     recorder = Recorder()
     trainer = fit(Regression(tanh_mlp(), lr=0.1), data, tmp_path,
                   [recorder, TrainlabCallback(monitor, loss_fn=squared_error)], max_steps=200)
@@ -143,7 +147,8 @@ def test_readings_reach_the_csv_logger_and_equal_autograd_and_a_dense_hessian(tm
         assert ratio[row] == pytest.approx(((after - before).norm() / after.norm()).item(), rel=1e-12)
     for row, value in sharpness.items():
         hessian = torch.autograd.functional.hessian(lambda t: loss_at(net, t, xs, ys), recorder.params[row + 1])
-        assert value == pytest.approx(torch.linalg.eigvalsh(hessian)[-1].item(), rel=1e-4)
+        # the stopping rule's error is an estimate: a decade of margin on it
+        assert value == pytest.approx(torch.linalg.eigvalsh(hessian)[-1].item(), rel=10 * sharp_tol)
 
     # the readings left the run alone: the same fit without the callback ends on the same bits
     bare = Recorder()
