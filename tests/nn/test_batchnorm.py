@@ -133,7 +133,7 @@ def test_lecture_moving_average_with_p():
         x = torch.randn(10, 3, generator=gen) + 4
         bn(x)
         expected = 0.9 * expected + 0.1 * x.mean(0)
-    torch.testing.assert_close(bn.running_mean, expected)
+    assert_matches(bn.running_mean, expected, 5 * 10)  # float32 means of 10 samples over 5 updates
 
 
 def test_mlp_with_batch_norm_trains(digits):
