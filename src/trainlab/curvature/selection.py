@@ -5,6 +5,14 @@ fixed, the analyses see the loss as a function of ``θ_S`` alone: its gradient i
 and its Hessian the diagonal block ``H_SS = ∂²L/∂θ_S²`` of the full Hessian. Vectors are flat
 over the selected parameters, in ``model.parameters()`` order.
 
+The parameters analysed must be real floating point tensors of float32 or float64 with values
+(:func:`analysable`): a complex parameter under a real loss has no complex Hessian (its real
+and imaginary parts are separate real coordinates, and analysing the real parts alone answered
+"no negative curvature" where the real Hessian had negative eigenvalues), a float16/bfloat16
+one leaves second derivatives no digits, and one on the meta device has no values. Each is
+refused with a :class:`~trainlab.errors.ConfigError` naming it; one that ``params`` leaves out
+is held fixed like any other, and not refused.
+
 ``params`` may be:
 
 * ``None`` — every parameter that requires gradients (the default);
@@ -34,19 +42,50 @@ def select(model: nn.Module, params: ParamSpec = None) -> list[tuple[str, nn.Par
     if params is None:
         if not named:
             raise ConfigError("the model has no parameters that require gradients")
-        return named
+        return analysable(named)
     if callable(params) and not isinstance(params, (nn.Module, torch.Tensor)):
         chosen = [(name, p) for name, p in named if params(name, p)]
         if not chosen:
             raise ConfigError("the params filter chose no parameter: it returned False for all"
                               f" {len(named):,} parameters that require gradients")
-        return chosen
+        return analysable(chosen)
     wanted = {id(p) for item in _items(params) for p in _resolve(model, item)}
     chosen = [(name, p) for name, p in named if id(p) in wanted]
     if not chosen:
         raise ConfigError("params selects no parameter that requires gradients: every parameter named is frozen"
                           " (requires_grad=False)")
+    return analysable(chosen)
+
+
+def analysable(chosen: list[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
+    """``chosen`` itself when every parameter is a real float32/float64 tensor with values, else a
+    :class:`ConfigError` naming the first kind of misfit found and its parameters (module docstring)."""
+    complex_ = [name for name, p in chosen if p.is_complex()]
+    if complex_:
+        raise ConfigError(f"parameter(s) {_listing(complex_)} are complex ({_dtype(chosen, complex_[0])}): under a"
+                          " real loss their real and imaginary parts are separate real coordinates, not one complex"
+                          " one, and trainlab analyses real parameters only; leave them out with params= (e.g."
+                          " params=lambda name, p: not p.is_complex()), or hold the parts as two real parameters")
+    meta = [name for name, p in chosen if p.is_meta]
+    if meta:
+        raise ConfigError(f"parameter(s) {_listing(meta)} are on the meta device, a shape without values: load the"
+                          " weights first (model.to_empty(device=...) and load_state_dict) before analysing the"
+                          " model")
+    half = [name for name, p in chosen if p.dtype in (torch.float16, torch.bfloat16)]
+    if half:
+        raise ConfigError(f"parameter(s) {_listing(half)} are {_dtype(chosen, half[0])}, and second derivatives"
+                          " in half precision keep no reliable digit (eps 1e-3 or worse), so curvature refuses it:"
+                          " analyse a float32 copy, copy.deepcopy(model).float(), with float32 inputs")
     return chosen
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" and {len(names) - 3:,} more" if len(names) > 3 else "")
+
+
+def _dtype(chosen: list[tuple[str, nn.Parameter]], name: str) -> str:
+    return str(dict(chosen)[name].dtype).replace("torch.", "")
 
 
 def names(model: nn.Module, params: ParamSpec = None) -> list[str]:
