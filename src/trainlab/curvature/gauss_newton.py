@@ -62,7 +62,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, _flat, _mean_loss
+from trainlab.curvature.operator import (DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, _flat, checked_loss, loss_on,
+                                         model_outputs)
 from trainlab.curvature.selection import ParamSpec
 from trainlab.data.batches import Batch, BatchLoss, batch_size_of
 from trainlab.errors import ConfigError
@@ -108,13 +109,13 @@ class GGNOperator(HessianOperator):
     # ---------------------------------------------------------------- pieces
     def _piece(self, batch: Any, n: int, index: int, check: bool = True) -> _Piece:
         """Forward pass of one piece: outputs, loss and output gradient (module docstring)."""
-        outputs = self.model(batch[0])
+        outputs = model_outputs(self.model, batch[0], index)
         if not isinstance(outputs, torch.Tensor):
             raise ConfigError(f"the model returns {type(outputs).__name__}, not a tensor: operator={self.kind!r}"
                               " needs the outputs f that loss_fn(f, targets) takes")
         if not outputs.requires_grad:  # the selected parameters do not reach the outputs: J = 0
             outputs = outputs.detach().requires_grad_(True)
-        loss = _mean_loss(self.loss_fn(outputs, batch[1]), "loss_fn")
+        loss = checked_loss(loss_on(self.loss_fn, outputs, batch[1], index), "loss_fn")
         if check and self.check:
             self._check_loss(loss, index)
         weighted = loss * (n / self.samples)

@@ -41,6 +41,16 @@ module, or, for any loss, the scale check ``L(batch) ≈ L(first half) + L(secon
 a mean gives the halves' weighted mean (on at most :data:`SCALE_CHECK_SAMPLES` samples of the
 first batch) — a sum would scale every eigenvalue by the batch size and void ``grad_tol``.
 
+The user's code (:func:`loss_of`): an exception raised in the model's forward pass, in
+``loss_fn`` or in ``batch_loss`` becomes one :class:`~trainlab.errors.DataError` sentence
+naming where it came from, the batch, the shapes, and the user's own message (the original
+chained as ``__cause__``); a ``loss_fn`` that fails on a model output that is not a tensor (a
+tuple, a dict, a HuggingFace ``ModelOutput``) a :class:`~trainlab.errors.ConfigError` pointing
+to ``batch_loss=``; a loss with no graph to the parameters (``.detach()``, ``.item()``,
+``torch.no_grad()``, a constant) a ``ConfigError``. The first forward pass (the check above)
+also refuses a model whose forward writes its own parameters in place — caught before the
+write, so the parameters stay as they were.
+
 Mode rule: the model is analysed in ``eval()`` mode by default — BatchNorm uses its running
 statistics, dropout is off — and everything it holds is restored afterwards
 (:func:`analysis_mode`). ``mode="train"`` is allowed only when it is deterministic: the
@@ -64,7 +74,7 @@ from torch.utils._pytree import tree_leaves
 from trainlab import distributed as dist
 from trainlab.curvature.selection import ParamSpec, select
 from trainlab.data.batches import Batch, BatchLoss, batch_size_of, first_samples, named_tensors, take, to_device
-from trainlab.errors import ConfigError, DataError
+from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.state import preserved
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -157,7 +167,8 @@ class HessianOperator:
         if self.check and self.batches:
             with preserved(model, parameters=False), torch.no_grad():  # check passes leave no trace
                 self._check_data()
-                self._check_mean()
+                with _NoParameterWrites(self.model):
+                    self._check_mean()
         self._graph_size = self._measure_graph() if keep_graph is not True and self.batches else None
         size = self._graph_size
         self.graph_bytes = size.total(self.sizes, "graph") if size else None
@@ -173,11 +184,9 @@ class HessianOperator:
         self._loss: float | None = None
 
     # ---------------------------------------------------------------- checks and memory
-    def batch_loss_of(self, batch: Any) -> torch.Tensor:
-        """``L_b`` of one batch, a 0-d tensor (a :class:`ConfigError` if the loss is not a scalar)."""
-        if self.batch_loss is not None:
-            return _mean_loss(self.batch_loss(self.model, batch), "batch_loss")
-        return _mean_loss(self.loss_fn(self.model(batch[0]), batch[1]), "loss_fn")
+    def batch_loss_of(self, batch: Any, index: int = 0) -> torch.Tensor:
+        """``L_b`` of one batch (the ``index``-th, for messages), a 0-d tensor (:func:`loss_of`)."""
+        return loss_of(self.model, self.loss_fn, batch, self.batch_loss, index)
 
     def _check_data(self) -> None:
         offset = 0
@@ -202,11 +211,11 @@ class HessianOperator:
         batch, n = self.batches[0], self.sizes[0]
         if n > SCALE_CHECK_SAMPLES:  # a slice tells a sum from a mean as well, in bounded memory
             batch, n = take(batch, 0, SCALE_CHECK_SAMPLES), SCALE_CHECK_SAMPLES
+        whole = float(self.batch_loss_of(batch))  # also the guarded first forward pass (module docstring)
         least = 2 if self.model.training and _has_batch_norm(self.model) else 1  # a BatchNorm needs 2 per batch
         if n < 2 * least:
             return
         half = n // 2
-        whole = float(self.batch_loss_of(batch))
         first, second = float(self.batch_loss_of(take(batch, 0, half))), float(self.batch_loss_of(take(batch, half, n)))
         as_mean, as_sum = (half * first + (n - half) * second) / n, first + second
         gap = abs(as_sum - as_mean)
@@ -286,7 +295,7 @@ class HessianOperator:
     def _weighted_losses(self) -> Iterator[torch.Tensor]:
         """``(n_b / N) L_b`` piece by piece (a piece is a batch, or a chunk of an over-large one)."""
         for batch, n, index, _ in self.pieces:
-            loss = self.batch_loss_of(batch)
+            loss = self.batch_loss_of(batch, index)
             if self.check:
                 self._check_loss(loss, index)
             yield loss * (n / self.samples)
@@ -493,12 +502,132 @@ def _second_derivatives() -> Iterator[None]:
                           " (e.g. nn.Hardsigmoid or nn.Hardswish by nn.Sigmoid or nn.SiLU)") from None
 
 
+def loss_of(model: nn.Module, loss_fn: LossFn | None, batch: Any, batch_loss: BatchLoss | None = None,
+            index: int = 0) -> torch.Tensor:
+    """``L_b = loss_fn(model(x), y)`` or ``batch_loss(model, batch)`` of one batch (the ``index``-th,
+    for messages) as a 0-d tensor; the user's failures named in one sentence (module docstring):
+    :class:`DataError` for an exception in the forward pass or the loss, :class:`ConfigError` for a
+    non-tensor output ``loss_fn`` cannot take, a loss that is not a scalar tensor, or (when
+    gradients are enabled) one with no graph to the parameters."""
+    if batch_loss is not None:
+        try:
+            loss = batch_loss(model, batch)
+        except Exception as e:  # noqa: BLE001 - named and chained, not swallowed
+            _reraise_ours(e)
+            raise DataError(f"batch_loss raised {_error(e)} on batch {index}") from e
+        return checked_loss(loss, "batch_loss")
+    return checked_loss(loss_on(loss_fn, model_outputs(model, batch[0], index), batch[1], index), "loss_fn")
+
+
+def model_outputs(model: nn.Module, inputs: Any, index: int = 0) -> Any:
+    """``model(inputs)``; an exception in the user's forward pass becomes a :class:`DataError` naming it."""
+    try:
+        return model(inputs)
+    except Exception as e:  # noqa: BLE001 - named and chained, not swallowed
+        _reraise_ours(e)
+        raise DataError(f"the model raised {_error(e)} in its forward pass on batch {index} (inputs"
+                        f" {_describe(inputs)})") from e
+
+
+def loss_on(loss_fn: LossFn, outputs: Any, targets: Any, index: int = 0) -> Any:
+    """``loss_fn(outputs, targets)``; its exception becomes a :class:`ConfigError` pointing to
+    ``batch_loss=`` when ``outputs`` is not a tensor, else a :class:`DataError` naming the shapes."""
+    try:
+        return loss_fn(outputs, targets)
+    except Exception as e:  # noqa: BLE001 - named and chained, not swallowed
+        _reraise_ours(e)
+        if not isinstance(outputs, torch.Tensor):
+            raise ConfigError(f"the model returns {_kind(outputs)}, not a tensor, and loss_fn(outputs, targets) fails"
+                              f" on it ({_error(e)}): pass batch_loss=lambda model, batch:"
+                              f" loss_fn({_pick(outputs)}, batch[1]) to hand it the tensor it needs") from e
+        raise DataError(f"loss_fn raised {_error(e)} on batch {index} (outputs {_describe(outputs)}, targets"
+                        f" {_describe(targets)})") from e
+
+
+def checked_loss(loss: Any, source: str) -> torch.Tensor:
+    """``loss`` as a 0-d tensor (:func:`_mean_loss`); while gradients are enabled, a loss that does
+    not require one — no graph to the parameters analysed — is a :class:`ConfigError`."""
+    loss = _mean_loss(loss, source)
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise ConfigError(f"{source} returns a loss that does not depend on the parameters analysed (it has no"
+                          " autograd graph: a .detach(), torch.no_grad() or a constant inside?), so it has no"
+                          " gradient and no curvature; compute it from the model's outputs")
+    return loss
+
+
+def _reraise_ours(e: Exception) -> None:
+    """trainlab's own errors and running out of memory are not the user's code failing: raise them as they are."""
+    if isinstance(e, (TrainlabError, MemoryError, torch.cuda.OutOfMemoryError)):
+        raise e
+
+
+def _error(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    text = text if len(text) <= 300 else text[:299] + "…"
+    return f"{type(e).__name__}" + (f" ({text})" if text else "")
+
+
+def _describe(t: Any) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"of shape {tuple(t.shape)}, {str(t.dtype).replace('torch.', '')}"
+    return _kind(t)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, dict):
+        return f"a {type(value).__name__} with keys {list(value)[:3]}"
+    return f"a {type(value).__name__}"
+
+
+def _pick(outputs: Any) -> str:
+    """How ``batch_loss`` might take the tensor out of ``outputs``."""
+    if isinstance(outputs, dict) and outputs:
+        return f"model(batch[0])[{next(iter(outputs))!r}]"
+    if hasattr(outputs, "logits"):
+        return "model(batch[0]).logits"
+    if isinstance(outputs, (tuple, list)):
+        return "model(batch[0])[0]"
+    return "<the tensor of model(batch[0])>"
+
+
+class _NoParameterWrites(TorchDispatchMode):
+    """Raises a :class:`ConfigError` before an operation inside the block writes a parameter of
+    ``model`` in place (``p.mul_()``, ``p.data.copy_()``): an analysis must leave it as it was."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.names = {_storage_key(p): name for name, p in model.named_parameters()}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        for i, argument in enumerate(func._schema.arguments):
+            if argument.alias_info is None or not argument.alias_info.is_write:
+                continue
+            value = args[i] if i < len(args) else kwargs.get(argument.name)
+            for t in tree_leaves(value):
+                name = self.names.get(_storage_key(t)) if isinstance(t, torch.Tensor) else None
+                if name is not None:
+                    raise ConfigError(f"the model's forward pass writes its parameter {name!r} in place"
+                                      f" ({func.__name__}): an analysis must leave the model as it was, and a loss"
+                                      " that changes the parameters it is differentiated in has no Hessian; move"
+                                      " the update out of forward(), or use torch.nn.utils.parametrize")
+        return func(*args, **kwargs)
+
+
 def _mean_loss(loss: Any, source: str) -> torch.Tensor:
     """``loss`` as a 0-d tensor, or a :class:`ConfigError` saying that ``source`` must return a scalar mean."""
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ConfigError(f"{source} returns {what}, not a scalar mean over the batch: use reduction='mean'"
-                          " (or .mean() over the samples)")
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        raise ConfigError(f"{source} returns a Python {type(loss).__name__} ({loss:.6g}), not a tensor: .item(),"
+                          " float() or a constant cut the loss off from the parameters; return the loss tensor")
+    if not isinstance(loss, torch.Tensor):
+        raise ConfigError(f"{source} returns {_kind(loss)}, not a tensor: return the batch's mean loss itself, a 0-d"
+                          " tensor (other values can be logged from the model or the loss function)")
+    if loss.numel() != 1:
+        raise ConfigError(f"{source} returns a tensor of shape {tuple(loss.shape)}, not a scalar mean over the batch:"
+                          " use reduction='mean' (or .mean() over the samples)")
     return loss.reshape(())
 
 
@@ -526,6 +655,10 @@ def _has_batch_norm(model: nn.Module) -> bool:
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
+    """``(device type, index, data pointer)``; pointer 0 for a tensor without a storage (autograd's
+    zero tensors, e.g. the derivative of ``sign`` in ``l1_loss``'s double backward), which holds no bytes."""
+    if t._is_zerotensor() or t.is_meta:
+        return (t.device.type, t.device.index, 0)
     return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
 
 

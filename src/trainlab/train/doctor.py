@@ -93,6 +93,7 @@ from torch.utils.data import Dataset
 
 from trainlab import distributed as dist
 from trainlab.curvature import analysis_mode, diagnose, escape
+from trainlab.curvature.operator import loss_of
 from trainlab.data.batches import BatchLoss, batch_size_of, concat, first_samples
 from trainlab.errors import ConfigError
 from trainlab.instruments import Context, Stability, Units
@@ -319,11 +320,8 @@ class StallDoctor(Callback):
         collective) at the same update — a rank that decided alone would wait for the others forever."""
         with analysis_mode(model, "eval"):  # also undoes the random draws of a shuffling DataLoader
             sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
-            if self.batch_loss is not None:
-                loss = self.batch_loss(model, sample)
-            else:
-                x, y = sample
-                loss = loss_fn(model(x), y)
+            with torch.no_grad():  # the user's errors named as the analyses name them (a tuple output, a bad label)
+                loss = loss_of(model, loss_fn, sample, self.batch_loss)
             if not dist.active():
                 return float(loss)
             n = float(batch_size_of(sample))
