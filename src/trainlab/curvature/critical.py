@@ -57,12 +57,12 @@ import torch
 from torch import nn
 
 from trainlab.curvature import progress as progress_bar
-from trainlab.curvature.density import Share, density_of, fit_budget
+from trainlab.curvature.density import Share, check_counts, check_plan, density_of, fit_budget
 from trainlab.curvature.eigs import check_max_hvp, clamp_k, eigs_of
 from trainlab.curvature.operator import DEFAULT_GRAPH_BYTES, HessianOperator, LossFn, Timer, analysis_mode
 from trainlab.curvature.products import TITLES, _operator, _size, dense, operator_class
 from trainlab.curvature.selection import ParamSpec, names as selected_names
-from trainlab.data.batches import Batch, BatchLoss, as_batches, map_tensors
+from trainlab.data.batches import Batch, BatchLoss, first_samples, map_tensors
 from trainlab.errors import ConfigError
 
 VERDICTS = ("not_critical", "saddle", "local_minimum", "local_maximum", "degenerate")
@@ -365,6 +365,8 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
     """
     _check(method, grad_tol, eig_tol, eig_floor, max_seconds)
     check_max_hvp(max_hvp)
+    check_counts(probes=probes, steps=steps)  # up front, not after the extremes' products
+    check_plan(probes, steps, max_hvp)
     timer, notes = Timer(), []
     operator_class(operator)
     selected = selected_names(model, params)  # by name: the exact path analyses a float64 copy
@@ -479,8 +481,10 @@ def _exact(model: nn.Module, loss_fn: LossFn | None, data: Any, mode: str, distr
     return spectrum
 
 
-def _float64_batches(data: Any, options: dict[str, Any]) -> Iterable[Any]:
-    return (map_tensors(b, _to_float64) for b in as_batches(data, options["batch_loss"]))
+def _float64_batches(data: Any, options: dict[str, Any]) -> list[Any]:
+    """The batches analysed, in float64: a list (the operator holds them all anyway), so data
+    without a length is refused or bounded by ``max_samples`` here (:func:`first_samples`)."""
+    return [map_tensors(b, _to_float64) for b in first_samples(data, options["max_samples"], options["batch_loss"])]
 
 
 def _wants_split(spectrum: _Spectrum, operator: str, loss_fn: LossFn | None, grad_tol: float) -> bool:

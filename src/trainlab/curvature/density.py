@@ -37,6 +37,13 @@ from trainlab.data.batches import Batch, BatchLoss
 from trainlab.errors import ConfigError
 
 TRACE_METHODS = ("hutch++", "hutchinson")
+#: The largest ``probes``, ``steps`` and ``samples`` an analysis takes, and the most products a
+#: density may plan (``probes × steps``, or ``max_hvp`` when smaller): beyond it a call would run
+#: for days (a tiny model does some 10,000 Hessian-vector products a second, a network far
+#: fewer) or hold terabytes, so it is refused up front instead of hanging.
+MAX_COUNT = 1_000_000
+#: The most ``grid_points``: smoothing evaluates ``steps × grid_points`` Gaussians per probe.
+MAX_GRID_POINTS = 100_000
 
 
 @dataclass(repr=False)
@@ -193,8 +200,9 @@ def density(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any
         Krylov space is exhausted), ≤ ``max_hvp``.
     """
     timer = Timer()
-    _check_positive(probes=probes, steps=steps, grid_points=grid_points)
+    check_counts(probes=probes, steps=steps, grid_points=grid_points)
     check_max_hvp(max_hvp)
+    check_plan(probes, steps, max_hvp)
     with analysis_mode(model, mode):
         op = _operator(model, loss_fn, data, mode, distributed, group, operator, params, batch_loss=batch_loss,
                        max_samples=max_samples, max_graph_bytes=max_graph_bytes)
@@ -213,11 +221,12 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
     ``timer`` (``None``: started here). Returns :class:`Density`. Cost: ``probes × steps`` products, ≤ ``max_hvp``.
     """
     timer = timer or Timer()
-    _check_positive(probes=probes, steps=steps, grid_points=grid_points)
+    check_counts(probes=probes, steps=steps, grid_points=grid_points)
     if sigma is not None and not (isinstance(sigma, (int, float)) and 0 < sigma < math.inf):
         raise ConfigError(f"sigma={sigma!r} is not allowed; expected a finite number > 0 (the smoothing width),"
                           " or None for 1% of the spectrum's range")
     check_max_hvp(max_hvp)
+    check_plan(probes, min(steps, op.n), max_hvp)
     before = op.n_hvp
     gen = torch.Generator().manual_seed(seed)
     probes, steps, notes = fit_budget(probes, min(steps, op.n), max_hvp)
@@ -231,8 +240,9 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
     width = max(high - low, abs(high), 1e-12)
     sigma = sigma if sigma is not None else 0.01 * width
     grid = torch.linspace(low - 0.05 * width, high + 0.05 * width, grid_points, dtype=torch.float64)
-    kernel = torch.exp(-((grid[None, None, :] - nodes[:, :, None]) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
-    per_probe = (weights[:, :, None] * kernel).sum(1)
+    scale = 1 / (sigma * math.sqrt(2 * math.pi))  # probe by probe: steps × grid_points Gaussians at a time
+    per_probe = torch.stack([(w[:, None] * torch.exp(-((grid[None, :] - th[:, None]) ** 2) / (2 * sigma**2))).sum(0)
+                             for th, w in zip(nodes, weights)]) * scale
     stderr = per_probe.std(0) / math.sqrt(probes) if probes > 1 else torch.full_like(grid, math.nan)
     return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds, notes,
                    op.kind)
@@ -254,10 +264,22 @@ def fit_budget(probes: int, steps: int, max_hvp: int | None) -> tuple[int, int, 
                             f" {probes} of {steps}: a coarser density with larger standard errors"]
 
 
-def _check_positive(**values: Any) -> None:
+def check_counts(**values: Any) -> None:
+    """Raise ConfigError unless each value is an integer from 1 to :data:`MAX_COUNT`
+    (``grid_points``: :data:`MAX_GRID_POINTS`). Cost: none."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r} is not allowed; expected a positive integer")
+        most = MAX_GRID_POINTS if name == "grid_points" else MAX_COUNT
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+            raise ConfigError(f"{name}={shown} is not allowed; expected a positive integer, at most {most:,}")
+
+
+def check_plan(probes: int, steps: int, max_hvp: int | None) -> None:
+    """Raise ConfigError when a density plans more than :data:`MAX_COUNT` products. Cost: none."""
+    asked = probes * steps
+    if (asked if max_hvp is None else min(asked, max_hvp)) > MAX_COUNT:
+        raise ConfigError(f"probes={probes:,} × steps={steps:,} asks for {asked:,} Hessian-vector products, more than"
+                          f" the {MAX_COUNT:,} one call may plan; use fewer probes or steps, or bound them with max_hvp")
 
 
 def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any], samples: int = 30,
@@ -329,8 +351,10 @@ def _check_trace(samples: int, method: str, max_hvp: int | None) -> None:
     if method not in TRACE_METHODS:
         raise ConfigError(f"method={method!r} is not allowed; use one of: {', '.join(TRACE_METHODS)}")
     least = 3 if method == "hutch++" else 2
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
-        raise ConfigError(f"samples={samples!r} is not allowed; expected an integer >= {least} for {method}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or not least <= samples <= MAX_COUNT:
+        shown = f"{samples:,}" if isinstance(samples, int) and not isinstance(samples, bool) else repr(samples)
+        raise ConfigError(f"samples={shown} is not allowed; expected an integer from {least} to {MAX_COUNT:,} for"
+                          f" {method} (one Hessian-vector product each)")
     check_max_hvp(max_hvp, least)
 
 

@@ -53,6 +53,7 @@ from torch import nn
 from trainlab import distributed as dist
 from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.critical import diagnose
+from trainlab.curvature.density import check_counts, check_plan
 from trainlab.curvature.operator import LossFn
 from trainlab.curvature.selection import ParamSpec, names as selected_names
 from trainlab.data.batches import Batch
@@ -253,9 +254,10 @@ def layerwise(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[A
         raise TypeError(f"layerwise() got unexpected keyword argument(s): {', '.join(unknown)}")
     if not isinstance(couplings, bool):
         raise ConfigError(f"couplings={couplings!r} is not allowed; expected True or False")
-    for name, value in (("k", k), ("probes", probes), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r} is not allowed; expected an integer >= 1")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k={k!r} is not allowed; expected an integer >= 1")
+    check_counts(probes=probes, steps=steps)  # up front, not at the first row's density
+    check_plan(probes, steps, options.get("max_hvp"))
     found = layer_groups(model, groups)
     plan: list[tuple[str, list[str], bool]] = []
     names = list(found)

@@ -12,11 +12,18 @@
 Functions that take ``data`` compute full-data quantities as sample-weighted means over
 these batches, ``L = Σ_b (n_b / N) L_b`` with ``n_b =`` :func:`batch_size_of` ``(batch)``,
 so a short last batch counts for what it holds.
+
+Data without a length may never end, and an analysis holds every batch it reads, so without
+``max_samples`` :func:`first_samples` refuses an ``IterableDataset`` (or a ``DataLoader`` over
+one) up front — a stream, often of images, often endless — and reads a generator or other
+iterator (a finite one is a common way to pass batches) only up to :data:`UNSIZED_LIMIT`
+samples: one still going then is refused. Both refusals are a :class:`~trainlab.errors.DataError`
+saying to pass ``max_samples``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable as IterableABC, Mapping
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -29,6 +36,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 BatchLoss = Callable[[torch.nn.Module, Any], torch.Tensor]
 #: Samples per batch when a map-style Dataset is collated.
 DATASET_CHUNK = 1024
+#: Samples read at most from a generator or iterator given without ``max_samples`` (module docstring).
+UNSIZED_LIMIT = 100_000
 
 
 def as_batches(data: Any, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
@@ -54,9 +63,22 @@ def as_batches(data: Any, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
 
 def first_samples(data: Any, max_samples: int | None, batch_loss: BatchLoss | None = None) -> Iterator[Any]:
     """The batches of ``data`` (:func:`as_batches`) up to its first ``max_samples`` samples, the
-    last one cut to fit (:func:`take`); ``None``: every batch. Stops drawing once it has them."""
+    last one cut to fit (:func:`take`); ``None``: every batch, where data without a length is
+    refused or bounded (module docstring). Stops drawing once it has them."""
+    endless = max_samples is None and not sized(data)
+    stream = data if isinstance(data, IterableDataset) else getattr(data, "dataset", None)
+    if endless and isinstance(stream, IterableDataset):
+        what = type(data).__name__ + ("" if stream is data else f" over a {type(stream).__name__}")
+        raise DataError(f"data is a {what}, an IterableDataset without a length, a stream that may never end: pass"
+                        " max_samples=N to analyse its first N samples")
     count = 0
     for batch in as_batches(data, batch_loss):
+        if endless:
+            count += batch_size_of(batch)
+            if count > UNSIZED_LIMIT:
+                raise DataError(f"data is a {type(data).__name__} without a length that yielded more than"
+                                f" {UNSIZED_LIMIT:,} samples without ending (an endless generator?): pass"
+                                " max_samples=N to analyse its first N samples")
         if max_samples is not None:
             n = batch_size_of(batch)
             if count + n > max_samples:
@@ -65,6 +87,18 @@ def first_samples(data: Any, max_samples: int | None, batch_loss: BatchLoss | No
         yield batch
         if max_samples is not None and count >= max_samples:
             break
+
+
+def sized(data: Any) -> bool:
+    """Whether ``data`` ends: a batch, or anything ``len()`` accepts (a list, a Dataset, a DataLoader
+    over one); not an ``IterableDataset`` without ``__len__``, a DataLoader over one, or an iterator."""
+    if _is_pair(data) or isinstance(data, (Mapping, torch.Tensor)) or not isinstance(data, IterableABC):
+        return True  # (not data at all: as_batches says what is allowed)
+    try:
+        len(data)
+    except TypeError:
+        return False
+    return True
 
 
 def concat(batches: list[Any]) -> Any:
