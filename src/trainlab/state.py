@@ -7,20 +7,28 @@ random generator, and code may flip ``training`` or ``requires_grad`` flags or t
 ``.grad``. :func:`preserved` records all of that on entry and restores it on exit, whether
 the block finished or raised, so an analysis leaves no trace.
 
+:func:`plain` is the other half of a state: what a ``state_dict()`` may hold so that
+``torch.load(weights_only=True)`` reads it back without running code.
+
 This module sits beside :mod:`trainlab.errors`, below every other layer: anything may use it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["preserved"]
+from trainlab.errors import ConfigError
+
+__all__ = ["PLAIN", "plain", "preserved"]
 
 
 @contextlib.contextmanager
@@ -134,3 +142,38 @@ def _numpy() -> Any:
     except ImportError:  # NumPy is optional for torch: then there is no NumPy state to keep
         return None
     return numpy
+
+
+#: The types a saved state may hold besides tensors, dicts, lists and tuples.
+PLAIN = (str, int, float, bool, type(None))
+
+
+def plain(value: Any, where: str = "the state") -> Any:
+    """``value`` with tensors, dicts, lists, tuples and ``str``/``int``/``float``/``bool``/``None``
+    only — what ``torch.load(weights_only=True)`` reads back without running code. A user's
+    instrument may keep NumPy scalars (made Python numbers, the same value), NumPy arrays (made
+    tensors), deques (lists), sets (lists) and paths (strings); anything else is a
+    :class:`~trainlab.errors.ConfigError` naming ``where`` in it, raised when the state is saved
+    rather than when a resume cannot read it."""
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN or isinstance(value, (torch.dtype, torch.device)):
+        return value
+    if isinstance(value, Mapping):
+        return {plain(k, f"{where} key {k!r}"): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, (list, collections.deque)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(sorted(value, key=repr))]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+            return value.item()
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            return torch.from_numpy(value.copy())
+    raise ConfigError(f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which"
+                      " torch.load(weights_only=True) cannot read back; a state_dict() may hold tensors, dicts,"
+                      " lists, tuples, str, int, float, bool and None")

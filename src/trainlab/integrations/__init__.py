@@ -15,7 +15,6 @@ framework that is not installed gives one sentence naming the ``pip install`` to
 
 from __future__ import annotations
 
-import collections
 import importlib
 import math
 import os
@@ -27,6 +26,7 @@ from typing import Any, Iterable
 import torch
 
 from trainlab.errors import ConfigError
+from trainlab.state import PLAIN, plain
 
 #: The prefix of every logged name.
 PREFIX = "trainlab"
@@ -131,41 +131,6 @@ def check_model(monitor: Any, model: Any, source: str) -> None:
             raise ConfigError(f"{source} holds a Monitor state saved for another model: the {name!r} instrument's"
                               f" vector has {vector.numel():,} entries, the model {size:,} trainable parameters;"
                               " resume with the model it was saved for, or start without that state")
-
-
-#: The types a saved state may hold besides tensors, dicts, lists and tuples.
-PLAIN = (str, int, float, bool, type(None))
-
-
-def plain(value: Any, where: str = "the state") -> Any:
-    """``value`` with tensors, dicts, lists, tuples and ``str``/``int``/``float``/``bool``/``None``
-    only — what ``torch.load(weights_only=True)`` reads back without running code. A user's
-    instrument may keep NumPy scalars (made Python numbers, the same value), NumPy arrays (made
-    tensors), deques (lists), sets (lists) and paths (strings); anything else is a
-    :class:`~trainlab.errors.ConfigError` naming ``where`` in it, raised when the state is saved
-    rather than when a resume cannot read it."""
-    if isinstance(value, torch.Tensor) or type(value) in PLAIN or isinstance(value, (torch.dtype, torch.device)):
-        return value
-    if isinstance(value, Mapping):
-        return {plain(k, f"{where} key {k!r}"): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if type(value) is tuple:
-        return tuple(plain(v, f"{where}[{i}]") for i, v in enumerate(value))
-    if isinstance(value, (list, collections.deque)):
-        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, (set, frozenset)):
-        return [plain(v, f"{where}[{i}]") for i, v in enumerate(sorted(value, key=repr))]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if type(value).__module__ == "numpy":
-        import numpy as np
-
-        if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-            return value.item()
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-            return torch.from_numpy(value.copy())
-    raise ConfigError(f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which"
-                      " torch.load(weights_only=True) cannot read back; a state_dict() may hold tensors, dicts,"
-                      " lists, tuples, str, int, float, bool and None")
 
 
 def scalars(readings: Iterable[Any]) -> dict[str, float]:

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from trainlab import distributed as dist
 from trainlab.errors import ConfigError, DataError, DivergenceError
 from trainlab.nn import batchnorm as tnn_batchnorm
+from trainlab.state import plain
 from trainlab.train import checkpoint, interrupt, rundir
 from trainlab.train.callbacks import HOOKS
 
@@ -486,7 +487,10 @@ class Trainer:
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
+            # plain types only, checked here: a state torch.load(weights_only=True) cannot read back would
+            # make the checkpoint useless at resume, long after the run that wrote it
+            "callbacks": [plain(cb.state_dict(), f"the {type(cb).__name__} callback's state")
+                          if hasattr(cb, "state_dict") else None for cb in self.callbacks],
             "callback_names": [type(cb).__name__ for cb in self.callbacks],
             "epoch": self.epoch, "step": self.step, "batch": batch, "partial": partial,
             "first_loss": self._first_loss,
