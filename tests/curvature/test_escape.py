@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.curvature import diagnose, escape
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, DataError
 
 from digests import model_digest
 from toys import linear_saddle
@@ -67,7 +67,7 @@ def test_a_loss_raising_in_the_line_search_leaves_everything_as_it_was(saddle):
         return F.mse_loss(out, target)
 
     before = model_digest(model)
-    with pytest.raises(RuntimeError, match="disk went away"):
+    with pytest.raises(DataError, match=r"loss_fn raised RuntimeError \(disk went away\)"):  # named, and chained
         escape(model, flaky, data, d)
     assert trials and model_digest(model) == before
 
