@@ -82,3 +82,38 @@ def test_trace_within_max_hvp(least_squares):
     assert abs(t.value - float(exact.sum())) <= 4 * t.stderr
     with pytest.raises(ConfigError, match="max_hvp=2 is not allowed"):
         trace(model, F.mse_loss, data, max_hvp=2)  # Hutch++ needs 3
+
+
+def test_hutchinson_streams_its_probes_and_hutchpp_refuses_a_sketch_beyond_its_memory(monkeypatch):
+    """Many Hutchinson probes are pushed through the operator CHUNK at a time (memory bounded by the
+    chunk, not ``samples``), and give the mean of zᵀHz over the same probes as a dense reference;
+    a Hutch++ sketch beyond SKETCH_BYTES is refused before any product (issue 21)."""
+    import pytest
+
+    from trainlab.curvature import analysis_mode
+    import importlib
+
+    density_module = importlib.import_module("trainlab.curvature.density")  # the package exports a function of that name
+    from trainlab.curvature.products import _operator, dense
+    from trainlab.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g))
+    widths = []
+    with analysis_mode(model, "eval"):
+        op = _operator(model, F.cross_entropy, data, "eval")
+        H = dense(op)
+        matmat = op.matmat
+        monkeypatch.setattr(op, "matmat", lambda z: widths.append(len(z)) or matmat(z))
+        t = density_module.trace_of(op, samples=70, method="hutchinson", seed=3)
+        gen = torch.Generator().manual_seed(3)
+        z = torch.cat([density_module._rademacher(op, n, gen) for n in (32, 32, 6)])
+        expected = ((z @ H) * z).sum(1)
+        assert widths == [32, 32, 6] and t.n_hvp == 70
+        assert t.value == pytest.approx(float(expected.mean()), rel=1e-12)
+        monkeypatch.setattr(density_module, "SKETCH_BYTES", 2 * 10 * op.n * 8 - 1)
+        with pytest.raises(ConfigError, match=r"samples=30 with hutch\+\+ holds 10 sketch vectors of .* GiB"):
+            density_module.trace_of(op, samples=30)
+        assert widths == [32, 32, 6]  # refused before any product

@@ -293,7 +293,8 @@ def trace(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[Any],
         model, loss_fn, data: the loss over the batches of ``data`` (see :func:`trainlab.curvature.eigs`).
         samples: Hessian-vector products to spend (30; at least 3 for Hutch++, 2 for Hutchinson).
         method: ``"hutch++"`` (default: a third of the products sketch the top of the spectrum, whose
-            trace is then exact) or ``"hutchinson"`` (``E[zᵀHz]`` over Rademacher ``z``).
+            trace is then exact; the sketch holds ``2·samples/3`` vectors, at most 2 GiB) or
+            ``"hutchinson"`` (``E[zᵀHz]`` over Rademacher ``z``, streamed 32 probes at a time).
         seed: seed of the probes (0); mode: ``"eval"`` (default) or ``"train"``.
         distributed, group: ``torch.distributed`` sharding (see :class:`HessianOperator`).
         batch_loss, max_samples, max_graph_bytes: as for :func:`trainlab.curvature.eigs`.
@@ -333,18 +334,34 @@ def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", se
         samples = max_hvp
     before = op.n_hvp
     gen = torch.Generator().manual_seed(seed)
-    if method == "hutchinson":
-        z = _rademacher(op, samples, gen)
-        terms = (z * op.matmat(z)).sum(1).double().cpu()
+    if method == "hutchinson":  # streamed: CHUNK probes at a time, whatever ``samples``
+        terms = torch.cat([_hutchinson_terms(op, _rademacher(op, min(CHUNK, samples - start), gen))
+                           for start in range(0, samples, CHUNK)])
         return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes, op.kind)
     third = samples // 3
+    sketch = 2 * third * op.n * torch.empty((), dtype=op.dtype).element_size()  # Q and H Q, held together
+    if sketch > SKETCH_BYTES:
+        raise ConfigError(f"samples={samples:,} with hutch++ holds {third:,} sketch vectors of {op.n:,} parameters"
+                          f" twice, about {sketch / 2**30:,.1f} GiB (at most {SKETCH_BYTES / 2**30:g} GiB); use fewer"
+                          " samples, or method='hutchinson', which streams its probes")
     Q, _ = torch.linalg.qr(op.matmat(_rademacher(op, third, gen)).T)  # (n, third), orthonormal columns
     exact = float((Q.T * op.matmat(Q.T)).sum())  # tr(Qᵀ H Q)
     g = _rademacher(op, samples - 2 * third, gen)
     g = g - (g @ Q) @ Q.T  # project out the sketched subspace
-    terms = (g * op.matmat(g)).sum(1).double().cpu()
+    terms = _hutchinson_terms(op, g)
     return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes,
                  op.kind)
+
+
+#: Probes of the Hutchinson estimator pushed through the operator at a time.
+CHUNK = 32
+#: Memory of hutch++'s sketch (``Q`` and ``H Q``) at most: 2 GiB.
+SKETCH_BYTES = 2**31
+
+
+def _hutchinson_terms(op: HessianOperator, z: torch.Tensor) -> torch.Tensor:
+    """``zᵢᵀ H zᵢ`` of each row of ``z``, in float64."""
+    return (z * op.matmat(z)).sum(1).double().cpu()
 
 
 def _check_trace(samples: int, method: str, max_hvp: int | None) -> None:
