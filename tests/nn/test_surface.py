@@ -94,3 +94,31 @@ def test_surface_figure_renders(problem, tmp_path):
     fig = plots.surface_figure(slice2d(model, tl.nn.cross_entropy, (x, y), steps=5))
     path = plots.save(fig, tmp_path / "s.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_endless_stream_is_refused_not_walked_forever():
+    """An IterableDataset without a length, or an endless generator, is refused as the analyses
+    refuse it (issue 21), with the model unchanged."""
+    import itertools
+
+    from torch.utils.data import IterableDataset
+
+    from trainlab.errors import DataError
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            while True:
+                yield torch.randn(3), torch.tensor(1)
+
+    def endless():
+        for _ in itertools.count():
+            yield torch.randn(4, 3), torch.zeros(4, dtype=torch.long)
+
+    for data, match in ((Stream(), "IterableDataset without a length"), (endless(), "without a length that yielded")):
+        with pytest.raises(DataError, match=match):
+            slice2d(model, torch.nn.functional.cross_entropy, data, steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from trainlab.data.batches import Batch, BatchLoss, as_batches, batch_size_of
+from trainlab.data.batches import Batch, BatchLoss, batch_size_of, first_samples
 from trainlab.errors import ConfigError
 from trainlab.state import preserved
 
@@ -86,7 +86,8 @@ def slice2d(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], to
         return batch_loss(model, batch) if batch_loss is not None else loss_fn(model(batch[0]), batch[1])
 
     with preserved(model):  # (a DataLoader's iterator draws from the global random state, too)
-        data = list(as_batches(data, batch_loss))  # walked steps² times
+        # walked steps² times; data without a length is refused or bounded as the analyses do
+        data = list(first_samples(data, None, batch_loss))
         model.eval()
         origin = [p.detach().clone() for p in params]
         center = _loss(batch_mean, data)
