@@ -11,7 +11,8 @@ from torch import nn
 
 import trainlab as tl
 from trainlab.errors import ConfigError
-from trainlab.instruments.noise import GSNR, NoiseScale, gradient_moments, per_sample_gradients
+from trainlab.instruments.noise import GSNR, Moments, NoiseScale, _looped_gradients, gradient_moments, \
+    per_sample_gradients
 
 from digests import model_digest
 
@@ -90,7 +91,7 @@ def brute_force(G):
     trace = float(var.sum())
     norm_sq = float(mean @ mean)
     rms = (G ** 2).mean(0).sqrt()
-    keep = (var > 0) & (rms > 100 * torch.finfo(torch.float64).eps * rms.max())  # rounding-zero coordinates out
+    keep = var.sqrt() > 100 * torch.finfo(G.dtype).eps * rms.max()  # a spread rounding could make: out
     return trace / norm_sq, float((mean[keep] ** 2 / var[keep]).mean()), trace, norm_sq
 
 
@@ -176,3 +177,84 @@ def test_bad_options_are_refused():
         next(per_sample_gradients(mlp_bn(), F.cross_entropy, data(), chunk=0))
     with pytest.raises(ConfigError, match="max_samples=1"):
         NoiseScale(max_samples=1)
+
+
+class MaskedAttention(nn.Module):
+    """Attention whose forward asks a data-dependent question of its mask, as Hugging Face's
+    mask code does (``padding_mask.all()``): vmap cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, batch):
+        x, mask = batch["x"], batch["mask"]
+        h = self.embed(x)
+        pad = None if bool(mask.all()) else ~mask
+        h, _ = self.attn(h, h, h, key_padding_mask=pad)
+        return self.out((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+
+def masked_batch(n=13):
+    x, y = data((5, 4), n=n)
+    mask = torch.ones(n, 5, dtype=torch.bool)
+    mask[::3, 3:] = False  # every third sample padded after 3 tokens
+    return {"x": x, "mask": mask, "y": y}
+
+
+def masked_loss(model, batch):
+    return F.cross_entropy(model(batch), batch["y"])
+
+
+def test_per_sample_gradients_fall_back_to_a_loop_where_vmap_fails_with_the_same_numbers():
+    torch.manual_seed(0)
+    model = MaskedAttention().double().eval()
+    batch = masked_batch()
+    with pytest.raises(RuntimeError, match="vmap"):  # the premise: vmap cannot run this model
+        torch.func.vmap(lambda b: model({k: v[None] for k, v in b.items()}).sum())(batch)
+    rows = []
+    for i in range(13):  # the reference: a plain loop of backward passes
+        model.zero_grad()
+        masked_loss(model, {k: v[i:i + 1] for k, v in batch.items()}).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    before = model_digest(model)
+    got = torch.cat(list(per_sample_gradients(model, None, batch, chunk=5, batch_loss=masked_loss)))
+    torch.testing.assert_close(got, torch.stack(rows), rtol=1e-10, atol=1e-12)
+    assert model_digest(model) == before
+    ctx = context(model, None, None, batch=batch, batch_loss=masked_loss, batch_size=4)
+    b_simple = brute_force(torch.stack(rows))[0]
+    assert NoiseScale(every=1).read(ctx)["value"] == pytest.approx(b_simple, rel=1e-9)
+
+
+def test_the_loop_fallback_equals_the_vmap_path_where_both_work():
+    model = Attention().double().eval()
+    x, y = data((5, 4), n=9)
+    vmapped = torch.cat(list(per_sample_gradients(model, F.cross_entropy, (x, y))))
+    looped = _looped_gradients(model, F.cross_entropy, None, (x, y), list(model.parameters()))
+    torch.testing.assert_close(looped, vmapped, rtol=1e-10, atol=1e-12)
+
+
+def test_gsnr_leaves_out_coordinates_whose_spread_is_rounding():
+    """Coordinate 0 is the same for every sample up to float32 rounding (the output bias of a
+    token absent from the sample, once an LM predicts one distribution everywhere); coordinate 1
+    is zero up to rounding. Counted, either would put ~10¹³ into the mean."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(40, 6, generator=gen) * torch.tensor([1, 1, 0.5, 0.2, 1.0, 0.01]) + torch.tensor(
+        [0, 0, 0.3, -0.1, 0.05, 0.002])
+    rows[:, 0] = 0.5 + 0.5 * torch.finfo(torch.float32).eps * torch.randint(-2, 3, (40,), generator=gen)
+    rows[:, 1] = torch.finfo(torch.float32).eps * torch.randn(40, generator=gen)
+    wide = rows.double()
+    mean, var = wide.mean(0), wide.var(0)
+    scale = wide.square().mean(0).sqrt().max()
+    keep = var.sqrt() > 100 * 1.1920928955078125e-07 * scale  # the documented rule, from the float32 rows
+    assert keep.tolist() == [False, False, True, True, True, True]
+    expected = float((mean[keep] ** 2 / var[keep]).mean())
+    ctx = types.SimpleNamespace(batch=None, mode="eval", batch_size=None)
+    ctx._gradient_moments = ((128, None, "eval"), Moments.of(iter([rows])))
+    r = GSNR(every=1).read(ctx)
+    assert r["coordinates"] == 4
+    assert r["value"] == pytest.approx(expected, rel=1e-6)
+    assert r["value"] < 10

@@ -105,3 +105,48 @@ def test_a_model_without_activations_is_refused_and_the_monitor_goes_on():
     with pytest.warns(RuntimeWarning, match="instrument 'units' failed"):
         (r,) = monitor.after_step(m, None, F.cross_entropy, (x, y))
     assert math.isnan(r.value) and "no nn.ReLU" in r.extra["error"] and "\n" not in r.extra["error"]
+
+
+def test_functional_activations_are_read_where_they_are_called():
+    """``F.relu`` inside ``nn.TransformerEncoderLayer`` (no ReLU module), ``F.gelu`` in a forward and
+    an ``nn.GELU``: 4 of 16 ReLU units planted dead, GELU units dead where every input is below -3."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.mid, self.act, self.out = nn.Linear(8, 6), nn.GELU(), nn.Linear(6, 3)
+            with torch.no_grad():
+                self.enc.linear1.bias[:4] = -100.0
+                self.mid.bias[:2] = -50.0
+
+        def forward(self, x):
+            h = self.enc(x)
+            return self.out(self.act(self.mid(h)) + F.gelu(self.mid(h))).mean(1)
+
+    m = Net().eval()
+    x, y = torch.randn(12, 5, 8), torch.zeros(12, dtype=torch.long)
+    with torch.no_grad():  # by hand
+        h = m.enc.self_attn(x, x, x, need_weights=False)[0]
+        z1 = m.enc.linear1(m.enc.norm1(x + h))
+        z2 = m.mid(m.enc(x))
+    relu_dead = (z1 <= 0).reshape(-1, 16).all(0).sum().item() / 16
+    gelu_dead = (z2 < -3).reshape(-1, 6).all(0).sum().item() / 6
+    assert relu_dead == 0.25 and gelu_dead == pytest.approx(2 / 6)
+    out = Units().read(Context(m, F.cross_entropy, (x, y)))
+    assert out["parts"] == {"enc": {"dead": relu_dead, "saturated": 0.0}, "act": {"dead": gelu_dead, "saturated": 0.0},
+                            "model": {"dead": gelu_dead, "saturated": 0.0}}
+    assert out["n_units"] == 16 + 6 + 6
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+
+
+def test_a_model_without_activations_is_not_run_again():
+    calls = []
+    m = nn.Linear(4, 2)
+    m.register_forward_hook(lambda *a: calls.append(1))
+    units, ctx = Units(), Context(m, F.cross_entropy, (torch.randn(8, 4), torch.zeros(8, dtype=torch.long)))
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="no nn.ReLU"):
+            units.read(ctx)
+    assert len(calls) == 1

@@ -152,6 +152,7 @@ def eigs_of(op: HessianOperator, k: int, which: str, tol: float, max_hvp: int | 
     before = op.n_hvp
     r = lanczos(op.matvec, op.n, k, which, tol, max_hvp, basis_size, seed, op.device, op.dtype, sync=op.broadcast,
                 release=op.release if release else None, basis_bytes=basis_bytes(op))
+    notes += getattr(op, "notes", [])  # e.g. attention on the math kernel (trainlab.curvature.operator)
     wanted = min(op.n, k * (2 if which == "both" else 1))
     if len(r.values) < wanted or not bool(r.converged.all()):
         notes.append(f"{int(r.converged.sum())} of the {wanted} eigenpairs wanted converged within"

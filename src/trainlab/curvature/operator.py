@@ -51,6 +51,14 @@ to ``batch_loss=``; a loss with no graph to the parameters (``.detach()``, ``.it
 also refuses a model whose forward writes its own parameters in place — caught before the
 write, so the parameters stay as they were.
 
+Attention: PyTorch's fused kernels of ``scaled_dot_product_attention`` (flash, memory-efficient,
+cuDNN; on CPU the flash kernel) have no double backward, so every analysis runs attention on
+the math kernel, ``softmax(Q Kᵀ/√d + mask) V`` written out in differentiable operations: the same
+value up to rounding. :func:`analysis_mode` enters ``sdpa_kernel(SDPBackend.MATH)`` for its block
+and restores the user's choice after, and the operator says so once, in ``notes``, when the model
+calls attention (``nn.MultiheadAttention``, ``nn.TransformerEncoder``, Hugging Face models,
+``F.scaled_dot_product_attention`` itself) — not once per product.
+
 Mode rule: the model is analysed in ``eval()`` mode by default — BatchNorm uses its running
 statistics, dropout is off — and everything it holds is restored afterwards
 (:func:`analysis_mode`). ``mode="train"`` is allowed only when it is deterministic: the
@@ -68,6 +76,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -97,9 +106,41 @@ def analysis_mode(model: nn.Module, mode: str) -> Iterator[None]:
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not allowed; use 'eval' (the default: BatchNorm running statistics,"
                           " no dropout) or 'train'")
-    with preserved(model, parameters=False):
+    with preserved(model, parameters=False), math_attention():
         model.train(mode == "train")
         yield
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Run ``scaled_dot_product_attention`` on PyTorch's math kernel inside the block, whose
+    operations all have second derivatives (the fused kernels have none; module docstring), and
+    restore the kernels allowed before afterwards."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+#: The note an analysis carries when the model called attention (module docstring).
+MATH_ATTENTION_NOTE = ("attention ran on PyTorch's math kernel (scaled_dot_product_attention's fused kernels have no"
+                       " second derivative); the values equal the fused kernels' up to rounding")
+
+
+class _AttentionCalls(TorchFunctionMode):
+    """Counts the calls of ``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``
+    inside the block (a torch-function mode: seen before any kernel is chosen)."""
+
+    WATCHED = (torch.nn.functional.scaled_dot_product_attention, torch.nn.functional.multi_head_attention_forward)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self.WATCHED:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 class HessianOperator:
@@ -134,7 +175,8 @@ class HessianOperator:
             ``None`` (default) all that require gradients; parameter tensors, submodules or names of
             the model, or a filter ``(name, parameter) -> bool``. ``H`` is then the block of those.
 
-    Attributes: ``params`` and ``names`` (the parameters analysed), ``n`` (their count),
+    Attributes: ``notes`` (what an analysis's result should say: attention on the math kernel,
+    module docstring), ``params`` and ``names`` (the parameters analysed), ``n`` (their count),
     ``samples`` (over all ranks), ``n_hvp``, ``loss``, ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph) and ``peak_bytes``
     (its peak with a product running through it), both ``None`` with ``keep_graph=True``.
     """
@@ -182,6 +224,7 @@ class HessianOperator:
         self._grad: torch.Tensor | None = None  # this rank's flat gradient; with a graph when keep_graph
         self._full_grad: torch.Tensor | None = None  # summed over ranks
         self._loss: float | None = None
+        self.notes: list[str] = []
 
     # ---------------------------------------------------------------- checks and memory
     def batch_loss_of(self, batch: Any, index: int = 0) -> torch.Tensor:
@@ -310,8 +353,10 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
-            with _second_derivatives():
+            with _second_derivatives(), _AttentionCalls() as attention:
                 self._grad, loss = self._local_gradient()
+            if attention.calls and MATH_ATTENTION_NOTE not in self.notes:
+                self.notes.append(MATH_ATTENTION_NOTE)
             if not self.distributed:  # the kept graph's gradient itself, not a second copy of it
                 self._full_grad, self._loss = self._grad.detach(), float(loss)
                 return self._full_grad
@@ -489,7 +534,8 @@ def _check_options(loss_fn: Any, batch_loss: Any, max_samples: Any, max_graph_by
 @contextlib.contextmanager
 def _second_derivatives() -> Iterator[None]:
     """Turn PyTorch's "derivative for aten::… is not implemented" — an operation without the
-    double backward that curvature products need — into a :class:`ConfigError` naming it."""
+    double backward that curvature products need — into a :class:`ConfigError` naming it.
+    (Attention's fused kernels never get here: analyses run it on the math kernel.)"""
     try:
         yield
     except RuntimeError as e:
@@ -498,8 +544,18 @@ def _second_derivatives() -> Iterator[None]:
             raise
         what = text.split("derivative for", 1)[1].split("is not implemented", 1)[0].strip()
         raise ConfigError(f"the model uses {what}, whose derivative PyTorch does not implement, and curvature needs"
-                          " the network's second derivatives: for the analysis replace the operation that calls it"
-                          " (e.g. nn.Hardsigmoid or nn.Hardswish by nn.Sigmoid or nn.SiLU)") from None
+                          f" the network's second derivatives: for the analysis replace the operation that calls"
+                          f" it{_instead(what)}") from None
+
+
+#: Operations without a double backward that have a twice-differentiable stand-in: (name part, advice).
+STAND_INS = (("hardsigmoid", "nn.Hardsigmoid by nn.Sigmoid"), ("hardswish", "nn.Hardswish by nn.SiLU"))
+
+
+def _instead(op: str) -> str:
+    """The stand-in for ``op`` when one is known (``" (nn.Hardswish by nn.SiLU)"``), else nothing."""
+    advice = [text for part, text in STAND_INS if part in op.lower()]
+    return f" ({advice[0]})" if advice else ""
 
 
 def loss_of(model: nn.Module, loss_fn: LossFn | None, batch: Any, batch_loss: BatchLoss | None = None,

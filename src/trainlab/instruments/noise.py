@@ -7,9 +7,11 @@ On the Monitor's fixed sample of ``n`` examples, with per-sample gradients ``g�
     tr Σ = Σ_j Σ_jj                                (total variance of one sample's gradient)
 
 The per-sample gradients come from ``torch.func``: ``vmap(grad(ℓ))`` over the samples, where
-``ℓ`` is the loss of one sample through ``functional_call(model, parameters, ...)`` — so any
-module works, attention included — in chunks of at most ``chunk`` samples, never held all at
-once: each chunk's mean and sum of squared deviations are merged into running float64
+``ℓ`` is the loss of one sample through ``functional_call(model, parameters, ...)``. Where the
+model's code cannot run under ``vmap`` — data-dependent control flow, such as Hugging Face's
+attention-mask code asking ``padding_mask.all()`` — the same gradients are taken sample by
+sample, each its own forward and backward pass (slower, the same numbers), from that chunk on.
+They come in chunks of at most ``chunk`` samples, never held all at once: each chunk's mean and sum of squared deviations are merged into running float64
 totals (Chan, Golub & LeVeque 1979; float32 on Apple's MPS, which has no float64), so memory
 is ``chunk × parameters`` plus two vectors.
 
@@ -45,8 +47,9 @@ from trainlab.instruments.sharpness import _check_every, wide
 #: Samples per vmap chunk, at most: fewer, larger vmap calls are faster (measured on one core, 256
 #: digits: 128 per call takes 0.7× the time of 64 for the digits MLP, 0.86× for the small CNN).
 CHUNK = 128
-#: GSNR leaves out coordinates whose per-sample gradients are zero up to rounding: root mean
-#: square below this many machine epsilons (of the gradients' dtype) of the largest coordinate's.
+#: GSNR leaves out coordinates whose variance is rounding: a standard deviation below this many
+#: machine epsilons (of the gradients' dtype) times the gradient's scale, the largest coordinate's
+#: root mean square (:class:`GSNR`).
 ZERO_GRADIENT = 100
 #: Memory for one chunk of flat per-sample gradients; the chunk shrinks to fit.
 CHUNK_BYTES = 256 * 2**20
@@ -79,7 +82,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     refused (samples interact through its batch statistics).
 
     Yields: ``(m, n_params)`` tensors in the parameters' dtype, ``m ≤ chunk``, in sample order.
-    Cost: about one forward and backward pass per sample, vectorised.
+    Cost: about one forward and backward pass per sample, vectorised; where ``vmap`` fails on the
+    model's code (module docstring), one pass per sample in a loop.
     """
     _check_chunk(chunk)
     if loss_fn is None and batch_loss is None:
@@ -117,20 +121,38 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
                            batch)
 
     per_sample = vmap(grad(loss_of_one), in_dims=(None, in_dims))
+    looped = False  # vmap failed on the model's code: sample by sample from then on
     for start in range(0, n, chunk):
         piece = take(batch, start, min(start + chunk, n))
-        try:
-            with warnings.catch_warnings():
-                # ops without a batching rule (e.g. CPU flash attention) run as a loop inside
-                # vmap: slower but exact, so torch's per-call warning is not repeated here
-                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-                grads = per_sample(params, piece)
-        except RuntimeError as e:
-            if "randomness" in str(e):
-                raise ConfigError("the model draws random numbers (dropout?) in this mode, so per-sample gradients"
-                                  " are random; read them in mode='eval' (the default)") from None
-            raise
-        yield torch.cat([grads[name].reshape(grads[name].shape[0], -1) for name in params], dim=1)
+        if not looped:
+            try:
+                with warnings.catch_warnings():
+                    # ops without a batching rule run as a loop inside vmap: slower but exact,
+                    # so torch's per-call warning is not repeated here
+                    warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+                    grads = per_sample(params, piece)
+                yield torch.cat([grads[name].reshape(grads[name].shape[0], -1) for name in params], dim=1)
+                continue
+            except (RuntimeError, NotImplementedError) as e:
+                if "randomness" in str(e):
+                    raise ConfigError("the model draws random numbers (dropout?) in this mode, so per-sample"
+                                      " gradients are random; read them in mode='eval' (the default)") from None
+                looped = True  # e.g. data-dependent control flow (an attention mask's .all()) under vmap
+        yield _looped_gradients(model, loss_fn, batch_loss, piece, [p for _, p in named])
+
+
+@torch.enable_grad()
+def _looped_gradients(model: nn.Module, loss_fn: Any, batch_loss: BatchLoss | None, piece: Any,
+                      params: list[torch.Tensor]) -> torch.Tensor:
+    """The rows of :func:`per_sample_gradients` for ``piece``, one sample at a time: each sample
+    as a batch of one through the model, its own backward pass (where ``vmap`` cannot go)."""
+    rows = []
+    for i in range(batch_size_of(piece)):
+        one = take(piece, i, i + 1)
+        loss = batch_loss(model, one) if batch_loss is not None else loss_fn(model(one[0]), one[1])
+        grads = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
+    return torch.stack(rows)
 
 
 @dataclass
@@ -287,11 +309,21 @@ class NoiseScale:
 class GSNR:
     """``gsnr``: the gradient signal-to-noise ratio of Liu et al. 2020 ("Understanding why neural
     networks generalize well through GSNR of parameters", ICLR), per parameter coordinate
-    ``r_j = G_j² / Σ_jj``, averaged over the coordinates. Left out: coordinates no sample
-    moves (``Σ_jj = 0``), and those whose gradient is zero up to rounding — root mean square
-    ``sqrt(mean_i g_ij²)`` below :data:`ZERO_GRADIENT` ``· eps`` times the largest — such as
-    attention's key bias, which softmax ignores: their ratio would be rounding noise. Large GSNR: the samples agree on
-    the direction, and what is learnt on one sample carries to others.
+    ``r_j = G_j² / Σ_jj``, averaged over the coordinates whose variance is not negligible::
+
+        sqrt(Σ_jj) > τ,    τ = c · ε · s,    s = max_j sqrt(mean_i g_ij²)
+
+    with ``ε`` the machine epsilon of the gradients' dtype (float32: 1.2e-7), ``c`` =
+    :data:`ZERO_GRADIENT` (100) and ``s`` the gradient's scale, its largest coordinate's root mean
+    square. A gradient computed in floating point carries absolute rounding errors of about
+    ``ε · s``, so a spread below ``τ`` cannot be told from rounding: such a coordinate's ratio
+    ``G_j²/Σ_jj`` would be ``1/ε²``-sized noise (``4·10⁹`` and more in float32) and one of them
+    would dominate the mean. Left out so are coordinates no sample moves (``Σ_jj = 0``), those
+    whose gradient is zero up to rounding (attention's key bias, which softmax ignores), and
+    those whose gradient is the same for every sample up to rounding (the output bias of a token
+    absent from the sample, once a language model predicts the same distribution everywhere).
+    So every ratio averaged is at most ``1/(c ε)²`` (7·10⁹ in float32). Large GSNR: the samples
+    agree on the direction, and what is learnt on one sample carries to others.
 
     Also the norm test of Byrd, Chin, Nocedal & Wu 2012 ("Sample size selection in optimization
     methods for machine learning", Math. Programming): a batch of ``b`` samples gives a
@@ -322,7 +354,8 @@ class GSNR:
         m = gradient_moments(ctx, self.chunk, self.max_samples)
         var = m.variance
         rms = (m.mean ** 2 + m.m2 / m.count).sqrt()  # sqrt(mean_i g_ij²)
-        used = (var > 0) & (rms > ZERO_GRADIENT * torch.finfo(m.dtype).eps * float(rms.max()))
+        floor = ZERO_GRADIENT * torch.finfo(m.dtype).eps * float(rms.max())  # rounding's spread (docstring)
+        used = var.sqrt() > floor
         ratio = m.mean[used] ** 2 / var[used]
         value = float(ratio.mean()) if bool(used.any()) else math.nan
         trace, norm_sq = float(var.sum()), float((m.mean ** 2).sum())
