@@ -1,0 +1,519 @@
+"""The stall doctor: notice a stalled run (or a damaging spike) while it trains, name its cause,
+treat what can safely be treated, and never make the run worse.
+
+The doctor reads best as three parts:
+
+* :mod:`~trainlab.train.doctor.evidence` — what it reads at one look, one
+  :class:`~trainlab.train.doctor.evidence.Evidence`: the diagnosis of :func:`trainlab.diagnose` on a
+  bounded sample, the readings ``stability``, ``units``, ``noise_scale`` (a Monitor's fresh ones,
+  else measured), and cheap readings of its own (per-layer gradient profile, the labels' marginal
+  entropy, Adam's update ratio, the input columns' spread);
+* :mod:`~trainlab.train.doctor.causes` — one rule per cause of :data:`CAUSES`, in priority order
+  (:data:`~trainlab.train.doctor.causes.RULES`), each ``rule(evidence) -> Finding | None`` with its paper;
+* :mod:`~trainlab.train.doctor.treatments` — reversible actions: lower or raise η, momentum, escape,
+  perturb, roll back, clip, warm up.
+
+**When it looks.** Cheap readings every update (the loss). A *stall*: the loss fell by less than
+``min_rel_improvement`` of its value over a window.
+
+* **Full-batch runs** (every update sees all samples, ``full_batch=True``; the Trainer sets it
+  when an epoch is one update): the loss is exact — a stall is the last ``full_batch_window``
+  (30) losses falling by less than ``min_rel_improvement`` of the first.
+* **Mini-batch runs**: over ``window`` updates, the mean of the first half against the second,
+  with two standard errors of slack (noise can hide a stall but never fake one), confirmed by the
+  loss on the bounded sample ``window // 2`` updates later. Onset to event: about 1.5 windows.
+* **A spike**: a loss that is not finite, or above ``high + max(2 (high − low), ½ |median|)`` of
+  the last 20 losses. Five updates later the doctor compares the sample loss with that of the last
+  best good state (a copy of the parameters and the optimizer's state kept every ``window // 2``
+  updates, three at most); when the damage lasted (worse by more than ``2 min_rel_improvement``) the
+  look comes at once — an event within ten updates of the spike.
+
+**Never harm.** A treatment is applied only with ``act=True`` and kept only when, ``trial``
+updates later (``window // 2``; ``full_batch_window // 2`` full-batch), the loss on the bounded
+sample is no worse than it was before the treatment (higher by less than ``min_rel_improvement`` of
+it, the stall test's own resolution); otherwise the parameters, the optimizer's
+state, η, the schedule and any hook the treatment installed are put back, and a ``"trial"`` event
+says so (``kept: False``, with the two losses). The diagnosis and the readings leave the model as
+it was (parameters, buffers, flags, gradients, random states); only a treatment changes anything.
+
+**Cost.** Every look has a budget: at most ``max_hvp`` Hessian-vector products (100: the doctor
+needs the signs of λ_min and λ_max, not a converged spectrum) and ``max_seconds`` (``None``: a
+tenth of the run's time so far, at least two seconds), which also bounds the products at the
+measured cost of one. Each event records ``n_hvp``, ``seconds`` and its ``budget``.
+
+Every event is a dict with the step, verdict, numbers and action, logged by the Trainer to
+``metrics.jsonl`` (lines with an ``"event"`` key), to the progress bar and to the summary; its
+``cause`` is one of :data:`CAUSES`, ``evidence`` the values that decided it and ``layers`` the
+layers involved (the gradient profile, units per layer) where it is a layer story. After an event
+the window starts afresh; after one that changed nothing the doctor waits four windows before it
+looks again. In a plain PyTorch loop call :meth:`StallDoctor.after_step` after each update.
+
+Batches that are not ``(x, y)`` pairs — a language model's ``{"input_ids", "labels", ...}``
+dicts — need ``batch_loss=(model, batch) -> mean loss`` (the hook of :mod:`trainlab.curvature`):
+the sample loss, the bounded sample, the diagnosis, the escape and the readings all go through
+it, and ``loss_fn`` may then be ``None``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainlab import distributed as dist
+from trainlab.curvature import analysis_mode, diagnose
+from trainlab.curvature.operator import loss_of
+from trainlab.data.batches import BatchLoss, batch_size_of
+from trainlab.errors import ConfigError
+from trainlab.state import preserved
+from trainlab.train.callbacks import Callback
+from trainlab.train.doctor import causes, evidence, treatments
+from trainlab.train.doctor.causes import CAUSES, UNITS_REMEDY, Finding
+from trainlab.train.doctor.evidence import ADAPTIVE, Evidence, bounded_sample
+from trainlab.train.doctor.treatments import Snapshot
+
+__all__ = ["ADAPTIVE", "CAUSES", "Evidence", "Finding", "StallDoctor", "UNITS_REMEDY", "bounded_sample"]
+
+#: Losses the spike detector compares each new one with.
+SPIKE_SPAN = 20
+#: Updates after a spike before the doctor looks whether its damage lasted.
+SPIKE_DELAY = 5
+#: Good states kept in memory for a roll-back.
+KEEP = 3
+
+
+class StallDoctor(Callback):
+    """Notice a stalled or damaged run, name its cause and treat it safely — the method is the module docstring's.
+
+    A Trainer callback (:meth:`on_step_end`); in a plain loop call :meth:`after_step` after each update.
+
+    Parameters:
+        window: updates per mini-batch stall test, an integer ≥ 10 (100); the confirmation
+            comes ``window // 2`` updates later.
+        min_rel_improvement: a stall is a relative loss decrease below this (0.01).
+        grad_tol, k, eig_tol, eig_floor: passed to :func:`trainlab.diagnose` (1e-2, 5, 1e-3, 1e-4).
+        act: apply the first finding's remedy (True); ``False`` only reports it.
+        max_samples: the training samples analysed, from the start of the data (2,048).
+        perturbation: σ of the random perturbation at a degenerate point (1e-2).
+        seed: seed of the diagnosis, the readings and the perturbation (0).
+        monitor: a :class:`~trainlab.instruments.Monitor` whose ``latest`` readings are used (``None``:
+            one among the Trainer's callbacks, if any; else the doctor measures them).
+        full_batch_window: losses per full-batch stall test, an integer ≥ 2 (30).
+        crawl: stability below this is a crawl (0.1).
+        dead_share: a ``units`` reading at or above this is a finding (0.5).
+        batch_ratio: ``batch_over_noise`` below this suggests a larger batch (0.1).
+        batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs
+            (``None``: ``loss_fn(model(x), y)``); every loss the doctor evaluates goes through it.
+        max_hvp: Hessian-vector products per look, an integer ≥ 10 (100).
+        max_seconds: seconds per look (``None``: a tenth of the run's time so far, at least 2).
+        trial: updates before a treatment is kept or undone (``None``: ``window // 2``, full-batch
+            ``full_batch_window // 2``).
+        warmup: updates of an imposed warm-up (``None``: ``window``).
+        clip_norm: the global gradient norm an exploding run is clipped to (1.0).
+
+    Invalid arguments raise :class:`~trainlab.errors.ConfigError`.
+
+    Returns (each event, also kept in ``self.events``): a dict with ``event`` (``"stall"``, or
+    ``"spike"`` for a look a spike triggered, ``"trial"`` for a treatment's verdict), ``verdict``,
+    ``cause``, ``evidence``, ``layers``, ``loss``, ``grad_norm``, ``lambda_max``, ``lambda_min``,
+    ``negative_curvature``, ``samples``, ``method``, ``n_hvp``, ``seconds``, ``budget``,
+    ``full_batch``; ``readings`` (name → ``{"value", "source"}``); ``reading`` and ``remedy`` of the
+    finding treated; ``findings`` (each ``{"reading", "value", "remedy", "cause"}``); ``action``,
+    ``applied``, ``message``; with a learning-rate change ``lr_before``/``lr_after``, with an escape
+    ``loss_after``, ``escape_step``, ``predicted_change``, ``directions``. A ``"trial"`` event has
+    ``kept``, ``loss_before``, ``loss_after``. The Trainer adds ``epoch`` and ``step`` when it logs it.
+    """
+    def __init__(self, window: int = 100, min_rel_improvement: float = 0.01, grad_tol: float = 1e-2,
+                 act: bool = True, k: int = 5, max_samples: int = 2048, eig_tol: float = 1e-3, eig_floor: float = 1e-4,
+                 perturbation: float = 1e-2, seed: int = 0, *, monitor: Any = None, full_batch_window: int = 30,
+                 crawl: float = 0.1, dead_share: float = 0.5, batch_ratio: float = 0.1,
+                 batch_loss: BatchLoss | None = None, max_hvp: int = 100, max_seconds: float | None = None,
+                 trial: int | None = None, warmup: int | None = None, clip_norm: float = 1.0):
+        for name, value, least in (("window", window, 10), ("k", k, 1), ("max_samples", max_samples, 1),
+                                   ("full_batch_window", full_batch_window, 2), ("max_hvp", max_hvp, 10),
+                                   ("trial", 1 if trial is None else trial, 1),
+                                   ("warmup", 2 if warmup is None else warmup, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"StallDoctor: {name}={value!r} is not allowed; expected an integer >= {least}")
+        for name, value in (("min_rel_improvement", min_rel_improvement), ("grad_tol", grad_tol),
+                            ("eig_tol", eig_tol), ("eig_floor", eig_floor), ("perturbation", perturbation),
+                            ("crawl", crawl), ("dead_share", dead_share), ("batch_ratio", batch_ratio),
+                            ("max_seconds", 1.0 if max_seconds is None else max_seconds), ("clip_norm", clip_norm)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"StallDoctor: {name}={value!r} is not allowed; expected a number > 0")
+        if batch_loss is not None and not callable(batch_loss):
+            raise ConfigError(f"StallDoctor: batch_loss={batch_loss!r} is not allowed; expected a function"
+                              " (model, batch) -> mean loss, or None")
+        if monitor is not None and not isinstance(getattr(monitor, "latest", None), dict):
+            raise ConfigError(f"StallDoctor: monitor={monitor!r} is not allowed; expected a"
+                              " trainlab.instruments.Monitor"
+                              " (an object with a `latest` dict of readings) or None")
+        self.window, self.min_rel_improvement, self.grad_tol = window, min_rel_improvement, grad_tol
+        self.act, self.k, self.max_samples, self.perturbation, self.seed = act, k, max_samples, perturbation, seed
+        self.eig_tol, self.eig_floor = eig_tol, eig_floor
+        self.monitor, self.full_batch_window = monitor, full_batch_window
+        self.crawl, self.dead_share, self.batch_ratio = crawl, dead_share, batch_ratio
+        self.batch_loss = batch_loss
+        self.max_hvp, self.max_seconds, self.trial, self.clip_norm = max_hvp, max_seconds, trial, clip_norm
+        self.warmup = window if warmup is None else warmup
+        self.events: list[dict[str, Any]] = []
+        self._losses: collections.deque[float] = collections.deque(maxlen=max(window, full_batch_window + 1))
+        self._recent: collections.deque[float] = collections.deque(maxlen=SPIKE_SPAN)
+        self._check_every = max(1, window // 10)  # the stall test costs more than an update's bookkeeping
+        self._steps = 0
+        self._quiet_until = 0
+        self._changed_at = -1  # the update of the doctor's last change: readings before it are stale
+        self._candidate: tuple[int, float] | None = None  # (step, exact sample loss) of a suspected stall
+        self._good: collections.deque[Snapshot] = collections.deque(maxlen=KEEP)  # states to roll back to
+        self._spike: dict[str, Any] | None = None  # a spike whose damage is yet to be judged
+        self._trial: dict[str, Any] | None = None  # a treatment on trial
+        self._clip: treatments.Clip | None = None
+        self._ramp: list[int] | None = None  # [k, n]: update k of an n-update warm-up
+        self._started: float | None = None
+
+    # ---------------------------------------------------------------- hooks
+    def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        """The Trainer's hook: :meth:`after_step` with the trainer's model, loss, data, optimizer and schedule.
+
+        Parameters: ``trainer`` the :class:`~trainlab.train.Trainer`; ``record`` its step record
+        (``record["loss"]`` is used). ``full_batch`` is set when an epoch is one update.
+        While no monitor is set, one among the trainer's callbacks is taken.
+        Returns ``None``; an event is passed to ``trainer.log_event``.
+        """
+        if self.monitor is None:  # a Monitor among the Trainer's callbacks is read, not duplicated
+            self.monitor = next((cb for cb in trainer.callbacks
+                                 if cb is not self and isinstance(getattr(cb, "latest", None), dict)), None)
+        # trainer.module, not a DistributedDataParallel wrapper: under torch.distributed every rank
+        # sees the same (all-reduced) loss, so all ranks diagnose and treat at the same step
+        event = self.after_step(trainer.module, record["loss"], trainer.loss_fn, trainer.train_data,
+                                optimizer=trainer.optimizer, scheduler=trainer.scheduler,
+                                full_batch=trainer.steps_per_epoch == 1, batch_size=trainer.batch_size)
+        if event is not None:
+            trainer.log_event(event)
+
+    def after_step(self, model: nn.Module, loss_value: float, loss_fn: Any, batch_source: Any,
+                   optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, *,
+                   full_batch: bool = False, batch_size: int | None = None) -> dict[str, Any] | None:
+        """Record one update's loss; on a stall or a damaging spike, diagnose and treat; conclude a
+        treatment's trial. Returns the event, if any.
+
+        ``batch_source`` is the training data: a Dataset, a DataLoader or one ``(x, y)``
+        batch (with ``batch_loss``: batches of any form, ``loss_fn`` may be ``None``); the first
+        ``max_samples`` samples are analysed. With ``optimizer`` (and its
+        ``scheduler``) the doctor can also change the learning rate or momentum.
+        ``full_batch``: every update saw all the data, so ``loss_value`` is exact and a stall
+        needs no confirmation. ``batch_size``: samples per update, for the noise reading.
+        """
+        if loss_fn is None and self.batch_loss is None:
+            raise ConfigError("StallDoctor.after_step: loss_fn is None; pass the loss function (outputs, targets) ->"
+                              " mean loss, or build the StallDoctor with batch_loss=(model, batch) -> mean loss")
+        if self._started is None:
+            self._started = time.perf_counter()
+        self._steps += 1
+        loss = float(loss_value)
+        self._ramp_on(optimizer, scheduler)
+        spiked = self._spiked(loss)
+        self._losses.append(loss)
+        self._recent.append(loss)
+        patient = (model, loss_fn, batch_source, optimizer, scheduler, full_batch, batch_size)
+        if self._trial is not None:
+            if self._steps >= self._trial["until"]:
+                return self._record(self._conclude(model, loss_fn, batch_source, optimizer, scheduler))
+            return None
+        if spiked and self._spike is None:
+            self._spike = spiked
+        elif not spiked and self._spike is None and self._steps % max(1, self.window // 2) == 0:
+            self._good.append(Snapshot(model, optimizer, scheduler, self._steps))
+        if self._spike is not None and self._steps >= self._spike["step"] + SPIKE_DELAY:
+            return self._record(self._after_spike(*patient))
+        if self._steps < self._quiet_until:
+            return None
+        if full_batch:
+            if not self._full_batch_stalled():
+                return None
+        elif not self._confirmed(model, loss_fn, batch_source):
+            return None
+        return self._record(self._treat(*patient))
+
+    def _record(self, event: dict[str, Any] | None) -> dict[str, Any] | None:
+        """After an event: the window starts afresh; a change makes older readings stale; after
+        one that changed nothing the doctor waits four windows."""
+        if event is None:
+            return None
+        self._losses.clear()
+        self._candidate = None
+        if event["applied"] or event["event"] == "trial":
+            self._changed_at = self._steps
+        if not event["applied"]:
+            self._quiet_until = self._steps + 4 * (self.full_batch_window if event.get("full_batch") else self.window)
+        self.events.append(event)
+        return event
+
+    def state_dict(self) -> dict[str, Any]:
+        """The doctor's memory for a checkpoint: the window's losses, updates seen, the quiet period
+        and a suspected stall's start."""
+        return {"losses": list(self._losses), "steps": self._steps, "quiet_until": self._quiet_until,
+                "changed_at": self._changed_at, "candidate": list(self._candidate) if self._candidate else None,
+                "events": len(self.events)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved, so a resumed run watches as an uninterrupted one.
+        A state that is not one (losses that are not numbers, counts that are not integers) is a
+        ``TypeError``/``ValueError`` naming the entry, raised before anything is taken."""
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def short(v: Any) -> str:
+            text = repr(v)
+            return text if len(text) <= 60 else text[:59] + "…"
+
+        losses, candidate = state["losses"], state.get("candidate")
+        if not isinstance(losses, (list, tuple)) or not all(number(v) for v in losses):
+            raise TypeError(f"losses {short(losses)} is not a list of numbers")
+        counts = {key: state[key] for key in ("steps", "quiet_until")}
+        counts["changed_at"] = state.get("changed_at", -1)
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{key} {value!r} is not an update count")
+        if candidate and not (isinstance(candidate, (list, tuple)) and len(candidate) == 2
+                              and number(candidate[1]) and isinstance(candidate[0], int)):
+            raise TypeError(f"candidate {short(candidate)} is not a pair (update, loss)")
+        self._losses.clear()
+        self._losses.extend(float(v) for v in losses)
+        self._steps, self._quiet_until, self._changed_at = counts["steps"], counts["quiet_until"], counts["changed_at"]
+        self._candidate = (candidate[0], float(candidate[1])) if candidate else None
+
+    # ---------------------------------------------------------------- noticing a stall
+    def _full_batch_stalled(self) -> bool:
+        """Exact losses: the last ``full_batch_window`` updates fell by less than ``min_rel_improvement``."""
+        n = self.full_batch_window
+        if len(self._losses) <= n:
+            return False
+        before, after = self._losses[-n - 1], self._losses[-1]
+        return before - after < self.min_rel_improvement * abs(before)
+
+    def _confirmed(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> bool:
+        """Mini-batch losses suspect a stall; the exact sample loss, half a window later, confirms it."""
+        if self._candidate is None:
+            if len(self._losses) >= self.window and self._steps % self._check_every == 0 and self._stalled():
+                self._candidate = (self._steps, self._sample_loss(model, loss_fn, batch_source))
+            return False
+        start, before = self._candidate
+        if self._steps - start < self.window // 2:
+            return False
+        self._candidate = None
+        after = self._sample_loss(model, loss_fn, batch_source)
+        return before - after < 0.5 * self.min_rel_improvement * abs(before)  # else it was moving after all
+
+    def _stalled(self) -> bool:
+        """Stalled when even the optimistic end of the improvement — the difference of the
+        halves' means plus two standard errors — is below ``min_rel_improvement``: mini-batch
+        noise can hide a stall, but never fake one."""
+        losses = list(self._losses)[-self.window:]
+        half = self.window // 2
+        (before, var_before), (after, var_after) = _mean_var(losses[:half]), _mean_var(losses[-half:])
+        error = math.sqrt((var_before + var_after) / half)
+        return (before - after) + 2 * error < self.min_rel_improvement * abs(before)
+
+    @torch.no_grad()
+    def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> float:
+        """The mean loss on the bounded sample; under ``torch.distributed`` the sample-weighted
+        mean over every rank's sample, so all ranks confirm (and so diagnose, whose products are
+        collective) at the same update — a rank that decided alone would wait for the others forever."""
+        with analysis_mode(model, "eval"):  # also undoes the random draws of a shuffling DataLoader
+            sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            with torch.no_grad():  # the user's errors named as the analyses name them (a tuple output, a bad label)
+                loss = loss_of(model, loss_fn, sample, self.batch_loss)
+            if not dist.active():
+                return float(loss)
+            n = float(batch_size_of(sample))
+            both = dist.all_reduce_sum(torch.tensor([float(loss) * n, n], dtype=torch.float64,
+                                                    device=dist.device()))
+            return float(both[0] / both[1])
+
+    # ---------------------------------------------------------------- a spike
+    def _spiked(self, loss: float) -> dict[str, Any] | None:
+        """A loss that is not finite, or far above the recent range (module docstring)."""
+        recent = list(self._recent)
+        if len(recent) < SPIKE_SPAN // 2 and math.isfinite(loss):
+            return None
+        finite = [v for v in recent if math.isfinite(v)]
+        if not finite:
+            return None
+        high, low = max(finite), min(finite)
+        median = sorted(finite)[len(finite) // 2]
+        if math.isfinite(loss) and loss <= high + max(2 * (high - low), 0.5 * abs(median)):
+            return None
+        return {"step": self._steps, "loss": loss, "high": high}
+
+    def _after_spike(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any,
+                     full_batch: bool, batch_size: int | None) -> dict[str, Any] | None:
+        """Five updates after a spike: did its damage last? Then look now, with the good state at hand."""
+        spike, self._spike = self._spike, None
+        kept = [g for g in self._good if g.step < spike["step"]]
+        if not kept or optimizer is None:
+            return None
+        now = self._sample_loss(model, loss_fn, batch_source)
+        for g in kept:
+            if g.loss is None:
+                with preserved(model):
+                    g.restore(model)
+                    g.loss = self._sample_loss(model, loss_fn, batch_source)
+        good = min(kept, key=lambda g: g.loss if math.isfinite(g.loss) else math.inf)  # the best state kept
+        if math.isfinite(now) and now <= good.loss * (1 + 2 * self.min_rel_improvement):
+            return None  # the run recovered by itself
+        spike["loss_now"] = now
+        return self._treat(model, loss_fn, batch_source, optimizer, scheduler, full_batch, batch_size, spike, good)
+
+    # ---------------------------------------------------------------- treatments that need the doctor
+    def perturb(self, model: nn.Module) -> dict[str, Any]:
+        """The degenerate point's perturbation, seeded by the doctor's seed and the update."""
+        return treatments.perturb(model, self.perturbation, self.seed + self._steps)
+
+    def install_clip(self, optimizer: Any, max_norm: float) -> dict[str, Any]:
+        """Clip every later update's gradients to global norm ``max_norm`` (one hook, removed on undo)."""
+        if self._clip is not None:
+            self._clip.remove()
+        self._clip = treatments.Clip(optimizer, max_norm)
+        return {"action": f"clip gradients: global norm ≤ {max_norm:g}", "applied": True,
+                "message": f"exploding gradients: every update's gradient clipped to global norm {max_norm:g} — applied"}
+
+    def start_warmup(self, optimizer: Any, scheduler: Any, n: int) -> dict[str, Any]:
+        """Reset the optimizer's moments, ``η ← η/n``, then ramp back to ``η`` over ``n`` updates."""
+        before = float(optimizer.param_groups[0]["lr"])
+        treatments.reset_state(optimizer)
+        treatments.scale_lr(optimizer, scheduler, 1 / n)
+        self._ramp = [1, n]
+        return {"action": f"warm-up: optimizer state reset, η {before:.3g} → {before / n:.3g}, ramped back over {n}"
+                          " updates", "applied": True, "lr_before": before, "lr_after": before / n,
+                "message": f"a missing warm-up: the optimizer's moments reset and η ramped from {before / n:.3g} back"
+                           f" to {before:.3g} over {n} updates — applied"}
+
+    def _ramp_on(self, optimizer: Any, scheduler: Any) -> None:
+        """One step of an imposed warm-up: ``η_k = k η / n``."""
+        if self._ramp is None or optimizer is None:
+            return
+        k, n = self._ramp
+        treatments.scale_lr(optimizer, scheduler, (k + 1) / k)
+        self._ramp = None if k + 1 >= n else [k + 1, n]
+
+    # ---------------------------------------------------------------- never harm
+    def _start_trial(self, event: dict[str, Any], before: float, snapshot: Snapshot, full_batch: bool) -> None:
+        n = self.trial or max(1, (self.full_batch_window if full_batch else self.window) // 2)
+        self._trial = {"until": self._steps + n, "updates": n, "before": before, "snapshot": snapshot, "event": event}
+
+    def _conclude(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any,
+                  scheduler: Any) -> dict[str, Any]:
+        """Keep the treatment if the sample loss is no worse than before it; else undo it all."""
+        started = time.perf_counter()
+        trial, self._trial = self._trial, None
+        first, before = trial["event"], trial["before"]
+        after = self._sample_loss(model, loss_fn, batch_source)
+        # no worse: within min_rel_improvement of before, the resolution of the stall test itself
+        kept = math.isfinite(after) and after <= before + self.min_rel_improvement * abs(before)
+        if not kept:
+            trial["snapshot"].restore(model, optimizer, scheduler)
+            if self._clip is not None:
+                self._clip.remove()
+                self._clip = None
+            self._ramp = None
+        why = (f"the sample loss {before:.4g} → {after:.4g} after {trial['updates']} updates"
+               + (": kept" if kept else ", worse: undone (parameters, optimizer state, η and hooks put back)"))
+        # the look's own numbers stay (what was treated), the trial's verdict on top
+        return {**first, "event": "trial", "action": "kept" if kept else "undone", "applied": kept, "kept": kept,
+                "loss_before": before, "loss_after": after, "trial_updates": trial["updates"], "n_hvp": 0,
+                "seconds": time.perf_counter() - started,
+                "message": f"{first['cause']} treatment ({first['action']}): {why}"}
+
+    # ---------------------------------------------------------------- diagnosis and treatment
+    def _budget(self, seconds_per_gradient: float) -> tuple[int, float]:
+        """Products and seconds for one look: ``max_hvp`` and ``max_seconds`` (a tenth of the run so
+        far, at least 2 s), the products also bounded by that time at two gradients each."""
+        elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
+        seconds = self.max_seconds if self.max_seconds is not None else max(2.0, 0.1 * elapsed)
+        affordable = int(seconds / max(2 * seconds_per_gradient, 1e-9))
+        return max(10, min(self.max_hvp, affordable)), seconds
+
+    def _treat(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any,
+               full_batch: bool = False, batch_size: int | None = None, spike: dict[str, Any] | None = None,
+               good: Snapshot | None = None) -> dict[str, Any]:
+        started = time.perf_counter()
+        # The diagnosis and the readings leave no trace: diagnose() restores the model itself, and
+        # preserved() also undoes the random draws of a shuffling DataLoader. Only a remedy may act.
+        with preserved(model, parameters=False):
+            sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            tick = time.perf_counter()
+            layers = evidence.layer_profile(model, loss_fn, sample, self.batch_loss)
+            max_hvp, max_seconds = self._budget(time.perf_counter() - tick)
+            d = self._diagnose(model, loss_fn, sample, max_hvp, max_seconds, spike)
+            found = evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss,
+                                      optimizer, d, full_batch, batch_size, self._steps, self.seed)
+        ev = Evidence(model, loss_fn, sample, optimizer, scheduler, d, found, self, full_batch, batch_size,
+                      evidence.data_size(batch_source), layers, evidence.marginal_entropy(sample),
+                      evidence.update_ratio(optimizer), evidence.feature_spread(sample), spike, good)
+        event = {"event": "spike" if spike else "stall", "verdict": d.verdict, "loss": d.loss,
+                 "grad_norm": d.grad_norm, "lambda_max": ev.lam_max, "lambda_min": ev.lam_min,
+                 "negative_curvature": d.negative_curvature, "samples": batch_size_of(sample), "method": d.method,
+                 "n_hvp": d.n_hvp, "seconds": None, "budget": {"max_hvp": max_hvp, "max_seconds": max_seconds},
+                 "full_batch": full_batch, "marginal_entropy": ev.marginal,
+                 "readings": {name: {"value": r["value"], "source": r["source"]} for name, r in found.items()},
+                 "applied": False}
+        findings = causes.findings(ev)
+        first = findings[0]
+        event.update(reading=first.reading, remedy=first.remedy, cause=first.cause, evidence=first.evidence,
+                     layers=first.layers,
+                     findings=[{"reading": f.reading, "value": f.value, "remedy": f.remedy, "cause": f.cause}
+                               for f in findings])
+        if first.apply is None:
+            event.update(action="none", message=first.remedy)
+        elif not self.act:
+            event.update(action=f"{first.reading}: {first.remedy} (not applied)",
+                         message=f"{first.remedy} (act=False)")
+        else:
+            before = spike["loss_now"] if spike else float(d.loss)
+            snapshot = Snapshot(model, optimizer, scheduler, self._steps)
+            try:
+                event.update(first.apply())
+            except Exception as error:  # noqa: BLE001 — a treatment that fails is undone and said, never a crash
+                snapshot.restore(model, optimizer, scheduler)
+                event.update(action="none", applied=False,
+                             message=f"{first.remedy} — not applied: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            if event["applied"]:
+                self._start_trial(event, before, snapshot, full_batch)
+                event["kept"] = None  # decided by the trial
+        also = [f"{f.reading}: {f.remedy}" for f in findings[1:]]
+        if also:
+            event["message"] += "; also " + "; ".join(also)
+        event["seconds"] = time.perf_counter() - started
+        return event
+
+    def _diagnose(self, model: nn.Module, loss_fn: Any, sample: Any, max_hvp: int, max_seconds: float,
+                  spike: dict[str, Any] | None) -> Any:
+        """:func:`trainlab.diagnose` within the look's budget (the density gets few products: the
+        doctor needs the extreme eigenvalues); a net a spike left non-finite gets no diagnosis."""
+        if spike is not None and not math.isfinite(spike["loss_now"]):
+            return SimpleNamespace(verdict="not_critical", loss=spike["loss_now"], grad_norm=math.nan,
+                                   eigenvalues=torch.tensor([math.nan, math.nan]), negative_curvature=False,
+                                   method="none", n_hvp=0)
+        # progress=False: the Trainer's own bar is on screen, and a second one would tear it
+        return diagnose(model, loss_fn, sample, grad_tol=self.grad_tol, eig_tol=self.eig_tol,
+                        eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False, probes=1, steps=10,
+                        max_hvp=max_hvp, max_seconds=max_seconds, batch_loss=self.batch_loss)
+
+    def _readings(self, model: nn.Module, loss_fn: Any, sample: Any, optimizer: Any, d: Any, full_batch: bool,
+                  batch_size: int | None) -> dict[str, dict[str, Any]]:
+        """The readings of :func:`evidence.readings` with the doctor's monitor, last change and seed."""
+        return evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss, optimizer,
+                                 d, full_batch, batch_size, self._steps, self.seed)
+
+
+def _mean_var(values: list[float]) -> tuple[float, float]:
+    """Mean and sample variance, in plain Python (``statistics`` is exact but slow)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, sum((v - mean) ** 2 for v in values) / max(n - 1, 1)

@@ -1,0 +1,277 @@
+"""The stall doctor's causes: one small rule per cause, ``rule(evidence) -> Finding | None``,
+listed once in priority order (:data:`RULES`). Every rule that holds is a finding; the first is
+treated, the others are advice. A new cause is one rule here and one case in the zoo.
+
+The order settles what several causes share. A loss at the entropy of the labels' marginal says
+the network carries no input information; *which* cause put it there is decided by who comes
+first: a damaging spike, dead units, a saddle (tiny weights vanish the gradient too), vanishing
+gradients, a warm-up missing, a crawl —
+and only when none of them holds, labels without signal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from trainlab.train.doctor import treatments
+from trainlab.train.doctor.evidence import Evidence, adaptive
+
+#: The vocabulary of causes, each with the evidence that names it.
+CAUSES = {
+    "spike_damage": "the loss jumped far above its recent range and the sample loss stayed worse than before the"
+                    " jump (Chowdhery et al. 2022)",
+    "step_too_large": "η·λ_max (preconditioned for adaptive optimizers) above the edge of stability, 2 for plain"
+                      " gradient descent (Cohen et al. 2021, 2022)",
+    "exploding_gradient": "a non-finite gradient, or the first layer's gradient ≫ the last's (Pascanu et al. 2013)",
+    "degenerate": "gradient and Hessian both vanish: second order shows no way out",
+    "dead_units": "at least `dead_share` of the units dead (ReLU output 0 on every sample) or saturated (Lu et al."
+                  " 2019; Glorot & Bengio 2010)",
+    "vanishing_gradient": "the first layer's gradient ≪ the last's, units alive (Hochreiter 1991; Glorot & Bengio"
+                          " 2010)",
+    "needs_warmup": "an adaptive optimizer's update rewrites > 1 % of each weight per step while the loss sits at"
+                    " the labels' marginal entropy (Liu et al. 2020; Xiong et al. 2020)",
+    "saddle": "negative curvature λ_min < 0 worth a step along it (Dauphin et al. 2014)",
+    "step_too_small": "η·λ_max ≪ 1: the step is far below what the sharpest direction allows (a crawl)",
+    "ill_conditioned_features": "input columns whose scales differ by more than 10×: an elongated bowl (LeCun et"
+                                " al. 1998, 'Efficient BackProp')",
+    "no_signal": "the loss sits at the entropy of the labels' marginal with units and gradients healthy: the labels"
+                 " carry nothing the inputs predict",
+    "batch_noise": "batch ≪ B_simple: gradient noise dominates each step (McCandlish et al. 2018)",
+    "plateau": "not critical, no negative curvature, the step neither too large nor too small",
+    "local_minimum": "no negative curvature and ‖∇L‖ ≤ grad_tol: nothing local lowers the loss",
+    "local_maximum": "only negative curvature at a critical point",
+}
+#: The lecture's remedies for dead or saturated units.
+UNITS_REMEDY = ("a better initialisation (He/Kaiming for ReLU, Glorot/Xavier for tanh and sigmoid), normalisation"
+                " (BatchNorm, standardised inputs), or a lower learning rate")
+#: ``‖∇L‖`` of the first weight-holding layer over the last's below this: vanishing; above its inverse: exploding.
+LAYER_RATIO = 1e-3
+#: Adam's median per-tensor update ratio above this is a step no weight survives for long.
+UPDATE_RATIO = 1e-2
+#: Input columns whose root-mean-squares differ by more than this are ill-conditioned features.
+FEATURE_SPREAD = 10.0
+
+
+@dataclass
+class Finding:
+    """One thing the doctor found: the ``reading`` behind it, its ``value``, the ``remedy`` in
+    words, and ``apply`` (``None``: advice only) that carries the remedy out; its ``cause`` (one
+    of :data:`CAUSES`), the ``evidence`` that decided it and the ``layers`` involved, if any."""
+
+    reading: str
+    value: float | None
+    remedy: str
+    apply: Callable[[], dict[str, Any]] | None = None
+    cause: str = "plateau"
+    evidence: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, float] | None = None
+
+
+def _on(optimizer: Any, apply: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]] | None:
+    """A learning-rate remedy can be applied only with the optimizer at hand."""
+    return None if optimizer is None else apply
+
+
+def _marginal_note(ev: Evidence) -> str:
+    return (f"; the loss {ev.loss:.3g} sits at the labels' marginal entropy {ev.marginal:.3g}: the network carries"
+            " no input information") if ev.at_marginal else ""
+
+
+# ---------------------------------------------------------------- the rules, in priority order
+def spike_damage(ev: Evidence) -> Finding | None:
+    """A spike whose damage lasted: roll back to the last good state and lower η ÷ 2."""
+    if ev.spike is None or ev.good is None:
+        return None
+    s, good = ev.spike, ev.good
+    evidence = {"spike_update": s["step"], "spike_loss": s["loss"], "recent_high": s["high"],
+                "good_update": good.step, "good_loss": good.loss, "loss_now": s["loss_now"], "at_marginal": ev.at_marginal}
+    factor = 0.5
+    return Finding("loss", s["loss"], f"a loss spike at update {s['step']} ({s['loss']:.3g}, recent high"
+                   f" {s['high']:.3g}) damaged the net: the sample loss went {good.loss:.4g} → {s['loss_now']:.4g}"
+                   f"{_marginal_note(ev)}; roll back to update {good.step} and lower η ×{factor:g}",
+                   _on(ev.optimizer, lambda: treatments.roll_back(ev.model, ev.optimizer, ev.scheduler, good, factor)),
+                   "spike_damage", evidence)
+
+
+def step_too_large(ev: Evidence) -> Finding | None:
+    """``η·λ_max`` above the threshold: ``η ← η / stability`` (stability 1)."""
+    if not ev.too_large:
+        return None
+    s, t = ev.stability, ev.threshold
+    return Finding("stability", s, f"η·λ_max = {s:.3g} > {t:.3g}, too large a step for the sharpest"
+                   f" direction: η ← η/{s:.3g} (η·λ_max = 1)",
+                   _on(ev.optimizer, lambda: treatments.change_lr(ev.optimizer, ev.scheduler, 1 / s, "lower η")),
+                   "step_too_large", {"stability": s, "threshold": t})
+
+
+def exploding_gradient(ev: Evidence) -> Finding | None:
+    """A non-finite gradient, or the first layer's gradient ``≫`` the last's: clip the global norm."""
+    ratio, g = ev.layer_ratio, ev.diagnosis.grad_norm
+    if math.isfinite(g) and not (ratio is not None and ratio > 1 / LAYER_RATIO and g > 1.0):
+        return None
+    clip = ev.settings.clip_norm
+    return Finding("layers", ratio, f"exploding gradients (‖∇L‖ = {g:.3g}, first layer / last = "
+                   f"{ratio if ratio is not None else math.nan:.3g}): clip the gradient's global norm to {clip:g}",
+                   _on(ev.optimizer, lambda: ev.settings.install_clip(ev.optimizer, clip)), "exploding_gradient",
+                   {"grad_norm": g, "first_over_last": ratio}, dict(ev.layers) or None)
+
+
+def degenerate(ev: Evidence) -> Finding | None:
+    if ev.diagnosis.verdict != "degenerate":
+        return None
+    sigma = ev.settings.perturbation
+    return Finding("curvature", 0.0, "degenerate point: gradient and Hessian both vanish, so second"
+                   f" order shows no way out; a small random perturbation (σ = {sigma:g})",
+                   lambda: ev.settings.perturb(ev.model), "degenerate",
+                   {"grad_norm": ev.diagnosis.grad_norm, "lambda_max": ev.lam_max})
+
+
+def dead_units(ev: Evidence) -> Finding | None:
+    """Dead or saturated units: advice only — a step among the few units alive would not cure it."""
+    if not ev.units_dead:
+        return None
+    share = ev.dead_share
+    return Finding("units", share, f"{100 * share:.0f} % of the units are dead or saturated (they pass no"
+                   f" gradient){_marginal_note(ev)}; remedy: {UNITS_REMEDY}", None, "dead_units",
+                   {"units": share, "at_marginal": ev.at_marginal}, ev.units_by_layer())
+
+
+def vanishing_gradient(ev: Evidence) -> Finding | None:
+    """The first layer's gradient ``≪`` the last's: advice only (no change of η fixes a ratio)."""
+    ratio = ev.layer_ratio
+    if ratio is None or ratio >= LAYER_RATIO:
+        return None
+    names = list(ev.layers)
+    return Finding("layers", ratio, f"vanishing gradients: ‖∇L‖ of the first layer ({names[0]}) is {ratio:.2g} of"
+                   f" the last's ({names[-1]}){_marginal_note(ev)}; remedy: ReLU-type activations, Glorot/He"
+                   " initialisation, normalisation (BatchNorm/LayerNorm) or residual connections, a shallower net",
+                   None, "vanishing_gradient", {"first_over_last": ratio, "at_marginal": ev.at_marginal},
+                   dict(ev.layers))
+
+
+def needs_warmup(ev: Evidence) -> Finding | None:
+    """An adaptive optimizer's first steps too large for its noisy second moment: impose a warm-up."""
+    r = ev.update_ratio
+    if ev.optimizer is None or not adaptive(ev.optimizer) or r is None or r <= UPDATE_RATIO or not ev.at_marginal:
+        return None
+    n = ev.settings.warmup
+    return Finding("update_ratio", r, f"Adam's step rewrites {100 * r:.2g} % of each weight per update (median) and"
+                   f"{_marginal_note(ev)[1:]}: a warm-up is missing; reset the optimizer's moments, η back down"
+                   f" and ramped over {n} updates", lambda: ev.settings.start_warmup(ev.optimizer, ev.scheduler, n),
+                   "needs_warmup", {"update_ratio": r, "marginal": ev.marginal, "first_over_last": ev.layer_ratio},
+                   dict(ev.layers) or None)
+
+
+def saddle(ev: Evidence) -> Finding | None:
+    """Negative curvature worth taking: during a crawl only at a critical point or when ``|λ_min| ≥ λ_max``."""
+    d = ev.diagnosis
+    if not d.negative_curvature or not (not ev.crawling or ev.critical or abs(ev.lam_min) >= ev.lam_max):
+        return None
+    where = "saddle" if d.verdict == "saddle" else f"saddle's neighbourhood ({d.verdict.replace('_', ' ')})"
+    return Finding("curvature", ev.lam_min, f"{where}: negative curvature λ_min = {ev.lam_min:.3g};"
+                   " step along it (trainlab.escape)",
+                   lambda: treatments.take_escape(ev.model, ev.loss_fn, ev.sample, d, ev.settings.batch_loss),
+                   "saddle", {"lambda_min": ev.lam_min, "lambda_max": ev.lam_max, "grad_norm": d.grad_norm})
+
+
+def step_too_small(ev: Evidence) -> Finding | None:
+    """A crawl: ``η ← η / stability``, with gradient noise ``÷ (1 + B_simple/B)`` (McCandlish et al. 2018, eq. 2.7)."""
+    if not ev.crawling:
+        return None
+    s, ratio = ev.stability, ev.batch_ratio
+    factor = (1 / s if s > 0 else 10.0) / (1 + (1 / ratio if ratio else 0.0))
+    if factor <= 1:
+        return None
+    bound = "η·λ_max = 1" if ratio is None else f"1/λ_max ÷ (1 + B_simple/B), B_simple/B = {1 / ratio:.3g}"
+    return Finding("stability", s, f"a crawl: η·λ_max = {s:.2g} ≪ 1 (‖∇L‖ = {ev.diagnosis.grad_norm:.2g}),"
+                   f" the step is far below what the sharpest direction allows: η ×{factor:.3g} ({bound})",
+                   _on(ev.optimizer, lambda: treatments.change_lr(ev.optimizer, ev.scheduler, factor, "raise η")),
+                   "step_too_small", {"stability": s, "factor": factor})
+
+
+def ill_conditioned_features(ev: Evidence) -> Finding | None:
+    spread = ev.feature_spread
+    if spread is None or spread <= FEATURE_SPREAD:
+        return None
+    return Finding("features", spread, f"the input columns' scales differ {spread:.3g}× (root-mean-square): an"
+                   " elongated bowl no single η suits; remedy: standardise the features"
+                   " (trainlab.nn.Standardizer) or add BatchNorm", None, "ill_conditioned_features",
+                   {"feature_spread": spread})
+
+
+def no_signal(ev: Evidence) -> Finding | None:
+    """At the marginal entropy with nothing else wrong: the labels carry no signal from the inputs."""
+    if not ev.at_marginal:
+        return None
+    return Finding("marginal", ev.marginal, f"the loss {ev.loss:.4g} sits at the labels' marginal entropy"
+                   f" {ev.marginal:.4g} with units and gradients healthy: the model predicts the label frequencies"
+                   " and nothing the inputs say; check that the labels belong to their inputs (shuffled or"
+                   " misaligned labels, a broken pipeline)", None, "no_signal",
+                   {"marginal": ev.marginal, "loss": ev.loss, "units": ev.dead_share, "first_over_last": ev.layer_ratio})
+
+
+def batch_noise(ev: Evidence) -> Finding | None:
+    """``B ≪ B_simple``: a larger batch — never above the data set — is suggested, nothing changed."""
+    ratio = ev.batch_ratio
+    if ratio is None or ratio >= ev.settings.batch_ratio:
+        return None
+    noise = ev.readings["noise_scale"]
+    b = noise.get("batch_size", ev.batch_size)
+    toward = noise["value"] if ev.data_size is None else min(noise["value"], ev.data_size)
+    whole = ev.data_size is not None and noise["value"] >= ev.data_size
+    return Finding("noise_scale", noise["value"], f"batch {b} ≪ B_simple = {noise['value']:.3g} (ratio {ratio:.2g}):"
+                   f" gradient noise dominates each step; a larger batch (toward {toward:.0f}"
+                   f"{', the whole data set' if whole else ''})", None, "batch_noise",
+                   {"batch_over_noise": ratio, "noise_scale": noise["value"], "data_size": ev.data_size})
+
+
+def plateau(ev: Evidence) -> Finding | None:
+    d = ev.diagnosis
+    if d.verdict != "not_critical" or d.negative_curvature or ev.crawling or ev.too_large:
+        return None
+    evidence = {"grad_norm": d.grad_norm, "stability": ev.stability}
+    if ev.optimizer is None:
+        return Finding("grad_norm", d.grad_norm, f"not a critical point (‖∇L‖ = {d.grad_norm:.2g}) and no"
+                       " negative curvature: a plateau or a narrow valley; pass the optimizer to act", None, "plateau",
+                       evidence)
+    group = ev.optimizer.param_groups[0]
+    if group.get("momentum") == 0 and not adaptive(ev.optimizer):
+        return Finding("grad_norm", d.grad_norm, "plain gradient descent on a plateau"
+                       f" (‖∇L‖ = {d.grad_norm:.2g}): momentum 0.9", lambda: treatments.add_momentum(ev.optimizer),
+                       "plateau", evidence)
+    s = ev.stability
+    factor = 10.0 if s is None or s <= 0 else min(10.0, max(1.0, 1 / s))
+    return Finding("grad_norm", d.grad_norm, f"a plateau (‖∇L‖ = {d.grad_norm:.2g}, no negative curvature):"
+                   f" η ×{factor:.3g}",
+                   lambda: treatments.change_lr(ev.optimizer, ev.scheduler, factor, "raise η"), "plateau", evidence)
+
+
+def local_minimum(ev: Evidence) -> Finding | None:
+    """A local minimum or maximum — unless dead units or vanishing gradients explain the stall."""
+    d = ev.diagnosis
+    if d.verdict not in ("local_minimum", "local_maximum") or ev.units_dead or (
+            ev.layer_ratio is not None and ev.layer_ratio < LAYER_RATIO):
+        return None
+    return Finding("curvature", ev.lam_min, f"a {d.verdict.replace('_', ' ')} at loss {d.loss:.4g} (no"
+                   f" negative curvature, ‖∇L‖ = {d.grad_norm:.2g}): nothing local lowers the loss;"
+                   " if it is too high, re-initialise, use a larger model, or add batch noise (smaller"
+                   " batches)", None, d.verdict, {"lambda_min": ev.lam_min, "grad_norm": d.grad_norm})
+
+
+#: Every rule, in priority order: the first finding is treated, the others are advice.
+RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
+    spike_damage, step_too_large, exploding_gradient, degenerate, dead_units, saddle, vanishing_gradient,
+    needs_warmup, step_too_small, ill_conditioned_features, no_signal, batch_noise, plateau, local_minimum)
+
+
+def findings(ev: Evidence) -> list[Finding]:
+    """Every rule's finding that holds, in :data:`RULES` order; never empty."""
+    found = [f for f in (rule(ev) for rule in RULES) if f is not None]
+    if not found:  # e.g. not critical with negative curvature not worth taking, and no optimizer to act on
+        d = ev.diagnosis
+        found.append(Finding("grad_norm", d.grad_norm, f"not a critical point (‖∇L‖ = {d.grad_norm:.2g}): a"
+                             " plateau or a narrow valley; pass the optimizer to act", None, "plateau",
+                             {"grad_norm": d.grad_norm}))
+    return found

@@ -1,0 +1,332 @@
+"""The stall doctor's evidence: everything it read about the patient at one look, in one object.
+
+The causes (:mod:`trainlab.train.doctor.causes`) decide from this object alone. It holds
+
+* the **diagnosis** of :func:`trainlab.diagnose` on the bounded sample (loss, ‖∇L‖, λ_max, λ_min, verdict);
+* the **readings** ``stability`` (``η·λ_max``, preconditioned for adaptive optimizers, with its
+  threshold), ``units`` (share of dead or saturated units, per layer) and ``noise_scale``
+  (``B_simple``) — a Monitor's fresh ones, else measured here;
+* cheap readings computed here, each one gradient or less:
+
+  - the **layer profile**: ``‖∇_W L‖`` of every module holding a weight matrix, first to last —
+    ``first / last ≪ 1`` is the vanishing-gradient signature (Hochreiter 1991; Glorot & Bengio 2010),
+    ``≫ 1`` the exploding one (Pascanu, Mikolov & Bengio 2013);
+  - the **marginal entropy** ``H(p) = −Σ_c p_c log p_c`` of the sample's integer labels: a
+    cross-entropy at ``H(p)`` is that of a model predicting the label frequencies, whatever the
+    input — the network carries no input information (ln 10 = 2.30 for ten balanced classes; the
+    unigram entropy of a language model);
+  - the **update ratio**: the median over tensors of ``‖Δθ‖/‖θ‖`` of Adam's next step,
+    ``η m̂/(√v̂ + ε)`` (Adam's state), where a step that rewrites a large part of every weight
+    matrix each update says the step outran the early, noisy second-moment estimate
+    (Liu et al. 2020, "On the variance of the adaptive learning rate and beyond"; Xiong et al.
+    2020, "On layer normalization in the Transformer architecture");
+  - the **feature spread**: the largest over the smallest root-mean-square of the input columns —
+    the lecture's elongated bowl, since the curvature along a feature scales with its second moment;
+
+* the run's facts: the spike the doctor saw (if any) and the sample loss of the last good state
+  before it, the data set's size, the batch, whether every update saw all the data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainlab.curvature import analysis_mode
+from trainlab.curvature.operator import loss_of
+from trainlab.data.batches import BatchLoss, concat, first_samples
+from trainlab.instruments import Context, Stability, Units
+from trainlab.instruments.noise import NoiseScale
+
+#: Optimizers whose step is scaled by a diagonal preconditioner read from their state.
+ADAPTIVE = ("adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad")
+#: A loss within this share of the labels' marginal entropy sits at it.
+MARGINAL_TOL = 0.02
+
+
+@dataclass
+class Evidence:
+    """What the doctor knows at one look: the patient, the diagnosis, the readings (module docstring)
+    and the doctor's own thresholds (``settings``: the :class:`~trainlab.train.doctor.StallDoctor`)."""
+
+    model: nn.Module
+    loss_fn: Any
+    sample: Any
+    optimizer: Any
+    scheduler: Any
+    diagnosis: Any
+    readings: dict[str, dict[str, Any]]
+    settings: Any
+    full_batch: bool = False
+    batch_size: int | None = None
+    data_size: int | None = None
+    layers: dict[str, float] = field(default_factory=dict)
+    marginal: float | None = None
+    update_ratio: float | None = None
+    feature_spread: float | None = None
+    spike: dict[str, Any] | None = None
+    good: Any = None  # the last good state before a spike (a treatments.Snapshot), if any
+
+    # ------------------------------------------------------------ derived facts the rules share
+    @property
+    def loss(self) -> float:
+        return float(self.diagnosis.loss)
+
+    @property
+    def lam_max(self) -> float:
+        return float(self.diagnosis.eigenvalues[0])
+
+    @property
+    def lam_min(self) -> float:
+        return float(self.diagnosis.eigenvalues[-1])
+
+    @property
+    def stability(self) -> float | None:
+        s = self.readings.get("stability")
+        return None if s is None else s["value"]
+
+    @property
+    def threshold(self) -> float | None:
+        s = self.readings.get("stability")
+        return None if s is None else s["threshold"]
+
+    @property
+    def too_large(self) -> bool:
+        return self.stability is not None and self.stability > self.threshold
+
+    @property
+    def crawling(self) -> bool:
+        return self.stability is not None and self.stability < self.settings.crawl
+
+    @property
+    def critical(self) -> bool:
+        return self.diagnosis.grad_norm <= self.settings.grad_tol
+
+    @property
+    def dead_share(self) -> float | None:
+        u = self.readings.get("units")
+        return None if u is None else u["value"]
+
+    @property
+    def units_dead(self) -> bool:
+        # ">=": a dead net's sigmoid-free ReLU layers often read exactly one half
+        return self.dead_share is not None and self.dead_share >= self.settings.dead_share
+
+    @property
+    def layer_ratio(self) -> float | None:
+        """``‖∇L‖`` of the first weight-holding module over that of the last (``None``: fewer than 3)."""
+        norms = list(self.layers.values())
+        if len(norms) < 3 or not norms[-1] > 0:
+            return None
+        return norms[0] / norms[-1]
+
+    @property
+    def at_marginal(self) -> bool:
+        return self.marginal is not None and self.marginal > 0 and abs(self.loss - self.marginal) <= (
+            MARGINAL_TOL * self.marginal)
+
+    @property
+    def batch_ratio(self) -> float | None:
+        """``B / B_simple`` of a mini-batch run with a noise reading."""
+        noise = self.readings.get("noise_scale")
+        if noise is None or self.full_batch:
+            return None
+        ratio = noise.get("batch_over_noise")
+        if ratio is None and self.batch_size and noise["value"] > 0:
+            ratio = self.batch_size / noise["value"]
+        return ratio if ratio is not None and math.isfinite(ratio) else None
+
+    def units_by_layer(self) -> dict[str, float] | None:
+        """Each watched layer's share of dead or saturated units (``None``: no per-layer reading)."""
+        parts = (self.readings.get("units") or {}).get("parts")
+        if not isinstance(parts, dict):
+            return None
+        return {name: float(p.get("dead", 0.0)) + float(p.get("saturated", 0.0)) for name, p in parts.items()
+                if isinstance(p, dict)}
+
+
+# ---------------------------------------------------------------- readings
+def adaptive(optimizer: Any) -> bool:
+    """Whether the optimizer scales its step by a diagonal preconditioner (Adam, RMSProp, Adagrad…)."""
+    return type(optimizer).__name__.lower() in ADAPTIVE
+
+
+def threshold(optimizer: Any) -> float:
+    """The stability threshold on ``η·λ_max`` (preconditioned for adaptive optimizers): 2 for
+    plain steps, ``2(1+β)`` with heavy-ball momentum β (``2(1+β)/(1+2β)`` Nesterov, divided by
+    ``1−τ`` with PyTorch's dampening τ), ``2(1+β₁)/(1−β₁)`` for Adam (its first moment is an average)."""
+    group = {} if optimizer is None else optimizer.param_groups[0]
+    if "betas" in group:
+        b1 = float(group["betas"][0])
+        return 2 * (1 + b1) / (1 - b1)
+    beta = float(group.get("momentum") or 0.0)
+    if group.get("nesterov"):
+        return 2 * (1 + beta) / (1 + 2 * beta)
+    return 2 * (1 + beta) / (1 - float(group.get("dampening") or 0.0))
+
+
+def _instrument(name: str) -> Any:
+    """A fresh instrument of :mod:`trainlab.instruments` for the reading ``name``."""
+    return {"units": Units, "stability": Stability, "noise_scale": NoiseScale}[name]()
+
+
+def readings(monitor: Any, changed_at: int, model: nn.Module, loss_fn: Any, sample: Any, batch_loss: BatchLoss | None,
+             optimizer: Any, d: Any, full_batch: bool, batch_size: int | None, step: int,
+             seed: int) -> dict[str, dict[str, Any]]:
+    """``stability`` (value, threshold), ``units`` and ``noise_scale``: the Monitor's latest
+    readings taken after the doctor's last change (update ``changed_at``), else measured here.
+    A reading that fails (e.g. no activation module to watch) is left out: evidence, not a verdict."""
+    latest = getattr(monitor, "latest", None) or {}
+    found: dict[str, dict[str, Any]] = {}
+    for name in ("stability", "units", "noise_scale"):
+        r = latest.get(name)
+        value = getattr(r, "value", None)
+        fresh = getattr(r, "step", -1) > changed_at
+        if r is not None and value is not None and math.isfinite(value) and fresh:
+            found[name] = {**dict(getattr(r, "extra", None) or {}), "value": float(value), "source": "monitor"}
+    lr = None if optimizer is None else float(optimizer.param_groups[0]["lr"])
+    if "stability" in found:
+        found["stability"].setdefault("threshold", threshold(optimizer))
+        lam = found["stability"].get("lambda_max")
+        if lr is not None and isinstance(lam, (int, float)) and math.isfinite(lam):
+            found["stability"]["value"] = lr * lam  # η now: a schedule may have moved it since the reading
+    elif optimizer is not None and not adaptive(optimizer):
+        found["stability"] = {"value": lr * float(d.eigenvalues[0]), "threshold": threshold(optimizer),
+                              "source": "diagnosis"}
+    ctx = None
+    for name in ("stability", "units", "noise_scale"):
+        if name in found or (name == "stability" and optimizer is None) or (name == "noise_scale" and (
+                full_batch or batch_size is None)):
+            continue
+        if ctx is None:
+            ctx = Context(model, loss_fn, sample, batch_loss, optimizer, step, lr, batch_size, "eval", seed)
+        try:
+            with analysis_mode(model, "eval"):
+                result = dict(_instrument(name).read(ctx))
+        except Exception:  # noqa: BLE001 — a reading that cannot be taken is missing evidence, never a crash
+            continue
+        value = float(result.pop("value"))
+        if math.isfinite(value):
+            found[name] = {**result, "value": value, "source": "doctor"}
+    if "stability" in found:
+        found["stability"].setdefault("threshold", threshold(optimizer))
+    return found
+
+
+def layer_profile(model: nn.Module, loss_fn: Any, sample: Any, batch_loss: BatchLoss | None) -> dict[str, float]:
+    """``‖∇_W L‖`` on the sample of every module that holds a parameter of two or more dimensions
+    (a weight matrix, a convolution kernel, an embedding), in the model's order: one gradient,
+    taken without touching ``.grad``. Empty when the loss cannot be differentiated."""
+    owners: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            owners.setdefault(name.rpartition(".")[0], []).append(p)
+    owners = {name: ps for name, ps in owners.items() if any(p.dim() >= 2 for p in ps)}
+    params = [p for ps in owners.values() for p in ps]
+    if len(owners) < 2:
+        return {}
+    try:
+        with analysis_mode(model, "eval"), torch.enable_grad():
+            grads = torch.autograd.grad(loss_of(model, loss_fn, sample, batch_loss), params, allow_unused=True)
+    except Exception:  # noqa: BLE001 — evidence, not a verdict
+        return {}
+    norms, i = {}, 0
+    for name, ps in owners.items():
+        total = 0.0
+        for g in grads[i:i + len(ps)]:
+            total += 0.0 if g is None else float(g.detach().double().pow(2).sum())
+        norms[name or "(model)"] = math.sqrt(total)
+        i += len(ps)
+    return norms
+
+
+def labels_of(sample: Any) -> torch.Tensor | None:
+    """The integer labels of an ``(x, y)`` pair or of a dict batch's ``"labels"`` (``None``: none)."""
+    y = sample.get("labels") if isinstance(sample, dict) else (
+        sample[1] if isinstance(sample, (tuple, list)) and len(sample) == 2 else None)
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        return None
+    return y
+
+
+def marginal_entropy(sample: Any) -> float | None:
+    """``H(p) = −Σ_c p_c log p_c`` of the labels' frequencies (negative labels, e.g. −100, ignored)."""
+    y = labels_of(sample)
+    if y is None:
+        return None
+    y = y.reshape(-1)
+    y = y[y >= 0]
+    if y.numel() == 0:
+        return None
+    p = torch.bincount(y.cpu()).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+def update_ratio(optimizer: Any) -> float | None:
+    """The median over tensors of ``‖η m̂/(√v̂ + ε)‖ / ‖θ‖`` from Adam's state (``None``: no such state)."""
+    if optimizer is None:
+        return None
+    ratios = []
+    for group in optimizer.param_groups:
+        betas, eps = group.get("betas"), group.get("eps", 1e-8)
+        if betas is None:
+            return None
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            m, v, t = state.get("exp_avg"), state.get("exp_avg_sq"), state.get("step")
+            if m is None or v is None or t is None:
+                continue
+            t = float(t)
+            if t < 1:
+                continue
+            m_hat = m / (1 - betas[0] ** t)
+            v_hat = v / (1 - betas[1] ** t)
+            norm = float(p.detach().norm())
+            if norm > 0:
+                ratios.append(float(group["lr"]) * float((m_hat / (v_hat.sqrt() + eps)).norm()) / norm)
+    if not ratios:
+        return None
+    ratios.sort()
+    return ratios[len(ratios) // 2]
+
+
+def feature_spread(sample: Any) -> float | None:
+    """Largest over smallest root-mean-square of the input columns of a 2-D float ``x`` (zero columns skipped)."""
+    x = sample[0] if isinstance(sample, (tuple, list)) and len(sample) == 2 else None
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[0] < 2:
+        return None
+    rms = x.detach().double().pow(2).mean(0).sqrt()
+    rms = rms[rms > 1e-12 * float(rms.max())] if float(rms.max()) > 0 else rms[:0]
+    if rms.numel() < 2:
+        return None
+    return float(rms.max() / rms.min())
+
+
+def data_size(source: Any) -> int | None:
+    """Samples in the training data when it says so (a Dataset, a DataLoader's dataset, an ``(x, y)`` pair)."""
+    if isinstance(source, (tuple, list)):
+        first = source[0] if len(source) == 2 else None
+        return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+    for obj in (source, getattr(source, "dataset", None)):
+        if obj is not None and hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and not isinstance(obj, dict):
+            try:
+                return int(len(obj))
+            except TypeError:
+                continue
+    return None
+
+
+def bounded_sample(source: Any, limit: int, batch_loss: BatchLoss | None = None) -> Any:
+    """The first ``limit`` samples of a dataset, a DataLoader or an ``(x, y)`` batch, as one
+    batch (with ``batch_loss``: of batches in any form, e.g. dicts, joined key by key)."""
+    batches = list(first_samples(source, limit, batch_loss))
+    return batches[0] if len(batches) == 1 else concat(batches)
+
+
+__all__ = ["ADAPTIVE", "Evidence", "adaptive", "bounded_sample", "data_size", "feature_spread",
+           "layer_profile", "marginal_entropy", "readings", "threshold", "update_ratio"]
