@@ -34,6 +34,10 @@ learning-rate schedule — with the dict batches it trains on (``input_ids``, ``
   (``trainer=``; then every ``report_to`` integration — TensorBoard, W&B — receives them too),
   else appended to ``state.log_history`` in the record form ``trainer.log`` writes. A doctor
   event's line of text goes to the ``transformers`` logger (a warning).
+* **Errors**: an exception from the Monitor or the doctor at an update never ends the training:
+  it becomes an event ``callback_error`` with its sentence and the step
+  (:func:`trainlab.train.callbacks.error_event`, the traceback in the ``trainlab`` debug log), kept
+  in ``errors`` and logged as a warning once per message. Doctor events carry ``step`` (``state.global_step``) and ``epoch``, also in ``doctor.events``.
 * **Checkpoints**: the Monitor's and the doctor's states are saved beside each HF checkpoint
   (``checkpoint-N/trainlab_callback.pt``) and loaded back when ``trainer.train(resume_from_checkpoint=...)``
   resumes from ``args.output_dir/checkpoint-N`` — with ``torch.load(weights_only=True)``: the file
@@ -66,6 +70,7 @@ from trainlab import distributed as dist
 from trainlab.data.batches import BatchLoss, to_device
 from trainlab.errors import ConfigError
 from trainlab.integrations import check_model, event_scalars, event_text, load_states, require, scalars, states
+from trainlab.train.callbacks import error_event
 
 _transformers = require("transformers", "hf", "transformers")
 
@@ -136,6 +141,8 @@ class TrainlabCallback(_transformers.TrainerCallback):
         self._armed = False  # inside an update: training forwards are captured
         self._micro: list[torch.Tensor] = []  # this update's captured micro-step losses
         self._summed = False  # the Trainer passed num_items_in_batch: micro-losses add up
+        self.errors: list[dict[str, Any]] = []  # the Monitor's and the doctor's errors, as events
+        self._errors: set[str] = set()  # their messages, each logged once
 
     # ---------------------------------------------------------------- HF hooks
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any
@@ -167,17 +174,33 @@ class TrainlabCallback(_transformers.TrainerCallback):
         sample = self._sample_of(model, train_dataloader)
         logs: dict[str, float] = {}
         if self.monitor is not None:
-            readings = self.monitor.after_step(model, None, None, sample, optimizer, batch_size=batch_size, step=step)
-            logs.update(scalars(readings))
+            try:
+                readings = self.monitor.after_step(model, None, None, sample, optimizer, batch_size=batch_size,
+                                                   step=step)
+                logs.update(scalars(readings))
+            except Exception as e:  # noqa: BLE001 - a reading must not end the user's training
+                self._failed("the Monitor", e, step)
         if self.doctor is not None:
-            event = self.doctor.after_step(model, self._update_loss(model), None, sample, optimizer, scheduler,
-                                           batch_size=batch_size)
+            try:
+                event = self.doctor.after_step(model, self._update_loss(model), None, sample, optimizer, scheduler,
+                                               batch_size=batch_size)
+            except Exception as e:  # noqa: BLE001 - a diagnosis must not end the user's training
+                event = self._failed("the stall doctor", e, step)
             if event is not None:
-                event = {**event, "step": step, "epoch": state.epoch}
+                event.update(step=step, epoch=state.epoch)  # in place: the doctor's own list carries the step too
                 logs.update(event_scalars(event))
                 _logger.warning(f"trainlab stall doctor, step {step}: {event_text(event)}")
         if logs:
             self._log(logs, state, control)
+
+    def _failed(self, source: str, error: Exception, step: int) -> None:
+        """An error of the Monitor or the doctor as an event (once per message; module docstring)."""
+        event = error_event(source, error, step)
+        if event["message"] in self._errors:
+            return
+        self._errors.add(event["message"])
+        self.errors.append(event)
+        _logger.warning(f"trainlab, step {step}: {event['message']}")
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Beside the checkpoint the Trainer just wrote: the Monitor's and the doctor's states."""

@@ -51,6 +51,13 @@ the same every epoch and after a resume); under a ``DistributedSampler`` each ra
 shard one that does not shuffle deals it (samples ``rank, rank + world, …``), and the
 distributed-aware readings are those of the union. ``data=`` (a Dataset, a DataLoader or an ``(x, y)`` pair) replaces it.
 
+**Errors.** An exception from the Monitor or the doctor at an update never ends the fit: it
+becomes an event ``callback_error`` with its sentence and the step
+(:func:`trainlab.train.callbacks.error_event`, the traceback in the ``trainlab`` debug log), kept
+in ``errors`` and logged once per message.
+A ``training_step`` that returns no loss is the user's code, and stays an error. Doctor events
+carry ``step`` (``trainer.global_step``) and ``epoch``.
+
 **Checkpoints.** :meth:`TrainlabCallback.state_dict` holds the Monitor's and the doctor's state,
 so a run resumed with ``trainer.fit(..., ckpt_path=...)`` reads and diagnoses as an
 uninterrupted one would.
@@ -67,6 +74,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError, DataError
 from trainlab.integrations import PREFIX, check_model, event_scalars, event_text, load_states, require, scalars, states
+from trainlab.train.callbacks import error_event
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402  (after require's message)
@@ -135,6 +143,8 @@ class TrainlabCallback(pl.Callback):
         self._losses: list[float] = []  # training_step's losses since then (micro-batches)
         self._samples = 0  # and their samples
         self._fixed: tuple[Any, Any, bool] | None = None  # (optimizer, its scheduler, full batch) of this fit
+        self.errors: list[dict[str, Any]] = []  # the Monitor's and the doctor's errors, as events
+        self._errors: set[str] = set()  # their messages, each logged once
 
     # ---------------------------------------------------------------- Lightning hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -169,9 +179,12 @@ class TrainlabCallback(pl.Callback):
         optimizer, scheduler, full_batch = self._fixed  # set once per fit: looked up per update they cost ~1 %
         batch_size = samples * trainer.world_size if samples else None  # samples per update, all ranks
         if self.monitor is not None:
-            readings = self.monitor.after_step(pl_module, None, self.loss_fn, self._data, optimizer,
-                                               batch_size=batch_size, step=self._updates)
-            self._log(trainer, pl_module, scalars(readings), step)
+            try:
+                readings = self.monitor.after_step(pl_module, None, self.loss_fn, self._data, optimizer,
+                                                   batch_size=batch_size, step=self._updates)
+                self._log(trainer, pl_module, scalars(readings), step)
+            except Exception as e:  # noqa: BLE001 - a reading must not end the user's training
+                self._failed("the Monitor", e, step)
         if self.doctor is not None:
             if not losses:
                 raise ConfigError("TrainlabCallback: training_step returned None before an optimizer update; the stall"
@@ -180,8 +193,11 @@ class TrainlabCallback(pl.Callback):
             if trainer.world_size > 1:  # every rank decides on the same number
                 loss = float(trainer.strategy.reduce(torch.tensor(loss, dtype=torch.float64, device=pl_module.device),
                                                      reduce_op="mean"))
-            event = self.doctor.after_step(pl_module, loss, self.loss_fn, self._data, optimizer, scheduler,
-                                           full_batch=full_batch, batch_size=batch_size)
+            try:
+                event = self.doctor.after_step(pl_module, loss, self.loss_fn, self._data, optimizer, scheduler,
+                                               full_batch=full_batch, batch_size=batch_size)
+            except Exception as e:  # noqa: BLE001 - a diagnosis must not end the user's training
+                event = self._failed("the stall doctor", e, step)
             if event is not None:
                 event.update(step=step, epoch=trainer.current_epoch)
                 self._log(trainer, pl_module, event_scalars(event), step)
@@ -207,6 +223,15 @@ class TrainlabCallback(pl.Callback):
         self._restored, self._loaded = (updates if "updates" in state_dict else None), True
 
     # ---------------------------------------------------------------- internals
+    def _failed(self, source: str, error: Exception, step: int) -> None:
+        """An error of the Monitor or the doctor as an event, once per message (module docstring)."""
+        event = error_event(source, error, step)
+        if event["message"] in self._errors:
+            return
+        self._errors.add(event["message"])
+        self.errors.append(event)
+        rank_zero_info(f"trainlab: update {step}: {event['message']}")
+
     @staticmethod
     def _log(trainer: Any, pl_module: Any, values: dict[str, float], step: int) -> None:
         if not values:

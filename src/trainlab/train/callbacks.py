@@ -5,14 +5,25 @@ so it can read ``trainer.model``, ``trainer.optimizer``, ``trainer.step`` or set
 ``trainer.stop_training = True`` (the run then ends after the current epoch).
 A callback with ``state_dict()`` / ``load_state_dict()`` is saved in checkpoints and
 restored on resume, each saved state going back to a callback of the same class (so a resume
-may add or drop callbacks). Any object with these methods works as a callback:
+may add or drop callbacks). An exception raised in a hook after training started (``on_epoch_start``, ``on_step_end``,
+``on_epoch_end``, ``on_fit_end``) does not end the run: it becomes an event ``"callback_error"``
+with its sentence (:func:`error_event`; the traceback goes to the ``trainlab`` logger at debug
+level), once per callback and message, and training goes on — a failed reading or diagnosis
+costs its answer, never the user's training. What the user's own training step does is not a
+callback: its errors end the run as before. ``on_fit_start`` errors (a refused state, a bad
+argument) also end it, before the first update. Any object with these methods works as a callback:
 :class:`trainlab.instruments.Monitor` (readings to ``instruments.jsonl`` through
 ``trainer.log_readings``) is one, without importing this module.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+#: An error's sentence in an event is cut to this many characters (one line).
+MESSAGE_CHARS = 300
+_log = logging.getLogger("trainlab")
 
 
 class Callback:
@@ -56,3 +67,16 @@ class Callback:
 
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_fit_end")
+
+
+def error_event(source: str, error: BaseException, step: int | None = None) -> dict[str, Any]:
+    """An exception from a reading, a diagnosis or another callback as an event: ``{"event":
+    "callback_error", "source", "error" (its type), "message"}`` (and ``step`` when given), the
+    message one line naming ``source`` and the error's own sentence; the traceback goes to the
+    ``trainlab`` logger at debug level. Cost: none."""
+    sentence = " ".join(f"{type(error).__name__}: {error}".split())
+    sentence = sentence if len(sentence) <= MESSAGE_CHARS else sentence[:MESSAGE_CHARS - 1] + "…"
+    _log.debug("%s failed; training goes on", source, exc_info=error)
+    event = {"event": "callback_error", "source": source, "error": type(error).__name__,
+             "message": f"{source} failed ({sentence}); training goes on without it"}
+    return event if step is None else {**event, "step": step}
