@@ -33,7 +33,7 @@ updates later (``window // 2``; ``full_batch_window // 2`` full-batch), the loss
 sample is no worse than it was before the treatment (higher by less than ``min_rel_improvement`` of
 it, the stall test's own resolution); otherwise the parameters, the optimizer's
 state, η, the schedule and any hook the treatment installed are put back, and a ``"trial"`` event
-says so (``kept: False``, with the two losses). The diagnosis and the readings leave the model as
+says so (``kept: False``, with the two losses); a kept one only sets ``kept: True`` and ``trial`` on its own event in ``events``. The diagnosis and the readings leave the model as
 it was (parameters, buffers, flags, gradients, random states); only a treatment changes anything.
 
 **Cost.** Every look has a budget: at most ``max_hvp`` Hessian-vector products (100: the doctor
@@ -224,7 +224,7 @@ class StallDoctor(Callback):
         if self._trial is not None:
             if self._steps >= self._trial["until"]:
                 return self._record(self._conclude(model, loss_fn, batch_source, optimizer, scheduler))
-            return None
+            return None  # no other look while a treatment is on trial
         if spiked and self._spike is None:
             self._spike = spiked
         elif not spiked and self._spike is None and self._steps % max(1, self.window // 2) == 0:
@@ -424,6 +424,9 @@ class StallDoctor(Callback):
             self._ramp = None
         why = (f"the sample loss {before:.4g} → {after:.4g} after {trial['updates']} updates"
                + (": kept" if kept else ", worse: undone (parameters, optimizer state, η and hooks put back)"))
+        first.update(kept=kept, trial={"updates": trial["updates"], "loss_before": before, "loss_after": after})
+        if kept:  # a treatment that did no harm is said in its own event (kept: True), not once more
+            return None
         # the look's own numbers stay (what was treated), the trial's verdict on top
         return {**first, "event": "trial", "action": "kept" if kept else "undone", "applied": kept, "kept": kept,
                 "loss_before": before, "loss_after": after, "trial_updates": trial["updates"], "n_hvp": 0,
