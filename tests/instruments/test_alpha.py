@@ -85,7 +85,8 @@ def test_gradient_descent_on_a_quadratic_lands_at_eta_lambda_minus_one(k, expect
 def test_an_adam_step_on_an_anisotropic_quadratic_matches_the_closed_form():
     g = torch.Generator().manual_seed(1)
     n, d = 40, 5
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5, 0.2, 0.1], dtype=torch.float64)
+    scales = torch.tensor([3.0, 1.0, 0.5, 0.2, 0.1], dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
     y = torch.randn(n, 1, generator=g, dtype=torch.float64)
     m = linear(d, seed=3)
     opt = torch.optim.Adam(m.parameters(), lr=0.3)

@@ -13,5 +13,5 @@ from trainlab.instruments.noise import GSNR, NoiseScale
 from trainlab.instruments.sharpness import HessianTrace, Sharpness, Stability
 from trainlab.instruments.units import Units
 
-__all__ = ["Alpha", "GSNR", "PRESETS", "Context", "GradNorm", "HessianTrace", "Instrument", "Monitor", "NoiseScale", "Reading",
-           "Sharpness", "Stability", "UpdateRatio", "Units", "preset"]
+__all__ = ["Alpha", "GSNR", "PRESETS", "Context", "GradNorm", "HessianTrace", "Instrument", "Monitor", "NoiseScale",
+           "Reading", "Sharpness", "Stability", "UpdateRatio", "Units", "preset"]
