@@ -45,7 +45,8 @@ def train_steps(m, ds, monitor, steps, lr=0.1):
 def test_grad_norm_is_autograds_norm_on_the_sample_in_eval_mode():
     ds, m = data(), model()
     readings, _ = train_steps(m, ds, Monitor(every=2, sample=32, instruments=[GradNorm()]), 2)
-    (r,) = readings
+    baseline, r = readings  # update 1 (a baseline) and update 2
+    assert baseline.step == 1 and r.step == 2
     # reference: torch's own backward on the first 32 samples, eval mode (running statistics, no dropout)
     m.eval()
     m.zero_grad()

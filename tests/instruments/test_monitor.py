@@ -68,13 +68,13 @@ def test_schedule_and_context():
     for _ in range(12):
         for r in monitor.after_step(model, None, F.cross_entropy, batches, opt, batch_size=16):
             steps.setdefault(r.instrument, []).append(r.step)
-    assert steps == {"recorder": [3, 6, 9, 12], "grad_norm": [4, 8, 12]}
+    assert steps == {"recorder": [1, 3, 6, 9, 12], "grad_norm": [1, 4, 8, 12]}  # a baseline at update 1
     ctx = fast.contexts[-1]
     assert isinstance(ctx, Context) and ctx.step == 12 and ctx.lr == 0.25 and ctx.batch_size == 16
     assert ctx.mode == "eval" and ctx.seed == 0 and ctx.optimizer is opt
     assert torch.equal(ctx.batch[0], x[:25]) and torch.equal(ctx.batch[1], y[:25])  # the first 25, across batches
     assert fast.contexts[0].batch is ctx.batch  # drawn once per data source
-    assert monitor.latest["recorder"].value == 12.0 and len(monitor.history) == 7
+    assert monitor.latest["recorder"].value == 12.0 and len(monitor.history) == 9
     assert monitor.after_step(model, None, F.cross_entropy, (x, y), step=30)[0].step == 30  # the caller's count
 
 
@@ -189,7 +189,7 @@ def test_trainer_writes_instruments_jsonl(small, tmp_path):
     for r in records:
         by.setdefault(r["instrument"], []).append(r["step"])
         assert {"step", "instrument", "value", "seconds"} <= r.keys() and math.isfinite(r["value"])
-    assert by == {"grad_norm": [5, 10, 15, 20], "update_ratio": [5, 10, 15, 20], "units": [10, 20]}
+    assert by == {"grad_norm": [1, 5, 10, 15, 20], "update_ratio": [1, 5, 10, 15, 20], "units": [1, 10, 20]}
     assert records[0]["parts"].keys() == dict(trainer.module.named_parameters()).keys()
     with pytest.raises(ConfigError, match="instruments.jsonl"):  # a fresh run refuses to replace it
         (tmp_path / "other").mkdir()
@@ -266,13 +266,13 @@ def test_cli_monitor_writes_readings(cli_run):
     last = {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}  # iris: 15 updates per epoch, 510 in all
     assert {name: r["step"] for name, r in last.items()} == {"grad_norm": 500, "update_ratio": 510, "units": 500,
                                                              "sharpness": 300, "stability": 300, "noise_scale": 500,
-                                                             "gsnr": 500}
+                                                             "gsnr": 500, "trace": 1}  # its baseline
     assert all("error" not in r and r["value"] == r["value"] for r in last.values())  # none failed, none NaN
 
 
 @pytest.mark.parametrize("periods", [(6, 4), (5, 3), (7, 7), (1, 9)])
 def test_schedule_with_kept_parameters_across_periods(periods):
-    """Readings fall exactly on the multiples of each period, and update_ratio always compares
+    """Readings fall at update 1 (a baseline) and exactly on the multiples of each period, and update_ratio always compares
     with the parameters just before the last update, whatever the periods' common divisor."""
     ratio_every, norm_every = periods
     torch.manual_seed(0)
@@ -295,4 +295,4 @@ def test_schedule_with_kept_parameters_across_periods(periods):
                 assert r.value == pytest.approx(expected, rel=tol(torch.float32, after.numel()))  # float32 norms
     # (at update 1 no earlier parameters were seen: the Monitor starts watching after it)
     assert seen == {"update_ratio": [s for s in range(ratio_every, 31, ratio_every) if s > 1],
-                    "grad_norm": list(range(norm_every, 31, norm_every))}
+                    "grad_norm": sorted({1, *range(norm_every, 31, norm_every)})}

@@ -19,6 +19,8 @@ from trainlab.instruments.sharpness import Sharpness  # noqa: E402
 from trainlab.integrations.hf import TrainlabCallback, model_loss  # noqa: E402
 from trainlab.train.doctor import StallDoctor  # noqa: E402
 
+from schedule import due  # noqa: E402
+
 hf_logging.set_verbosity_error()  # the tiny config's own notes (eos token, loss type) are not ours
 VOCAB, LENGTH = 128, 16
 
@@ -79,20 +81,20 @@ def brute_force_noise_scale(model, batch):
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_readings_equal_trainlab_curvature_called_directly(tmp_path, accumulation):
-    """Sharpness and noise scale logged at updates 10 and 20 equal eigs() and brute-force
+    """Sharpness and noise scale logged at updates 1 (a baseline), 10 and 20 equal eigs() and brute-force
     per-sample gradients on the same model and batch; the Trainer's own loss is still logged at
     every update, and the loss the doctor watches is the loss the Trainer logs."""
     data = token_data()
     trainer = hf_trainer(tmp_path, tiny_lm(), data, gradient_accumulation_steps=accumulation)
     monitor = Monitor(sample=32, instruments=[Sharpness(every=10, tol=1e-10, max_hvp=300), NoiseScale(every=10)])
     doctor = StallDoctor(window=100)  # watches, never acts in 20 updates
-    snapshots = Snapshots([10, 20])
+    snapshots = Snapshots(due(10, 20))
     trainer.add_callback(TrainlabCallback(monitor, doctor, trainer=trainer))
     trainer.add_callback(snapshots)
     trainer.train()
 
     sharpness, noise = logged(trainer, "trainlab/sharpness"), logged(trainer, "trainlab/noise_scale")
-    assert sorted(sharpness) == sorted(noise) == [10, 20]
+    assert sorted(sharpness) == sorted(noise) == due(10, 20) == [1, 10, 20]
     batch = {k: torch.stack([d[k] for d in data[:32]]) for k in ("input_ids", "labels")}
     for step, model in snapshots.models.items():
         model.eval()
@@ -145,7 +147,7 @@ def test_without_the_trainer_the_readings_go_to_the_log_history(tmp_path):
     trainer.train()
     records = [r for r in trainer.state.log_history if "trainlab/noise_scale" in r]
     assert [(r["step"], r["trainlab/noise_scale"]) for r in records] == [(r.step, r.value) for r in monitor.history]
-    assert [r["epoch"] for r in records] == [0.25, 0.5]  # 64 samples, 8 per update: 8 updates an epoch
+    assert [r["epoch"] for r in records] == [s / 8 for s in due(2, 4)]  # 64 samples, 8 per update: 8 updates an epoch
 
 
 def test_resume_from_an_hf_checkpoint_keeps_the_callback_state(tmp_path):

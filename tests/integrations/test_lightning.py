@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 L = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
+from schedule import due  # noqa: E402
 from toys import linear_saddle, squared_error  # noqa: E402
 from trainlab.errors import ConfigError  # noqa: E402
 from trainlab.instruments import Monitor  # noqa: E402
@@ -119,8 +120,8 @@ def loss_at(net: nn.Module, vector: torch.Tensor, x: torch.Tensor, y: torch.Tens
 
 
 def test_readings_reach_the_csv_logger_and_equal_autograd_and_a_dense_hessian(tmp_path):
-    """200 updates, mini-batches of 32, readings every 10 updates (grad_norm, update_ratio) and
-    every 50 (sharpness) on the first 64 samples: every one lands in metrics.csv, although
+    """200 updates, mini-batches of 32, readings at update 1 and every 10 updates (grad_norm,
+    update_ratio) and every 50 (sharpness) on the first 64 samples: every one lands in metrics.csv, although
     Lightning itself writes step values only every log_every_n_steps = 50 updates."""
     x, y = regression_data()
     data = DataLoader(TensorDataset(x, y), batch_size=32)
@@ -134,9 +135,10 @@ def test_readings_reach_the_csv_logger_and_equal_autograd_and_a_dense_hessian(tm
                   [recorder, TrainlabCallback(monitor, loss_fn=squared_error)], max_steps=200)
 
     grad_norm, ratio, sharpness = (logged(trainer, f"trainlab/{n}") for n in ("grad_norm", "update_ratio", "sharpness"))
-    # a reading after update k sits in Lightning's row of that update's training_step: step k - 1
-    assert sorted(grad_norm) == sorted(ratio) == list(range(9, 200, 10))
-    assert sorted(sharpness) == [49, 99, 149, 199]
+    # read at update 1 (a baseline) and on each period; a reading after update k sits in Lightning's row of
+    # that update's training_step: step k - 1
+    assert sorted(grad_norm) == sorted(ratio) == [k - 1 for k in due(10, 200)]
+    assert sorted(sharpness) == [k - 1 for k in due(50, 200)]
     assert set(trainer.callback_metrics) >= {"trainlab/grad_norm", "trainlab/update_ratio", "trainlab/sharpness"}
     net, xs, ys = tanh_mlp(), x[:64], y[:64]
     for row, value in grad_norm.items():
@@ -429,7 +431,7 @@ def test_manual_optimization_with_two_optimizers_reads_update_ratio_per_update(t
         [recorder, TrainlabCallback(monitor, loss_fn=squared_error)], max_steps=24)  # 12 batches, 24 steps
     assert len(recorder.params) == 13
     readings = [r for r in monitor.history if r.instrument == "update_ratio"]
-    assert [r.step for r in readings] == list(range(every, 13, every))
+    assert [r.step for r in readings] == due(every, 12)  # update 1 (a baseline) and each multiple of every
     for r in readings:
         before, after = recorder.params[r.step - 1], recorder.params[r.step]
         parts = {n: float((after[n] - before[n]).norm() / after[n].norm()) for n in after}

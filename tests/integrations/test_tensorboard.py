@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from trainlab.cli import main  # noqa: E402
 from trainlab.errors import ConfigError  # noqa: E402
-from trainlab.instruments import Monitor  # noqa: E402
+from trainlab.instruments import Monitor, preset  # noqa: E402
 from trainlab.instruments.gradients import GradNorm  # noqa: E402
 from trainlab.instruments.sharpness import Sharpness  # noqa: E402
 from trainlab.integrations import event_text  # noqa: E402
@@ -25,6 +25,7 @@ from trainlab.train.doctor import StallDoctor  # noqa: E402
 from trainlab.train.trainer import TENSORBOARD_EPOCH, TENSORBOARD_STEP  # noqa: E402
 
 from cli_checks import error_line  # noqa: E402
+from schedule import due  # noqa: E402
 from toys import linear_saddle, squared_error  # noqa: E402
 
 
@@ -72,7 +73,8 @@ def test_a_plain_loop_s_readings_events_and_losses_read_back(tmp_path):
     assert scalars["trainlab/train/loss"] == [(s, f32(v)) for s, v in losses.items()]
     for name in ("grad_norm", "sharpness"):
         expected = [(r.step, f32(r.value)) for r in monitor.history if r.instrument == name]
-        assert scalars[f"trainlab/{name}"] == expected and len(expected) == (15 if name == "grad_norm" else 5)
+        assert scalars[f"trainlab/{name}"] == expected
+        assert [step for step, _ in expected] == due(1 if name == "grad_norm" else 3, 15)  # update 1, then each period
     assert events, "the doctor should have treated the saddle"
     step, event = events[0]
     assert event["action"] == "escape" and event["applied"]
@@ -150,15 +152,19 @@ def test_without_tensorboard_the_message_names_the_pip_install():
 
 
 # ---------------------------------------------------------------- Trainer(tensorboard=DIR)
+class Killed(BaseException):
+    """The process dying (not an ``Exception``: a callback's errors become events and training goes on)."""
+
+
 class CrashAt:
-    """A callback that fails at update ``step``: the run dies between two checkpoints."""
+    """A callback that kills the run at update ``step``: the run dies between two checkpoints."""
 
     def __init__(self, step):
         self.at = step
 
     def on_step_end(self, trainer, record):
         if record["step"] == self.at:
-            raise RuntimeError("crash")
+            raise Killed("crash")
 
 
 def saddle_trainer(out, board, epochs, callbacks=()):
@@ -201,7 +207,7 @@ def test_a_resumed_run_shows_each_update_once_as_an_uninterrupted_one(tmp_path):
     """A run that dies at update 8 (last checkpoint at 6) and is resumed: TensorBoard hides the
     dead run's updates 7 and 8 and shows exactly what an uninterrupted run shows."""
     saddle_trainer(tmp_path / "whole", tmp_path / "tb_whole", epochs=12).fit()
-    with pytest.raises(RuntimeError, match="crash"):
+    with pytest.raises(Killed, match="crash"):
         saddle_trainer(tmp_path / "run", tmp_path / "tb", epochs=12, callbacks=[CrashAt(8)]).fit()
     crashed, _ = read_back(tmp_path / "tb")
     assert [s for s, _ in crashed["trainlab/train/loss"]] == list(range(1, 9))  # flushed although it died
@@ -243,8 +249,12 @@ def test_trainlab_train_tensorboard_end_to_end_with_resume(tmp_path):
     metrics = [r for r in lines(run / "metrics.jsonl") if "event" not in r]
     assert scalars["trainlab/epoch/eval_accuracy"] == [(r["step"], f32(r["eval_accuracy"])) for r in metrics]
     readings = lines(run / "instruments.jsonl")
-    assert [r["step"] for r in readings] == [10]  # in the resumed part
-    assert scalars["trainlab/update_ratio"] == [(10, f32(readings[0]["value"]))]
+    # every instrument of the preset at update 1 (a baseline), then on its period: update_ratio's 10 in the resumed part
+    expected = {inst.name: due(inst.every, 12) for inst in preset("full")}
+    assert {name: [r["step"] for r in readings if r["instrument"] == name] for name in expected} == expected
+    assert len(readings) == sum(map(len, expected.values())) and expected["update_ratio"] == [1, 10]
+    assert scalars["trainlab/update_ratio"] == [(r["step"], f32(r["value"])) for r in readings
+                                               if r["instrument"] == "update_ratio"]
 
 
 @pytest.mark.parametrize("value, fragment", [

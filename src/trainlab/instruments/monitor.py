@@ -1,8 +1,8 @@
 """The :class:`Monitor`: named instruments read every few updates on a fixed sample.
 
-Every ``every`` updates of an instrument the Monitor builds a :class:`Context` — the model,
-the loss, a fixed bounded sample of the training data (its first ``sample`` samples, drawn
-once), the optimizer, the update count — and calls the instrument's ``read(ctx)`` inside
+At the first update (a baseline) and then every ``every`` updates of an instrument the
+Monitor builds a :class:`Context` — the model, the loss, a fixed bounded sample of the training
+data (its first ``sample`` samples, drawn once), the optimizer, the update count — and calls the instrument's ``read(ctx)`` inside
 :func:`trainlab.curvature.analysis_mode`, so a reading leaves no trace: parameters, buffers
 (BatchNorm statistics), flags, ``.grad`` and the global random states are as before. Each
 reading becomes a :class:`Reading` (step, instrument, value, seconds, extra fields).
@@ -181,7 +181,8 @@ def _full(every: int) -> list[Any]:
             GSNR(every=50 * every), HessianTrace(every=200 * every)]
 
 
-#: Preset name → ``(every) -> instruments``. With the default ``every=10`` and ``sample=256``:
+#: Preset name → ``(every) -> instruments``, each read at the first update and then on its period.
+#: With the default ``every=10`` and ``sample=256``:
 #: economy reads update_ratio every 100 updates, grad_norm every 500, units every 1,000, sharpness,
 #: stability and noise_scale every 4,000; full reads update_ratio every 10, grad_norm
 #: every 50, units every 100, sharpness and stability every 300, noise_scale and gsnr every 500,
@@ -204,6 +205,22 @@ def preset(name: str, every: int = 10) -> list[Any]:
 
 class Monitor:
     """Read ``instruments`` every few updates on the first ``sample`` samples of the training data.
+
+    When: every instrument is read at update 1 — a baseline, so that even a short run, or a
+    spike early on, has a reading to compare with — and then at every multiple of its period
+    (update counts ``1, p, 2p, 3p, …``; a resumed run keeps the count, so it reads where an
+    uninterrupted one would). The presets' periods in updates, with the default ``every=10``
+    (they scale with ``every``):
+
+    =========  ============  =========  =====  =====================  ===========  ====  =====
+    preset     update_ratio  grad_norm  units  sharpness, stability   noise_scale  gsnr  trace
+    =========  ============  =========  =====  =====================  ===========  ====  =====
+    economy    100           500        1,000  4,000                  4,000        –     –
+    full       10            50         100    300                    500          500   2,000
+    =========  ============  =========  =====  =====================  ===========  ====  =====
+
+    So ``Monitor()`` on a 600-update run reads sharpness and stability once, at update 1;
+    ``Monitor(instruments="full")`` at updates 1, 300 and 600.
 
     Parameters:
         every: the base period in updates: an instrument with ``every=None`` is read every
@@ -277,6 +294,10 @@ class Monitor:
         """Updates between readings of ``instrument``."""
         return instrument.every if getattr(instrument, "every", None) is not None else self.every
 
+    def _due(self, instrument: Any, step: int) -> bool:
+        """Read at the first update (a baseline) and then every ``period`` updates."""
+        return step == 1 or step % self.period(instrument) == 0
+
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: Any) -> None:
         """The Trainer's hook before the first step: :meth:`start` with the trainer's model and
@@ -332,10 +353,10 @@ class Monitor:
         if other or self._model is None:
             self._follow(model)
         self.step = count
-        if self.step % self._base and self._previous is None and \
+        if self.step % self._base and self.step != 1 and self._previous is None and \
                 not (self._base_previous and (self.step + 1) % self._base_previous == 0):
             return []  # nothing due now, nothing to keep for the next update: the common case
-        due = [inst for inst in self.instruments if self.step % self.period(inst) == 0
+        due = [inst for inst in self.instruments if self._due(inst, self.step)
                and not (getattr(inst, "needs_previous", False) and self._previous is None)]
         if self._reshaped(model):
             due = [inst for inst in due if not getattr(inst, "needs_previous", False)]  # the kept ones are gone
@@ -456,8 +477,7 @@ class Monitor:
     def _remember_if_due(self, model: nn.Module) -> None:
         """Keep the parameters when an instrument due after the coming update reads ``previous``."""
         upcoming = self.step + 1
-        if any(getattr(inst, "needs_previous", False) and upcoming % self.period(inst) == 0
-               for inst in self.instruments):
+        if any(getattr(inst, "needs_previous", False) and self._due(inst, upcoming) for inst in self.instruments):
             self._previous = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     def _sample_of(self, model: nn.Module, data: Any) -> Any:
