@@ -12,11 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainlab.errors import ConfigError, DataError
-from trainlab.instruments import Context, GradNorm, Instrument, Monitor, Reading, UpdateRatio, Units
+from trainlab.instruments import Context, GradNorm, Instrument, Monitor, Reading, UpdateRatio, Units, preset
 from trainlab.train import Callback, Trainer
 
 from callbacks import Counter, InterruptAt
 from digests import model_digest
+from schedule import due
 from tolerance import tol
 
 
@@ -68,13 +69,14 @@ def test_schedule_and_context():
     for _ in range(12):
         for r in monitor.after_step(model, None, F.cross_entropy, batches, opt, batch_size=16):
             steps.setdefault(r.instrument, []).append(r.step)
-    assert steps == {"recorder": [1, 3, 6, 9, 12], "grad_norm": [1, 4, 8, 12]}  # a baseline at update 1
+    assert steps == {"recorder": due(3, 12), "grad_norm": due(4, 12)} == {"recorder": [1, 3, 6, 9, 12],
+                                                                       "grad_norm": [1, 4, 8, 12]}  # a baseline at 1
     ctx = fast.contexts[-1]
     assert isinstance(ctx, Context) and ctx.step == 12 and ctx.lr == 0.25 and ctx.batch_size == 16
     assert ctx.mode == "eval" and ctx.seed == 0 and ctx.optimizer is opt
     assert torch.equal(ctx.batch[0], x[:25]) and torch.equal(ctx.batch[1], y[:25])  # the first 25, across batches
     assert fast.contexts[0].batch is ctx.batch  # drawn once per data source
-    assert monitor.latest["recorder"].value == 12.0 and len(monitor.history) == 9
+    assert monitor.latest["recorder"].value == 12.0 and len(monitor.history) == len(due(3, 12)) + len(due(4, 12))
     assert monitor.after_step(model, None, F.cross_entropy, (x, y), step=30)[0].step == 30  # the caller's count
 
 
@@ -189,7 +191,7 @@ def test_trainer_writes_instruments_jsonl(small, tmp_path):
     for r in records:
         by.setdefault(r["instrument"], []).append(r["step"])
         assert {"step", "instrument", "value", "seconds"} <= r.keys() and math.isfinite(r["value"])
-    assert by == {"grad_norm": [1, 5, 10, 15, 20], "update_ratio": [1, 5, 10, 15, 20], "units": [1, 10, 20]}
+    assert by == {"grad_norm": due(5, 20), "update_ratio": due(5, 20), "units": due(10, 20)}
     assert records[0]["parts"].keys() == dict(trainer.module.named_parameters()).keys()
     with pytest.raises(ConfigError, match="instruments.jsonl"):  # a fresh run refuses to replace it
         (tmp_path / "other").mkdir()
@@ -263,17 +265,21 @@ def cli_run(tmp_path_factory):
 
 
 def test_cli_monitor_writes_readings(cli_run):
-    last = {r["instrument"]: r for r in lines(cli_run / "instruments.jsonl")}  # iris: 15 updates per epoch, 510 in all
+    records = lines(cli_run / "instruments.jsonl")  # iris: 15 updates per epoch, 510 in all
+    expected = {inst.name: due(inst.every, 510) for inst in preset("full")}  # the trace only at its baseline, 1
+    assert {name: [r["step"] for r in records if r["instrument"] == name] for name in expected} == expected
+    last = {r["instrument"]: r for r in records}
     assert {name: r["step"] for name, r in last.items()} == {"grad_norm": 500, "update_ratio": 510, "units": 500,
                                                              "sharpness": 300, "stability": 300, "noise_scale": 500,
-                                                             "gsnr": 500, "trace": 1}  # its baseline
+                                                             "gsnr": 500, "trace": 1}
     assert all("error" not in r and r["value"] == r["value"] for r in last.values())  # none failed, none NaN
 
 
 @pytest.mark.parametrize("periods", [(6, 4), (5, 3), (7, 7), (1, 9)])
 def test_schedule_with_kept_parameters_across_periods(periods):
-    """Readings fall at update 1 (a baseline) and exactly on the multiples of each period, and update_ratio always compares
-    with the parameters just before the last update, whatever the periods' common divisor."""
+    """Readings fall at update 1 (a baseline) and exactly on the multiples of each period, and
+    update_ratio always compares with the parameters just before the last update, whatever the
+    periods' common divisor."""
     ratio_every, norm_every = periods
     torch.manual_seed(0)
     x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
@@ -294,5 +300,4 @@ def test_schedule_with_kept_parameters_across_periods(periods):
                 expected = float((after - before).norm() / after.norm())
                 assert r.value == pytest.approx(expected, rel=tol(torch.float32, after.numel()))  # float32 norms
     # (at update 1 no earlier parameters were seen: the Monitor starts watching after it)
-    assert seen == {"update_ratio": [s for s in range(ratio_every, 31, ratio_every) if s > 1],
-                    "grad_norm": sorted({1, *range(norm_every, 31, norm_every)})}
+    assert seen == {"update_ratio": [s for s in due(ratio_every, 30) if s > 1], "grad_norm": due(norm_every, 30)}

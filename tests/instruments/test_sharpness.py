@@ -16,6 +16,7 @@ from trainlab.errors import ConfigError
 from trainlab.instruments.sharpness import HessianTrace, Sharpness, Stability, top_eigenpair
 
 from digests import model_digest
+from schedule import due
 
 
 def context(model, x, y, optimizer=None, lr=None, step=0, mode="eval", seed=0, batch_size=None):
@@ -277,7 +278,8 @@ def test_instruments_read_through_the_monitor(digits):
     for _ in range(4):
         train(model, opt, x, y, 1)
         readings += monitor.after_step(model, None, F.cross_entropy, (x, y), opt, batch_size=64)
-    assert [r.instrument for r in readings] == ["sharpness", "stability", "trace"] * 3  # updates 1, 2, 4
+    assert [(r.step, r.instrument) for r in readings] == [(step, name) for step in due(2, 4)  # 1 (a baseline), 2, 4
+                                                          for name in ("sharpness", "stability", "trace")]
     assert all("error" not in r.extra for r in readings), [r.extra for r in readings]
     assert readings[-3].extra["warm"] and readings[-2].extra["preconditioned"]
     assert monitor.state_dict()["instruments"]["sharpness"]["vector"] is not None
