@@ -292,6 +292,7 @@ class _Spectrum:
     ggn: tuple[float, bool] | None = None  # λ_min of G and whether it converged
     ggn_hvp: int = 0
     negative_bounds: tuple[float, float] | None = None  # None: the counts are exact
+    notes: tuple[str, ...] = ()  # the operator's (attention on the math kernel), said once in the diagnosis
 
 
 class _OverBudget(ConfigError):
@@ -410,6 +411,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             budget = None if max_hvp is None else max_hvp - spent
             with progress_bar.counting(op, budget, "diagnose", progress):
                 spectrum = _estimated(op, k, tol, probes, steps, seed, eig_tol, eig_floor, budget, notes)
+            spectrum.notes = tuple(op.notes)
             del op  # its graph goes before the Gauss–Newton's is built
         if _wants_split(spectrum, operator, loss_fn, grad_tol):
             found = _ggn_minimum(model, loss_fn, data, mode, distributed, group, options, tol, seed,
@@ -417,6 +419,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             if found is not None:
                 spectrum.ggn, spectrum.ggn_hvp = found[:2], found[2]
     s = spectrum
+    notes += [note for note in s.notes if note not in notes]
     like = next(p for p in model.parameters() if p.requires_grad)  # the caller's device and dtype
     has_positive, has_negative = bool(s.values[0] > s.threshold), bool(s.values[-1] < -s.threshold)
     d = Diagnosis(
@@ -470,7 +473,7 @@ def _exact(model: nn.Module, loss_fn: LossFn | None, data: Any, mode: str, distr
         ratio = counts[0] / n
         spectrum = _Spectrum(values, torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.bool), threshold,
                              counts, ratio, 0.0, (ratio, ratio), vectors[negative], values[negative], grad_norm,
-                             op.loss, op.n_hvp, float(values.sum()), 0.0)
+                             op.loss, op.n_hvp, float(values.sum()), 0.0, notes=tuple(op.notes))
         del op
         if _wants_split(spectrum, options["operator"], loss_fn, grad_tol):
             g_op = _operator(target, loss_fn, _float64_batches(data, options), mode, distributed, group,
@@ -562,7 +565,7 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
         planned = math.prod(fit_budget(probes, min(steps, n), None)[:2])
         reserve = min(planned, max(1, max_hvp // 2))  # at most half the budget to the density
     found = eigs_of(op, k, "both", tol, None if max_hvp is None else max_hvp - reserve, seed=seed)
-    notes += [f"eigenvalues: {note}" for note in found.notes]
+    notes += [f"eigenvalues: {note}" for note in found.notes if note not in op.notes]  # op's: said once, bare
     values = found.values
     threshold = _threshold(values, eig_tol, eig_floor)
     negative = (values < -threshold) & found.converged
@@ -575,7 +578,7 @@ def _estimated(op: HessianOperator, k: int, tol: float, probes: int, steps: int,
         return _Spectrum(values, found.residuals, found.converged, threshold, counts, ratio, 0.0, (ratio, ratio),
                          directions, escape_values, grad_norm, op.loss, op.n_hvp, float(values.sum()), 0.0)
     spectrum = density_of(op, probes, steps, seed=seed, max_hvp=None if max_hvp is None else max_hvp - found.n_hvp)
-    notes += [f"density: {note}" for note in spectrum.notes]
+    notes += [f"density: {note}" for note in spectrum.notes if note not in op.notes]
     positive, below = spectrum.fraction(low=threshold), spectrum.fraction(high=-threshold)
     # a converged extreme inside the flat band says that side is empty, as the verdict does, whatever
     # share the density's cells put there: they straddle the cluster at zero and spill across the band

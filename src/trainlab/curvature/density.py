@@ -57,7 +57,8 @@ class Density:
         nodes, weights: ``(probes, steps)`` quadrature of each probe: ``nodes[p]`` ascending Ritz
             values, ``weights[p]`` summing to 1 — the estimate itself, before smoothing.
         sigma: the Gaussian smoothing width; n_hvp: products used; seconds: wall time.
-        notes: what was changed from the request (fewer probes/steps under ``max_hvp``).
+        notes: what was changed from the request (fewer probes/steps under ``max_hvp``), and what
+            the operator says (attention run on the math kernel, once).
 
     :meth:`fraction` gives the share of eigenvalues in any interval, with its standard error
     and the quadrature's resolution bounds.
@@ -147,7 +148,8 @@ class Trace:
     """``tr H ≈ value ± stderr`` (standard error over the random probes).
 
     Fields: value, stderr, n_hvp (products used), seconds (wall time), method
-    (``"hutch++"`` or ``"hutchinson"``), notes (fewer samples under ``max_hvp``).
+    (``"hutch++"`` or ``"hutchinson"``), notes (fewer samples under ``max_hvp``; attention run on
+    the math kernel, once).
     """
 
     value: float
@@ -244,8 +246,8 @@ def density_of(op: HessianOperator, probes: int = 10, steps: int = 80, sigma: fl
     per_probe = torch.stack([(w[:, None] * torch.exp(-((grid[None, :] - th[:, None]) ** 2) / (2 * sigma**2))).sum(0)
                              for th, w in zip(nodes, weights)]) * scale
     stderr = per_probe.std(0) / math.sqrt(probes) if probes > 1 else torch.full_like(grid, math.nan)
-    return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds, notes,
-                   op.kind)
+    return Density(grid, per_probe.mean(0), stderr, nodes, weights, sigma, op.n_hvp - before, timer.seconds,
+                   notes + _operator_notes(op), op.kind)
 
 
 def fit_budget(probes: int, steps: int, max_hvp: int | None) -> tuple[int, int, list[str]]:
@@ -337,7 +339,8 @@ def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", se
     if method == "hutchinson":  # streamed: CHUNK probes at a time, whatever ``samples``
         terms = torch.cat([_hutchinson_terms(op, _rademacher(op, min(CHUNK, samples - start), gen))
                            for start in range(0, samples, CHUNK)])
-        return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes, op.kind)
+        return Trace(float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method,
+                     notes + _operator_notes(op), op.kind)
     third = samples // 3
     sketch = 2 * third * op.n * torch.empty((), dtype=op.dtype).element_size()  # Q and H Q, held together
     if sketch > SKETCH_BYTES:
@@ -349,8 +352,14 @@ def trace_of(op: HessianOperator, samples: int = 30, method: str = "hutch++", se
     g = _rademacher(op, samples - 2 * third, gen)
     g = g - (g @ Q) @ Q.T  # project out the sketched subspace
     terms = _hutchinson_terms(op, g)
-    return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method, notes,
-                 op.kind)
+    return Trace(exact + float(terms.mean()), _stderr(terms), op.n_hvp - before, timer.seconds, method,
+                 notes + _operator_notes(op), op.kind)
+
+
+def _operator_notes(op: HessianOperator) -> list[str]:
+    """What the operator says of every analysis through it (attention on the math kernel:
+    :mod:`trainlab.curvature.operator`), for the result's ``notes``."""
+    return list(getattr(op, "notes", []))
 
 
 #: Probes of the Hutchinson estimator pushed through the operator at a time.

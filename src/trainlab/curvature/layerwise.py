@@ -54,7 +54,7 @@ from trainlab import distributed as dist
 from trainlab.curvature import progress as progress_bar
 from trainlab.curvature.critical import diagnose
 from trainlab.curvature.density import check_counts, check_plan
-from trainlab.curvature.operator import LossFn
+from trainlab.curvature.operator import MATH_ATTENTION_NOTE, LossFn
 from trainlab.curvature.selection import ParamSpec, names as selected_names
 from trainlab.data.batches import Batch
 from trainlab.errors import ConfigError
@@ -290,6 +290,7 @@ def layerwise(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[A
             bar.update(1)
     finally:
         bar.close()
+    notes += [MATH_ATTENTION_NOTE] if any(MATH_ATTENTION_NOTE in r.notes for r in rows) else []  # said once
     uncertain = [r.name for r in rows if not r.certain]
     if uncertain:
         notes.append(f"the verdict of {', '.join(uncertain)} rests on an unconverged eigenvalue (see the row's notes);"

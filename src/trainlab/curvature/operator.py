@@ -353,10 +353,8 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """``∇L`` as a flat vector (detached), over all the data (all ranks)."""
         if self._full_grad is None:
-            with _second_derivatives(), _AttentionCalls() as attention:
+            with _second_derivatives(), self._noting_attention():
                 self._grad, loss = self._local_gradient()
-            if attention.calls and MATH_ATTENTION_NOTE not in self.notes:
-                self.notes.append(MATH_ATTENTION_NOTE)
             if not self.distributed:  # the kept graph's gradient itself, not a second copy of it
                 self._full_grad, self._loss = self._grad.detach(), float(loss)
                 return self._full_grad
@@ -408,7 +406,7 @@ class HessianOperator:
             raise ConfigError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
         self.n_hvp += len(vectors)
-        with _second_derivatives():
+        with _second_derivatives(), self._noting_attention():  # without a kept graph, products run the model
             out = self._local_products(vectors)
         return dist.all_reduce_sum(out, self.group) if self.distributed else out
 
@@ -443,6 +441,18 @@ class HessianOperator:
         return out
 
     # ---------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def _noting_attention(self) -> Iterator[None]:
+        """Add the math-kernel note to ``notes`` when the model calls attention inside the block
+        (watched until it does, then no longer: the note is said once)."""
+        if MATH_ATTENTION_NOTE in self.notes:
+            yield
+            return
+        with _AttentionCalls() as attention:
+            yield
+        if attention.calls and MATH_ATTENTION_NOTE not in self.notes:  # (a gradient inside a product noted it)
+            self.notes.append(MATH_ATTENTION_NOTE)
+
     def release(self) -> None:
         """Free the kept graph (and the cached gradient); a later call builds them again."""
         self._grad, self._full_grad, self._loss = None, None, None
