@@ -301,3 +301,43 @@ def test_schedule_with_kept_parameters_across_periods(periods):
                 assert r.value == pytest.approx(expected, rel=tol(torch.float32, after.numel()))  # float32 norms
     # (at update 1 no earlier parameters were seen: the Monitor starts watching after it)
     assert seen == {"update_ratio": [s for s in due(ratio_every, 30) if s > 1], "grad_norm": due(norm_every, 30)}
+
+
+def test_the_documented_schedule_is_the_presets():
+    """docs/instruments.md's table and help(Monitor)'s give each preset's periods (every=10) as
+    PRESETS builds them, and a 600-update run under Monitor() reads its curvature at update 1."""
+    from pathlib import Path
+
+    columns = ["update_ratio", "grad_norm", "units", "sharpness", "noise_scale", "gsnr", "trace"]
+    built = {name: {inst.name: inst.every for inst in preset(name)} for name in ("economy", "full")}
+    for name, periods in built.items():
+        assert periods.get("stability") == periods["sharpness"]  # one column for both
+        expected = [f"{periods[c]:,}" if c in periods else "–" for c in columns]
+        row = next(line for line in (Path(__file__).parents[2] / "docs" / "instruments.md").read_text().splitlines()
+                   if line.startswith(f"| `{name}` |"))
+        assert [cell.strip() for cell in row.strip("|").split("|")[1:]] == expected
+        line = next(line for line in Monitor.__doc__.splitlines() if line.split()[:1] == [name])
+        assert line.split()[1:] == expected
+
+
+def test_monitor_reads_its_curvature_on_a_600_update_run():
+    """issue 22: Monitor() (economy) first read sharpness and stability at update 4,000, so a
+    600-update run got none; now every instrument reads at update 1 and then on its period."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(sample=32, progress=False)
+    seen = {}
+    for _ in range(600):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for r in monitor.after_step(model, loss.item(), F.cross_entropy, (x, y), opt, batch_size=64):
+            assert "error" not in r.extra, r.extra
+            seen.setdefault(r.instrument, []).append(r.step)
+    # update_ratio needs the parameters before the update: a plain loop without start() has none at update 1
+    assert seen == {inst.name: [s for s in due(monitor.period(inst), 600) if s > 1 or inst.name != "update_ratio"]
+                    for inst in monitor.instruments}
+    assert seen["sharpness"] == seen["stability"] == [1]
