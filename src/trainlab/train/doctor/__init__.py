@@ -70,7 +70,7 @@ from trainlab.curvature import analysis_mode, diagnose
 from trainlab.curvature.operator import loss_of
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError
-from trainlab.state import preserved
+from trainlab.state import plain, preserved
 from trainlab.train.callbacks import Callback
 from trainlab.train.doctor import causes, evidence, treatments
 from trainlab.train.doctor.causes import CAUSES, UNITS_REMEDY, Finding
@@ -85,6 +85,8 @@ SPIKE_SPAN = 20
 SPIKE_DELAY = 5
 #: Good states kept in memory for a roll-back.
 KEEP = 3
+#: A gradient norm this many times its recent median is a spike whose damage is judged.
+GRAD_SPIKE = 10.0
 
 
 class StallDoctor(Callback):
@@ -114,7 +116,8 @@ class StallDoctor(Callback):
         trial: updates before a treatment is kept or undone (``None``: ``window // 2``, full-batch
             ``full_batch_window // 2``).
         warmup: updates of an imposed warm-up (``None``: ``window``).
-        clip_norm: the global gradient norm an exploding run is clipped to (1.0).
+        clip_norm: the global gradient norm an exploding run is clipped to (``None``: twice the median
+            gradient norm of the updates before the explosion).
 
     Invalid arguments raise :class:`~trainlab.errors.ConfigError`.
 
@@ -133,7 +136,7 @@ class StallDoctor(Callback):
                  perturbation: float = 1e-2, seed: int = 0, *, monitor: Any = None, full_batch_window: int = 30,
                  crawl: float = 0.1, dead_share: float = 0.5, batch_ratio: float = 0.1,
                  batch_loss: BatchLoss | None = None, max_hvp: int = 100, max_seconds: float | None = None,
-                 trial: int | None = None, warmup: int | None = None, clip_norm: float = 1.0):
+                 trial: int | None = None, warmup: int | None = None, clip_norm: float | None = None):
         for name, value, least in (("window", window, 10), ("k", k, 1), ("max_samples", max_samples, 1),
                                    ("full_batch_window", full_batch_window, 2), ("max_hvp", max_hvp, 10),
                                    ("trial", 1 if trial is None else trial, 1),
@@ -143,7 +146,8 @@ class StallDoctor(Callback):
         for name, value in (("min_rel_improvement", min_rel_improvement), ("grad_tol", grad_tol),
                             ("eig_tol", eig_tol), ("eig_floor", eig_floor), ("perturbation", perturbation),
                             ("crawl", crawl), ("dead_share", dead_share), ("batch_ratio", batch_ratio),
-                            ("max_seconds", 1.0 if max_seconds is None else max_seconds), ("clip_norm", clip_norm)):
+                            ("max_seconds", 1.0 if max_seconds is None else max_seconds),
+                            ("clip_norm", 1.0 if clip_norm is None else clip_norm)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"StallDoctor: {name}={value!r} is not allowed; expected a number > 0")
         if batch_loss is not None and not callable(batch_loss):
@@ -173,8 +177,14 @@ class StallDoctor(Callback):
         self._spike: dict[str, Any] | None = None  # a spike whose damage is yet to be judged
         self._trial: dict[str, Any] | None = None  # a treatment on trial
         self._clip: treatments.Clip | None = None
+        self._pending_clip: float | None = None  # a clip a resumed state holds, installed with the optimizer
         self._ramp: list[int] | None = None  # [k, n]: update k of an n-update warm-up
         self._started: float | None = None
+        self._norms: collections.deque[float] = collections.deque(maxlen=SPIKE_SPAN)  # ‖g‖ of the last updates
+        self._early_norms: list[float] = []  # ‖g‖ of the run's first EARLY updates
+        self._early_ratios: list[float] = []  # Adam's update ratio after each of the first EARLY updates
+        self._verify = False  # a loaded state's kept model states are checked against the model once
+        self._first: Snapshot | None = None  # an adaptive run's state after its first update, for a warm-up
 
     # ---------------------------------------------------------------- hooks
     def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
@@ -192,15 +202,17 @@ class StallDoctor(Callback):
         # sees the same (all-reduced) loss, so all ranks diagnose and treat at the same step
         event = self.after_step(trainer.module, record["loss"], trainer.loss_fn, trainer.train_data,
                                 optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                                full_batch=trainer.steps_per_epoch == 1, batch_size=trainer.batch_size)
+                                full_batch=trainer.steps_per_epoch == 1, batch_size=trainer.batch_size,
+                                grad_norm=record.get("grad_norm"))
         if event is not None:
             trainer.log_event(event)
 
     def after_step(self, model: nn.Module, loss_value: float, loss_fn: Any, batch_source: Any,
                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, *,
-                   full_batch: bool = False, batch_size: int | None = None) -> dict[str, Any] | None:
-        """Record one update's loss; on a stall or a damaging spike, diagnose and treat; conclude a
-        treatment's trial. Returns the event, if any.
+                   full_batch: bool = False, batch_size: int | None = None,
+                   grad_norm: float | None = None) -> dict[str, Any] | None:
+        """Record one update's loss and gradient norm; on a stall or a damaging spike, diagnose and
+        treat; conclude a treatment's trial. Returns the event, if any.
 
         ``batch_source`` is the training data: a Dataset, a DataLoader or one ``(x, y)``
         batch (with ``batch_loss``: batches of any form, ``loss_fn`` may be ``None``); the first
@@ -208,18 +220,30 @@ class StallDoctor(Callback):
         ``scheduler``) the doctor can also change the learning rate or momentum.
         ``full_batch``: every update saw all the data, so ``loss_value`` is exact and a stall
         needs no confirmation. ``batch_size``: samples per update, for the noise reading.
+        ``grad_norm``: the update's gradient norm before clipping (``None``: read from the
+        parameters' ``.grad``, which ``optimizer.step()`` leaves in place; no reading where they are gone).
         """
         if loss_fn is None and self.batch_loss is None:
             raise ConfigError("StallDoctor.after_step: loss_fn is None; pass the loss function (outputs, targets) ->"
                               " mean loss, or build the StallDoctor with batch_loss=(model, batch) -> mean loss")
         if self._started is None:
             self._started = time.perf_counter()
+        if self._verify:
+            self._check_model(model)
+        if self._pending_clip is not None and optimizer is not None:
+            self._clip, self._pending_clip = treatments.Clip(optimizer, self._pending_clip), None
         self._steps += 1
         loss = float(loss_value)
+        g = self._grad_norm(model, grad_norm)
+        self._early(optimizer, g)
         self._ramp_on(optimizer, scheduler)
-        spiked = self._spiked(loss)
+        spiked = self._spiked(loss, g)
         self._losses.append(loss)
         self._recent.append(loss)
+        if g is not None:
+            self._norms.append(g)
+        if self._steps == 1 and optimizer is not None and evidence.adaptive(optimizer):
+            self._first = Snapshot(model, optimizer, scheduler, 1)  # before the early steps did their harm
         patient = (model, loss_fn, batch_source, optimizer, scheduler, full_batch, batch_size)
         if self._trial is not None:
             if self._steps >= self._trial["until"]:
@@ -227,9 +251,11 @@ class StallDoctor(Callback):
             return None  # no other look while a treatment is on trial
         if spiked and self._spike is None:
             self._spike = spiked
+        elif spiked:
+            self._escalate(spiked)
         elif not spiked and self._spike is None and self._steps % max(1, self.window // 2) == 0:
             self._good.append(Snapshot(model, optimizer, scheduler, self._steps))
-        if self._spike is not None and self._steps >= self._spike["step"] + SPIKE_DELAY:
+        if self._spike is not None and self._steps >= self._spike["judge_at"]:
             return self._record(self._after_spike(*patient))
         if self._steps < self._quiet_until:
             return None
@@ -255,16 +281,33 @@ class StallDoctor(Callback):
         return event
 
     def state_dict(self) -> dict[str, Any]:
-        """The doctor's memory for a checkpoint: the window's losses, updates seen, the quiet period
-        and a suspected stall's start."""
+        """The doctor's memory for a checkpoint, tensors and plain values only (the Trainer saves it
+        with the model; ``torch.load(weights_only=True)`` reads it back): the window's losses and
+        gradient norms, updates seen, the quiet period, a suspected stall, the run's start (its
+        first gradient norms and update ratios, the state after its first update), the good states
+        kept for a roll-back, a spike being judged, a treatment on trial (with the state it would
+        put back), the clipping and warm-up in force."""
+        trial = None
+        if self._trial is not None:
+            t = self._trial
+            trial = {"until": t["until"], "updates": t["updates"], "before": t["before"],
+                     "snapshot": t["snapshot"].state(), "event": _plain_event(t["event"])}
         return {"losses": list(self._losses), "steps": self._steps, "quiet_until": self._quiet_until,
                 "changed_at": self._changed_at, "candidate": list(self._candidate) if self._candidate else None,
-                "events": len(self.events)}
+                "events": len(self.events), "recent": list(self._recent), "norms": list(self._norms),
+                "early_norms": list(self._early_norms), "early_ratios": list(self._early_ratios),
+                "good": [g.state() for g in self._good], "first": None if self._first is None else self._first.state(),
+                "spike": None if self._spike is None else dict(self._spike), "trial": trial,
+                "clip": self._clip.max_norm if self._clip is not None else self._pending_clip,
+                "ramp": None if self._ramp is None else list(self._ramp)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take back what :meth:`state_dict` saved, so a resumed run watches as an uninterrupted one.
-        A state that is not one (losses that are not numbers, counts that are not integers) is a
-        ``TypeError``/``ValueError`` naming the entry, raised before anything is taken."""
+        """Take back what :meth:`state_dict` saved, so a resumed run watches as an uninterrupted one
+        (a clipping in force is put back on the optimizer at the next update; the kept states are
+        checked against the model then, or at the Trainer's start).
+        A state that is not one (losses that are not numbers, counts that are not integers, a kept
+        state without tensors) is a ``TypeError``/``ValueError`` naming the entry, raised before
+        anything is taken."""
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -275,6 +318,10 @@ class StallDoctor(Callback):
         losses, candidate = state["losses"], state.get("candidate")
         if not isinstance(losses, (list, tuple)) or not all(number(v) for v in losses):
             raise TypeError(f"losses {short(losses)} is not a list of numbers")
+        for key in ("recent", "norms", "early_norms", "early_ratios"):
+            values = state.get(key) or []
+            if not isinstance(values, (list, tuple)) or not all(number(v) for v in values):
+                raise TypeError(f"{key} {short(values)} is not a list of numbers")
         counts = {key: state[key] for key in ("steps", "quiet_until")}
         counts["changed_at"] = state.get("changed_at", -1)
         for key, value in counts.items():
@@ -283,10 +330,55 @@ class StallDoctor(Callback):
         if candidate and not (isinstance(candidate, (list, tuple)) and len(candidate) == 2
                               and number(candidate[1]) and isinstance(candidate[0], int)):
             raise TypeError(f"candidate {short(candidate)} is not a pair (update, loss)")
+        good = [Snapshot.from_state(g, f"good[{i}]") for i, g in enumerate(state.get("good") or [])]
+        first = None if state.get("first") is None else Snapshot.from_state(state["first"], "first")
+        trial = state.get("trial")
+        if trial is not None:
+            if not (isinstance(trial, dict) and isinstance(trial.get("event"), dict) and number(trial.get("before"))):
+                raise TypeError(f"trial {short(trial)} is not a treatment on trial")
+            trial = {**trial, "snapshot": Snapshot.from_state(trial.get("snapshot"), "trial snapshot"), "resumed": True}
+        spike, clip, ramp = state.get("spike"), state.get("clip"), state.get("ramp")
+        if spike is not None and not (isinstance(spike, dict) and isinstance(spike.get("step"), int)):
+            raise TypeError(f"spike {short(spike)} is not a spike being judged")
+        if clip is not None and not (number(clip) and clip > 0):
+            raise ValueError(f"clip {clip!r} is not a gradient norm > 0")
+        if ramp is not None and not (isinstance(ramp, (list, tuple)) and len(ramp) == 2
+                                     and all(isinstance(v, int) for v in ramp)):
+            raise TypeError(f"ramp {short(ramp)} is not a pair (update, updates)")
         self._losses.clear()
         self._losses.extend(float(v) for v in losses)
+        self._recent.clear()
+        self._recent.extend(float(v) for v in state.get("recent") or [])
+        self._norms.clear()
+        self._norms.extend(float(v) for v in state.get("norms") or [])
+        self._early_norms = [float(v) for v in state.get("early_norms") or []]
+        self._early_ratios = [float(v) for v in state.get("early_ratios") or []]
         self._steps, self._quiet_until, self._changed_at = counts["steps"], counts["quiet_until"], counts["changed_at"]
         self._candidate = (candidate[0], float(candidate[1])) if candidate else None
+        self._good.clear()
+        self._good.extend(good)
+        self._first, self._trial, self._spike = first, trial, None if spike is None else dict(spike)
+        if self._clip is not None:
+            self._clip.remove()
+            self._clip = None
+        self._pending_clip = None if clip is None else float(clip)
+        self._ramp = None if ramp is None else list(ramp)
+        self._verify = bool(good or first or trial)
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """A resumed Trainer: the kept states must be of its model (checked before any update)."""
+        if self._verify:
+            self._check_model(trainer.module)
+
+    def _check_model(self, model: nn.Module) -> None:
+        """Refuse kept states (a roll-back's, a trial's) of another model, in one sentence."""
+        kept = list(self._good) + [s for s in (self._first, (self._trial or {}).get("snapshot")) if s is not None]
+        for snap in kept:
+            wrong = snap.mismatch(model)
+            if wrong is not None:
+                raise ConfigError(f"StallDoctor: the loaded state keeps states of another model (it holds {wrong});"
+                                  " load a state saved with this model, or build a fresh StallDoctor")
+        self._verify = False
 
     # ---------------------------------------------------------------- noticing a stall
     def _full_batch_stalled(self) -> bool:
@@ -337,19 +429,57 @@ class StallDoctor(Callback):
             return float(both[0] / both[1])
 
     # ---------------------------------------------------------------- a spike
-    def _spiked(self, loss: float) -> dict[str, Any] | None:
-        """A loss that is not finite, or far above the recent range (module docstring)."""
+    def _grad_norm(self, model: nn.Module, given: float | None) -> float | None:
+        """The update's gradient norm before any clipping: ``given`` (the Trainer's record), the
+        doctor's clip hook's reading, else one reduction over the parameters' ``.grad``."""
+        if given is not None:
+            return float(given)
+        if self._clip is not None and self._clip.last_norm is not None:
+            g, self._clip.last_norm = self._clip.last_norm, None
+            return g
+        return evidence.grad_norm_of(model)
+
+    def _early(self, optimizer: Any, g: float | None) -> None:
+        """The run's start: ``‖g‖`` and Adam's update ratio over its first :data:`~evidence.EARLY` updates."""
+        if self._steps > evidence.EARLY:
+            return
+        if g is not None and math.isfinite(g):
+            self._early_norms.append(g)
+        if optimizer is not None and evidence.adaptive(optimizer):
+            r = evidence.update_ratio(optimizer)
+            if r is not None:
+                self._early_ratios.append(r)
+
+    def _spiked(self, loss: float, g: float | None = None) -> dict[str, Any] | None:
+        """A loss that is not finite or far above the recent range, or a gradient norm not finite or
+        :data:`GRAD_SPIKE` times its recent median (module docstring)."""
         recent = list(self._recent)
-        if len(recent) < SPIKE_SPAN // 2 and math.isfinite(loss):
-            return None
         finite = [v for v in recent if math.isfinite(v)]
-        if not finite:
+        norms = [v for v in self._norms if math.isfinite(v)]
+        m = evidence.median(norms) if len(norms) >= SPIKE_SPAN // 2 else None
+        ratio = None if g is None or m is None or not m > 0 else (g / m if math.isfinite(g) else math.inf)
+        if not finite or (len(recent) < SPIKE_SPAN // 2 and math.isfinite(loss) and ratio is None):
             return None
         high, low = max(finite), min(finite)
-        median = sorted(finite)[len(finite) // 2]
-        if math.isfinite(loss) and loss <= high + max(2 * (high - low), 0.5 * abs(median)):
+        middle = evidence.median(finite)
+        jumped = not math.isfinite(loss) or (len(recent) >= SPIKE_SPAN // 2
+                                             and loss > high + max(2 * (high - low), 0.5 * abs(middle)))
+        burst = ratio is not None and ratio >= GRAD_SPIKE
+        if not (jumped or burst):
             return None
-        return {"step": self._steps, "loss": loss, "high": high}
+        # an exploded gradient or a non-finite loss has done its damage with this very update: judged at once
+        now = not math.isfinite(loss) or (ratio is not None and ratio >= causes.EXPLODE)
+        return {"step": self._steps, "loss": loss, "high": high, "grad_norm": g, "grad_median": m,
+                "grad_ratio": ratio, "grad_first": burst and not jumped,
+                "judge_at": self._steps + (0 if now else SPIKE_DELAY)}
+
+    def _escalate(self, spiked: dict[str, Any]) -> None:
+        """A second spike while one is being judged: the larger gradient burst is kept, and one
+        that must be judged at once makes the judgement now (the first spike's origin stays)."""
+        s = self._spike
+        s["judge_at"] = min(s["judge_at"], spiked["judge_at"])
+        if spiked["grad_ratio"] is not None and spiked["grad_ratio"] > (s["grad_ratio"] or 0.0):
+            s["grad_norm"], s["grad_ratio"] = spiked["grad_norm"], spiked["grad_ratio"]
 
     def _after_spike(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any,
                      full_batch: bool, batch_size: int | None) -> dict[str, Any] | None:
@@ -375,24 +505,48 @@ class StallDoctor(Callback):
         """The degenerate point's perturbation, seeded by the doctor's seed and the update."""
         return treatments.perturb(model, self.perturbation, self.seed + self._steps)
 
-    def install_clip(self, optimizer: Any, max_norm: float) -> dict[str, Any]:
-        """Clip every later update's gradients to global norm ``max_norm`` (one hook, removed on undo)."""
+    def install_clip(self, optimizer: Any, max_norm: float, good: Snapshot | None = None,
+                     scheduler: Any = None, model: nn.Module | None = None) -> dict[str, Any]:
+        """Clip every later update's gradients to global norm ``max_norm`` (one step pre-hook,
+        removed on undo); with ``good`` (an explosion that already damaged the net) first roll the
+        model and the optimizer back to that state, η unchanged."""
+        back = {}
+        if good is not None and model is not None:
+            back = treatments.roll_back(model, optimizer, scheduler, good, 1.0)
         if self._clip is not None:
             self._clip.remove()
         self._clip = treatments.Clip(optimizer, max_norm)
-        return {"action": f"clip gradients: global norm ≤ {max_norm:g}", "applied": True,
-                "message": f"exploding gradients: every update's gradient clipped to global norm {max_norm:g} — applied"}
+        undo = f"rolled back to update {good.step}, " if back else ""
+        return {"action": f"{'roll back to update %d, ' % good.step if back else ''}clip gradients: global norm"
+                          f" ≤ {max_norm:.3g}", "applied": True, "clip_norm": max_norm,
+                **({"rolled_back_to": good.step} if back else {}),
+                "message": f"exploding gradients: {undo}every update's gradient clipped to global norm"
+                           f" {max_norm:.3g} — applied"}
 
-    def start_warmup(self, optimizer: Any, scheduler: Any, n: int) -> dict[str, Any]:
-        """Reset the optimizer's moments, ``η ← η/n``, then ramp back to ``η`` over ``n`` updates."""
+    def start_warmup(self, optimizer: Any, scheduler: Any, n: int, model: nn.Module | None = None) -> dict[str, Any]:
+        """Back to the state after the run's first update (with ``model``, where the doctor kept it:
+        the early steps wrecked what came after), reset the optimizer's moments, ``η ← η/n``, then
+        ramp back to ``η`` over ``n`` updates.
+
+        Why back: on the post-LN char LM (Adam η = 1e-2, stuck at the unigram entropy 3.36) a
+        warm-up from the stuck state at update 160 leaves it there (3.36 after 440 more updates),
+        while the same warm-up from the state after update 1 learns (2.10 after 300 updates)."""
         before = float(optimizer.param_groups[0]["lr"])
+        back = model is not None and self._first is not None
+        if back:
+            now = [{k: g[k] for k in ("lr", "initial_lr") if k in g} for g in optimizer.param_groups]
+            self._first.restore(model, optimizer)
+            for g, kept in zip(optimizer.param_groups, now):  # η stays today's: the ramp starts from it
+                g.update(kept)
         treatments.reset_state(optimizer)
         treatments.scale_lr(optimizer, scheduler, 1 / n)
         self._ramp = [1, n]
-        return {"action": f"warm-up: optimizer state reset, η {before:.3g} → {before / n:.3g}, ramped back over {n}"
-                          " updates", "applied": True, "lr_before": before, "lr_after": before / n,
-                "message": f"a missing warm-up: the optimizer's moments reset and η ramped from {before / n:.3g} back"
-                           f" to {before:.3g} over {n} updates — applied"}
+        undo = "back to the state after update 1, " if back else ""
+        return {"action": f"warm-up: {undo}optimizer state reset, η {before:.3g} → {before / n:.3g}, ramped back"
+                          f" over {n} updates", "applied": True, "lr_before": before, "lr_after": before / n,
+                **({"rolled_back_to": 1} if back else {}),
+                "message": f"a missing warm-up: {undo}the optimizer's moments reset and η ramped from"
+                           f" {before / n:.3g} back to {before:.3g} over {n} updates — applied"}
 
     def _ramp_on(self, optimizer: Any, scheduler: Any) -> None:
         """One step of an imposed warm-up: ``η_k = k η / n``."""
@@ -425,7 +579,7 @@ class StallDoctor(Callback):
         why = (f"the sample loss {before:.4g} → {after:.4g} after {trial['updates']} updates"
                + (": kept" if kept else ", worse: undone (parameters, optimizer state, η and hooks put back)"))
         first.update(kept=kept, trial={"updates": trial["updates"], "loss_before": before, "loss_after": after})
-        if kept:  # a treatment that did no harm is said in its own event (kept: True), not once more
+        if kept and not trial.get("resumed"):  # said in its own event (kept: True), not once more
             return None
         # the look's own numbers stay (what was treated), the trial's verdict on top
         return {**first, "event": "trial", "action": "kept" if kept else "undone", "applied": kept, "kept": kept,
@@ -453,12 +607,17 @@ class StallDoctor(Callback):
             tick = time.perf_counter()
             layers = evidence.layer_profile(model, loss_fn, sample, self.batch_loss)
             max_hvp, max_seconds = self._budget(time.perf_counter() - tick)
-            d = self._diagnose(model, loss_fn, sample, max_hvp, max_seconds, spike)
-            found = evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss,
-                                      optimizer, d, full_batch, batch_size, self._steps, self.seed)
+            d = self._decided_cheaply(model, loss_fn, batch_source, sample, optimizer, spike, layers)
+            found = {}
+            if d is None:
+                d = self._diagnose(model, loss_fn, sample, max_hvp, max_seconds, spike)
+                found = evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss,
+                                          optimizer, d, full_batch, batch_size, self._steps, self.seed)
         ev = Evidence(model, loss_fn, sample, optimizer, scheduler, d, found, self, full_batch, batch_size,
                       evidence.data_size(batch_source), layers, evidence.marginal_entropy(sample),
-                      evidence.update_ratio(optimizer), evidence.feature_spread(sample), spike, good)
+                      evidence.update_ratio(optimizer), evidence.feature_spread(sample), spike, good,
+                      list(self._norms), evidence.median(self._early_norms) if self._early_norms else None,
+                      evidence.median(self._early_ratios) if self._early_ratios else None)
         event = {"event": "spike" if spike else "stall", "verdict": d.verdict, "loss": d.loss,
                  "grad_norm": d.grad_norm, "lambda_max": ev.lam_max, "lambda_min": ev.lam_min,
                  "negative_curvature": d.negative_curvature, "samples": batch_size_of(sample), "method": d.method,
@@ -495,6 +654,28 @@ class StallDoctor(Callback):
         event["seconds"] = time.perf_counter() - started
         return event
 
+    def _decided_cheaply(self, model: nn.Module, loss_fn: Any, batch_source: Any, sample: Any, optimizer: Any,
+                         spike: dict[str, Any] | None, layers: dict[str, float]) -> Any:
+        """Where the cheap readings already name the cause, no curvature is read: a gradient that
+        burst :data:`~causes.EXPLODE`-fold while the loss was in range, or an adaptive run whose
+        first steps were too large and whose loss sits at the labels' marginal entropy. Returns a
+        diagnosis without curvature (``method="none"``, ``n_hvp=0``), else ``None``. On the post-LN
+        char LM this look costs a gradient and a loss instead of 67-128 s of products and readings."""
+        grad = math.sqrt(sum(v * v for v in layers.values())) if layers else math.nan
+        loss = None
+        if spike is not None and spike.get("grad_first") and (spike.get("grad_ratio") or 0.0) >= causes.EXPLODE:
+            loss = spike["loss_now"]
+        elif (spike is None and optimizer is not None and evidence.adaptive(optimizer) and self._early_ratios
+              and evidence.median(self._early_ratios) > causes.UPDATE_RATIO):
+            marginal = evidence.marginal_entropy(sample)
+            now = self._sample_loss(model, loss_fn, batch_source)
+            if marginal and abs(now - marginal) <= evidence.MARGINAL_TOL * marginal:
+                loss = now
+        if loss is None:
+            return None
+        return SimpleNamespace(verdict="not_critical", loss=loss, grad_norm=grad, negative_curvature=False,
+                               eigenvalues=torch.tensor([math.nan, math.nan]), method="none", n_hvp=0)
+
     def _diagnose(self, model: nn.Module, loss_fn: Any, sample: Any, max_hvp: int, max_seconds: float,
                   spike: dict[str, Any] | None) -> Any:
         """:func:`trainlab.diagnose` within the look's budget (the density gets few products: the
@@ -513,6 +694,17 @@ class StallDoctor(Callback):
         """The readings of :func:`evidence.readings` with the doctor's monitor, last change and seed."""
         return evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss, optimizer,
                                  d, full_batch, batch_size, self._steps, self.seed)
+
+
+def _plain_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event with only what a checkpoint can hold (tensors, numbers, strings, lists, dicts)."""
+    kept = {}
+    for key, value in event.items():
+        try:
+            kept[key] = plain(value)
+        except ConfigError:
+            continue
+    return kept
 
 
 def _mean_var(values: list[float]) -> tuple[float, float]:

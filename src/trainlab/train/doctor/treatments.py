@@ -44,6 +44,35 @@ class Snapshot:
             if isinstance(getattr(scheduler, key, None), list)}
         self.loss: float | None = None  # its loss on the bounded sample, when measured
 
+    def state(self) -> dict[str, Any]:
+        """Tensors and plain values only (``torch.load(weights_only=True)`` reads them back)."""
+        return {"step": self.step, "model": dict(self.model), "optimizer": self.optimizer,
+                "schedule": self.schedule, "loss": self.loss}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], where: str = "snapshot") -> "Snapshot":
+        """The snapshot :meth:`state` described; a ``TypeError`` naming ``where`` if it is not one."""
+        model = state.get("model") if isinstance(state, dict) else None
+        if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+            raise TypeError(f"{where} holds no model state (a dict of tensors)")
+        if isinstance(state["step"], bool) or not isinstance(state["step"], int):
+            raise TypeError(f"{where} step {state['step']!r} is not an update count")
+        snap = cls.__new__(cls)
+        snap.step, snap.model, snap.optimizer = state["step"], dict(model), state.get("optimizer")
+        snap.schedule, snap.loss = state.get("schedule"), state.get("loss")
+        return snap
+
+    def mismatch(self, model: nn.Module) -> str | None:
+        """The first entry where ``model`` differs from this snapshot's (name or shape), else ``None``."""
+        now = model.state_dict(keep_vars=True)
+        for key, value in self.model.items():
+            if key not in now:
+                return f"{key!r}, which the model does not have"
+            if tuple(now[key].shape) != tuple(value.shape):
+                return f"{key!r} of shape {tuple(value.shape)}, the model's is {tuple(now[key].shape)}"
+        missing = [key for key in now if key not in self.model]
+        return f"no {missing[0]!r}, which the model has" if missing else None
+
     def restore(self, model: nn.Module, optimizer: Any = None, scheduler: Any = None) -> None:
         with torch.no_grad():
             for key, value in model.state_dict(keep_vars=True).items():
@@ -129,12 +158,13 @@ class Clip:
 
     def __init__(self, optimizer: Any, max_norm: float):
         self.max_norm = max_norm
+        self.last_norm: float | None = None  # the last update's norm before clipping: what the doctor watches
         self.handle = optimizer.register_step_pre_hook(self)
 
     def __call__(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if params:
-            torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+            self.last_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_norm))
 
     def remove(self) -> None:
         self.handle.remove()
