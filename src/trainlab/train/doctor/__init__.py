@@ -336,7 +336,7 @@ class StallDoctor(Callback):
         if trial is not None:
             if not (isinstance(trial, dict) and isinstance(trial.get("event"), dict) and number(trial.get("before"))):
                 raise TypeError(f"trial {short(trial)} is not a treatment on trial")
-            trial = {**trial, "snapshot": Snapshot.from_state(trial.get("snapshot"), "trial snapshot"), "resumed": True}
+            trial = {**trial, "snapshot": Snapshot.from_state(trial.get("snapshot"), "trial snapshot")}
         spike, clip, ramp = state.get("spike"), state.get("clip"), state.get("ramp")
         if spike is not None and not (isinstance(spike, dict) and isinstance(spike.get("step"), int)):
             raise TypeError(f"spike {short(spike)} is not a spike being judged")
@@ -579,7 +579,7 @@ class StallDoctor(Callback):
         why = (f"the sample loss {before:.4g} → {after:.4g} after {trial['updates']} updates"
                + (": kept" if kept else ", worse: undone (parameters, optimizer state, η and hooks put back)"))
         first.update(kept=kept, trial={"updates": trial["updates"], "loss_before": before, "loss_after": after})
-        if kept and not trial.get("resumed"):  # said in its own event (kept: True), not once more
+        if kept:  # said in its own event (kept: True), not once more — after a resume too, as uninterrupted
             return None
         # the look's own numbers stay (what was treated), the trial's verdict on top
         return {**first, "event": "trial", "action": "kept" if kept else "undone", "applied": kept, "kept": kept,
