@@ -308,7 +308,7 @@ def test_a_suggested_batch_is_never_above_the_data_set():
 # ---------------------------------------------------------------- a warm-up missing
 def _tiny_lm(lr, warmup, doctor, updates=100):
     """A post-LN ``nn.TransformerEncoder`` char LM (width 16, 2 layers, context 16) trained with
-    Adam, batch 16, on generated text; returns its losses."""
+    Adam, batch 16, on generated text; returns its losses and the updates of the doctor's events."""
     train, _, vocab, _ = char_data(16, chars=30_000)
     torch.manual_seed(0)
     model = CharLM(vocab, 16, 2, 16)
@@ -316,7 +316,7 @@ def _tiny_lm(lr, warmup, doctor, updates=100):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup)) if warmup else None
     loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(0))
-    losses = []
+    losses, steps = [], []
     for x, y in loader:
         loss = lm_loss(model(x), y)
         opt.zero_grad()
@@ -325,27 +325,29 @@ def _tiny_lm(lr, warmup, doctor, updates=100):
         if sched is not None:
             sched.step()
         losses.append(loss.item())
-        if doctor is not None:
-            doctor.after_step(model, losses[-1], lm_loss, train, opt, sched, batch_size=16)
+        if doctor is not None and doctor.after_step(model, losses[-1], lm_loss, train, opt, sched, batch_size=16):
+            steps.append(len(losses))
         if len(losses) == updates:
-            return losses
+            return losses, steps
 
 
 def test_a_post_ln_transformer_without_warmup_gets_one_and_a_healthy_one_is_left_alone():
     """Adam η = 0.1 from the first update: the early update ratio is far above 1 % and the loss
-    sits at the characters' unigram entropy — needs_warmup, named without any curvature product;
+    sits at the characters' unigram entropy — needs_warmup, named at the early look (update
+    5 + window/2) without any curvature product;
     the warm-up (from the state after update 1) is kept, being no worse, and the run ends below
     the untreated one. The same LM with η = 1e-3 after a warm-up gets no event."""
-    plain = _tiny_lm(0.1, 0, None)
-    doctor = StallDoctor(window=20, max_samples=64, warmup=20)
-    treated = _tiny_lm(0.1, 0, doctor)
+    plain, _ = _tiny_lm(0.1, 0, None)
+    doctor = StallDoctor(window=60, max_samples=64, warmup=20)
+    treated, steps = _tiny_lm(0.1, 0, doctor)
     e = doctor.events[0]
+    assert steps[0] == 5 + 60 // 2  # the early look: within a window of the onset (the first updates)
     assert e["cause"] == "needs_warmup" and e["applied"] and e["rolled_back_to"] == 1 and e["n_hvp"] == 0
     assert e["evidence"]["early_update_ratio"] > 1e-2 and e["evidence"]["update_ratio"] < 1e-2
     assert abs(e["evidence"]["loss"] - e["evidence"]["marginal"]) <= 0.02 * e["evidence"]["marginal"]
     assert e["kept"] is True and e["trial"]["loss_after"] <= e["trial"]["loss_before"]
     assert sum(treated[-10:]) < sum(plain[-10:]) - 1.0  # 10 updates, ≥ 0.1 lower on average
 
-    healthy = StallDoctor(window=20, max_samples=64, warmup=20)
+    healthy = StallDoctor(window=60, max_samples=64, warmup=20)
     _tiny_lm(1e-3, 30, healthy)
     assert healthy.events == []

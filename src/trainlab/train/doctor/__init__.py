@@ -85,6 +85,8 @@ SPIKE_SPAN = 20
 SPIKE_DELAY = 5
 #: Good states kept in memory for a roll-back.
 KEEP = 3
+#: The early look for a missing warm-up: the losses since the first updates fell by less than this share.
+EARLY_MOVE = 0.05
 #: A gradient norm this many times its recent median is a spike whose damage is judged.
 GRAD_SPIKE = 10.0
 
@@ -259,6 +261,9 @@ class StallDoctor(Callback):
             return self._record(self._after_spike(*patient))
         if self._steps < self._quiet_until:
             return None
+        if self._steps == evidence.EARLY + self.window // 2 and self._early_warmup_due(model, loss_fn, batch_source,
+                                                                                        optimizer):
+            return self._record(self._treat(*patient))
         if full_batch:
             if not self._full_batch_stalled():
                 return None
@@ -402,15 +407,35 @@ class StallDoctor(Callback):
         after = self._sample_loss(model, loss_fn, batch_source)
         return before - after < 0.5 * self.min_rel_improvement * abs(before)  # else it was moving after all
 
-    def _stalled(self) -> bool:
-        """Stalled when even the optimistic end of the improvement — the difference of the
-        halves' means plus two standard errors — is below ``min_rel_improvement``: mini-batch
-        noise can hide a stall, but never fake one."""
-        losses = list(self._losses)[-self.window:]
-        half = self.window // 2
+    def _early_warmup_due(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any) -> bool:
+        """Half a window after the run's first updates, one early look for a missing warm-up — its
+        onset is the first few updates, and waiting for a stall (a window and its confirmation)
+        would let it waste 150: an adaptive run whose first steps were too large
+        (:data:`~causes.UPDATE_RATIO`), whose losses since barely moved (by less than
+        :data:`EARLY_MOVE`, with the stall test's noise allowance: a healthy run passes through the
+        marginal entropy quickly — the post-LN LM with a warm-up, 3.64 → 3.01 over updates 50–100 —
+        the failing one fell 1.8 % over updates 6–55), and whose sample loss sits at the labels'
+        marginal entropy. Costs one loss on the bounded sample, once."""
+        if (optimizer is None or not evidence.adaptive(optimizer) or not self._early_ratios
+                or evidence.median(self._early_ratios) <= causes.UPDATE_RATIO
+                or not self._stalled(self.window // 2, EARLY_MOVE)):
+            return False
+        with analysis_mode(model, "eval"):
+            marginal = evidence.marginal_entropy(bounded_sample(batch_source, self.max_samples, self.batch_loss))
+        if not marginal:
+            return False
+        return abs(self._sample_loss(model, loss_fn, batch_source) - marginal) <= evidence.MARGINAL_TOL * marginal
+
+    def _stalled(self, n: int | None = None, rel: float | None = None) -> bool:
+        """Stalled when even the optimistic end of the improvement over the last ``n`` losses
+        (``window``) — the difference of the halves' means plus two standard errors — is below
+        ``rel`` (``min_rel_improvement``): mini-batch noise can hide a stall, but never fake one."""
+        n, rel = n or self.window, rel or self.min_rel_improvement
+        losses = list(self._losses)[-n:]
+        half = n // 2
         (before, var_before), (after, var_after) = _mean_var(losses[:half]), _mean_var(losses[-half:])
         error = math.sqrt((var_before + var_after) / half)
-        return (before - after) + 2 * error < self.min_rel_improvement * abs(before)
+        return (before - after) + 2 * error < rel * abs(before)
 
     @torch.no_grad()
     def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> float:
