@@ -13,7 +13,9 @@ The doctor reads best as three parts:
 * :mod:`~trainlab.train.doctor.treatments` — reversible actions: lower or raise η, momentum, escape,
   perturb, roll back, clip, warm up.
 
-**When it looks.** Cheap readings every update (the loss). A *stall*: the loss fell by less than
+**When it looks.** Cheap readings every update: the loss and the gradient norm (the Trainer's
+record, else one reduction over ``.grad``); over the first 5 updates of an adaptive optimizer its
+update ratio, and the state after update 1. A *stall*: the loss fell by less than
 ``min_rel_improvement`` of its value over a window.
 
 * **Full-batch runs** (every update sees all samples, ``full_batch=True``; the Trainer sets it
@@ -26,7 +28,11 @@ The doctor reads best as three parts:
   the last 20 losses. Five updates later the doctor compares the sample loss with that of the last
   best good state (a copy of the parameters and the optimizer's state kept every ``window // 2``
   updates, three at most); when the damage lasted (worse by more than ``2 min_rel_improvement``) the
-  look comes at once — an event within ten updates of the spike.
+  look comes at once — an event within ten updates of the spike. A gradient norm ten times its
+  median over the last 20 updates is a spike too; one a hundred times it (an explosion), or a
+  non-finite loss, is judged at the same update.
+* **A missing warm-up**: one early look at update ``5 + window // 2`` when an adaptive
+  optimizer's first steps were too large and the loss sits at the labels' marginal entropy.
 
 **Never harm.** A treatment is applied only with ``act=True`` and kept only when, ``trial``
 updates later (``window // 2``; ``full_batch_window // 2`` full-batch), the loss on the bounded
