@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trainlab.errors import ConfigError
+from trainlab.train.doctor.causes import CAUSES as DOCTOR_CAUSES
 from trainlab.zoo import CASES, CAUSES, case, run_case
 
 LOG10 = math.log(10)
@@ -38,6 +39,7 @@ def test_registry_is_consistent():
     healthy = [c for c in CASES if c.healthy]
     assert len(healthy) >= 8
     assert {c.cause for c in failures} == set(CAUSES)
+    assert set(CAUSES) <= set(DOCTOR_CAUSES)  # the ground truth speaks the doctor's vocabulary
     for c in failures:
         assert case(c.control).healthy, c.name
     with pytest.raises(ConfigError, match="does not exist"):

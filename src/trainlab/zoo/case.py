@@ -16,8 +16,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainlab.errors import ConfigError
+from trainlab.train.doctor.causes import CAUSES as VOCABULARY
 
-#: The stall doctor's vocabulary of causes that the zoo's cases carry as ground truth.
+#: The causes the zoo covers (issue 22's list), each a word of the stall doctor's vocabulary
+#: (:data:`trainlab.train.doctor.causes.CAUSES`, which also holds verdicts such as ``local_minimum``).
 CAUSES = ("saddle", "plateau", "step_too_small", "step_too_large", "spike_damage", "vanishing_gradient",
           "exploding_gradient", "dead_units", "ill_conditioned_features", "needs_warmup", "batch_noise",
           "no_signal")
@@ -79,8 +81,9 @@ class Case:
     why: str = ""
 
     def __post_init__(self) -> None:
-        if self.cause is not None and self.cause not in CAUSES:
-            raise ConfigError(f"Case {self.name!r}: cause={self.cause!r} is not allowed; use one of {CAUSES} or None")
+        if self.cause is not None and self.cause not in VOCABULARY:
+            raise ConfigError(f"Case {self.name!r}: cause={self.cause!r} is not allowed; use a word of the stall doctor's"
+                              f" vocabulary ({', '.join(VOCABULARY)}) or None")
 
     @property
     def treatable(self) -> bool:
