@@ -39,14 +39,15 @@ import sysconfig
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trainlab.instruments import Alpha, Monitor, Stability
+from trainlab.zoo.language import CharLM, lm_loss  # the zoo's post-LN char LM, at repro/charlm.py's sizes
 
 CONTEXT = 64
 LAYERS = 4
+WIDTH = 64  # d_model; the feed-forward width is 4 × it (256), heads 4, as in repro/charlm.py
 #: The two runs compared, and a control (``--runs control``): the healthy rate without its warm-up, which
 #: tells what in a reading comes from the warm-up's small early steps rather than from the failure.
 RUNS = {"failing": {"lr": 1e-2, "warmup": 0}, "healthy": {"lr": 1e-3, "warmup": 100},
@@ -94,27 +95,6 @@ def sequences(text: str) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     return x, y, len(chars), float(-(p * p.log()).sum())
 
 
-class CharLM(nn.Module):
-    """Token and position embeddings, a post-LN causal Transformer encoder, a linear head."""
-
-    def __init__(self, vocab: int, d: int = 64, heads: int = 4, ff: int = 256):
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(CONTEXT, d)
-        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True, norm_first=False)
-        self.enc = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
-        self.head = nn.Linear(d, vocab)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(CONTEXT), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[1]
-        h = self.tok(x) + self.pos(torch.arange(t, device=x.device))
-        return self.head(self.enc(h, mask=self.mask[:t, :t], is_causal=True))
-
-
-def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
 def math_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The loss under the math attention kernel, which has the double backward curvature needs."""
     with sdpa_kernel([SDPBackend.MATH]):
@@ -133,7 +113,7 @@ def train(name: str, seed: int, data: tuple, args: argparse.Namespace) -> dict[s
     x, y, vocab, entropy = data
     lr, warmup = RUNS[name]["lr"], RUNS[name]["warmup"]
     torch.manual_seed(seed)
-    model = CharLM(vocab)
+    model = CharLM(vocab, WIDTH, LAYERS, CONTEXT)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup) if warmup else 1.0)
     monitor = Monitor(sample=args.sample, batch_loss=math_loss, seed=seed,
