@@ -102,14 +102,8 @@ class Alpha(Instrument):
     guarded = True  # evaluates inside its own preserved(model): it sets θ₀ and restores θ₁
 
     def read(self, ctx: Context) -> dict[str, Any]:
-        if ctx.previous is None:
-            raise ValueError("alpha needs the parameters before the last update (ctx.previous)")
-        named = ctx.parameters()
-        missing = [name for name, _ in named if name not in ctx.previous]
-        if missing:
-            raise KeyError(f"no earlier value of parameter {missing[0]!r}")
+        named, before = ctx.before_update("alpha")
         params = [p for _, p in named]
-        before = [ctx.previous[name].to(p.device, p.dtype) for name, p in named]
         with torch.no_grad():
             delta = [p.detach() - b for p, b in zip(params, before)]
         step_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in delta))

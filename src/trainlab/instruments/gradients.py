@@ -67,14 +67,8 @@ class UpdateRatio(Instrument):
 
     @torch.no_grad()
     def read(self, ctx: Context) -> dict[str, Any]:
-        if ctx.previous is None:
-            raise ValueError("update_ratio needs the parameters before the last update (ctx.previous)")
-        named = ctx.parameters()
-        missing = [name for name, _ in named if name not in ctx.previous]
-        if missing:
-            raise KeyError(f"no earlier value of parameter {missing[0]!r}")
+        named, before = ctx.before_update("update_ratio")
         params = [p for _, p in named]
-        before = [ctx.previous[name].to(p.device) for name, p in named]
         deltas = _norms(torch._foreach_sub(params, before) if _uniform(params) else
                         [p - b for p, b in zip(params, before)])
         norms = _norms(params)

@@ -101,6 +101,18 @@ class Context:
         """``(name, parameter)`` of every parameter that requires a gradient."""
         return [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
 
+    def before_update(self, who: str) -> tuple[list[tuple[str, nn.Parameter]], list[torch.Tensor]]:
+        """The trainable ``(name, parameter)`` pairs and their values just before the last update (``previous``,
+        on each parameter's device and dtype), for instrument ``who``; a ``ValueError`` when
+        ``previous`` is unknown, a ``KeyError`` naming a parameter it lacks."""
+        if self.previous is None:
+            raise ValueError(f"{who} needs the parameters before the last update (ctx.previous)")
+        named = self.parameters()
+        missing = [name for name, _ in named if name not in self.previous]
+        if missing:
+            raise KeyError(f"no earlier value of parameter {missing[0]!r}")
+        return named, [self.previous[name].to(p.device, p.dtype) for name, p in named]
+
 
 @dataclass
 class Reading:
