@@ -70,7 +70,7 @@ from trainlab import distributed as dist
 from trainlab.data.batches import BatchLoss, to_device
 from trainlab.errors import ConfigError
 from trainlab.integrations import check_model, event_scalars, event_text, load_states, require, scalars, states
-from trainlab.train.callbacks import error_event
+from trainlab.train.callbacks import ErrorLog
 
 _transformers = require("transformers", "hf", "transformers")
 
@@ -141,8 +141,8 @@ class TrainlabCallback(_transformers.TrainerCallback):
         self._armed = False  # inside an update: training forwards are captured
         self._micro: list[torch.Tensor] = []  # this update's captured micro-step losses
         self._summed = False  # the Trainer passed num_items_in_batch: micro-losses add up
-        self.errors: list[dict[str, Any]] = []  # the Monitor's and the doctor's errors, as events
-        self._errors: set[str] = set()  # their messages, each logged once
+        self._errors = ErrorLog()  # the Monitor's and the doctor's errors, each message logged once
+        self.errors: list[dict[str, Any]] = self._errors.events  # those errors, as events
 
     # ---------------------------------------------------------------- HF hooks
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any
@@ -195,12 +195,9 @@ class TrainlabCallback(_transformers.TrainerCallback):
 
     def _failed(self, source: str, error: Exception, step: int) -> None:
         """An error of the Monitor or the doctor as an event (once per message; module docstring)."""
-        event = error_event(source, error, step)
-        if event["message"] in self._errors:
-            return
-        self._errors.add(event["message"])
-        self.errors.append(event)
-        _logger.warning(f"trainlab, step {step}: {event['message']}")
+        event = self._errors.add(source, error, step)
+        if event is not None:
+            _logger.warning(f"trainlab, step {step}: {event['message']}")
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Beside the checkpoint the Trainer just wrote: the Monitor's and the doctor's states."""

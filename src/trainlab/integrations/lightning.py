@@ -74,7 +74,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError, DataError
 from trainlab.integrations import PREFIX, check_model, event_scalars, event_text, load_states, require, scalars, states
-from trainlab.train.callbacks import error_event
+from trainlab.train.callbacks import ErrorLog
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402  (after require's message)
@@ -143,8 +143,8 @@ class TrainlabCallback(pl.Callback):
         self._losses: list[float] = []  # training_step's losses since then (micro-batches)
         self._samples = 0  # and their samples
         self._fixed: tuple[Any, Any, bool] | None = None  # (optimizer, its scheduler, full batch) of this fit
-        self.errors: list[dict[str, Any]] = []  # the Monitor's and the doctor's errors, as events
-        self._errors: set[str] = set()  # their messages, each logged once
+        self._errors = ErrorLog()  # the Monitor's and the doctor's errors, each message logged once
+        self.errors: list[dict[str, Any]] = self._errors.events  # those errors, as events
 
     # ---------------------------------------------------------------- Lightning hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -225,12 +225,9 @@ class TrainlabCallback(pl.Callback):
     # ---------------------------------------------------------------- internals
     def _failed(self, source: str, error: Exception, step: int) -> None:
         """An error of the Monitor or the doctor as an event, once per message (module docstring)."""
-        event = error_event(source, error, step)
-        if event["message"] in self._errors:
-            return
-        self._errors.add(event["message"])
-        self.errors.append(event)
-        rank_zero_info(f"trainlab: update {step}: {event['message']}")
+        event = self._errors.add(source, error, step)
+        if event is not None:
+            rank_zero_info(f"trainlab: update {step}: {event['message']}")
 
     @staticmethod
     def _log(trainer: Any, pl_module: Any, values: dict[str, float], step: int) -> None:

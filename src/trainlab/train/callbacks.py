@@ -80,3 +80,20 @@ def error_event(source: str, error: BaseException, step: int | None = None) -> d
     event = {"event": "callback_error", "source": source, "error": type(error).__name__,
              "message": f"{source} failed ({sentence}); training goes on without it"}
     return event if step is None else {**event, "step": step}
+
+
+class ErrorLog:
+    """Callback errors kept as :func:`error_event` events, each message once: ``events`` lists
+    them in order; :meth:`add` returns a new one, or ``None`` for a message already seen."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
+
+    def add(self, source: str, error: BaseException, step: int | None = None) -> dict[str, Any] | None:
+        event = error_event(source, error, step)
+        if event["message"] in self._seen:
+            return None
+        self._seen.add(event["message"])
+        self.events.append(event)
+        return event

@@ -60,7 +60,7 @@ from trainlab.errors import ConfigError, DataError, DivergenceError
 from trainlab.nn import batchnorm as tnn_batchnorm
 from trainlab.state import plain
 from trainlab.train import checkpoint, interrupt, rundir
-from trainlab.train.callbacks import HOOKS, error_event
+from trainlab.train.callbacks import HOOKS, ErrorLog
 
 #: A loss larger than this multiple of the run's first loss counts as divergence.
 DIVERGENCE_FACTOR = 1e3
@@ -136,7 +136,7 @@ class Trainer:
         self.step = 0  # updates completed
         self.history: list[dict[str, Any]] = []  # the metrics.jsonl records of this run
         self.events: list[dict[str, Any]] = []  # what callbacks reported (e.g. the stall doctor)
-        self._callback_errors: set[str] = set()  # callback errors already logged as events
+        self._callback_errors = ErrorLog()  # callback errors already logged as events
         self.stop_training = False
         self._generator = torch.Generator().manual_seed(seed)
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -597,10 +597,9 @@ class Trainer:
             try:
                 fn(self, *args)
             except Exception as e:  # noqa: BLE001 - a reading or a diagnosis must not end the user's training
-                event = error_event(f"callback {type(fn.__self__).__name__}.{hook}"
-                                    if hasattr(fn, "__self__") else f"callback {hook}", e)
-                if event["message"] not in self._callback_errors:
-                    self._callback_errors.add(event["message"])
+                event = self._callback_errors.add(f"callback {type(fn.__self__).__name__}.{hook}"
+                                                  if hasattr(fn, "__self__") else f"callback {hook}", e)
+                if event is not None:
                     self.log_event(event)
 
     @contextlib.contextmanager
