@@ -198,6 +198,21 @@ def open_tmp() -> Iterable[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def hang_alarm() -> Iterable[None]:
+    """A hang fails the case after 30 s instead of stalling the suite (SIGALRM, main thread)."""
+    def fire(signum, frame):
+        raise TimeoutError("the analysis ran 30 s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(30)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(autouse=True)
 def _keep_sigint_handler() -> Iterable[None]:
     """A case that fails mid-run must not leave trainlab's Ctrl-C handler installed."""

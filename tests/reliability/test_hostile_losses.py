@@ -18,7 +18,6 @@ Every refusal leaves the model exactly as it was (:func:`digests.model_digest`).
 from __future__ import annotations
 
 import math
-import signal
 from types import SimpleNamespace
 
 import pytest
@@ -33,19 +32,8 @@ from trainlab.train.doctor import StallDoctor
 from digests import model_digest
 
 
-@pytest.fixture(autouse=True)
-def _alarm():
-    """A hang fails the case after 30 s instead of stalling the suite (SIGALRM, main thread)."""
-    def fire(signum, frame):
-        raise TimeoutError("the analysis ran 30 s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(30)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+#: A hang fails the case after 30 s instead of stalling the suite (conftest.hang_alarm).
+pytestmark = pytest.mark.usefixtures("hang_alarm")
 
 
 # ---------------------------------------------------------------- flat losses against a dense reference

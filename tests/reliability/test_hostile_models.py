@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import signal
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -416,19 +415,8 @@ BUDGETS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _alarm():
-    """A hang fails the case after 30 s instead of stalling the suite (SIGALRM, main thread)."""
-    def fire(signum, frame):
-        raise TimeoutError("the analysis ran 30 s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(30)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+#: A hang fails the case after 30 s instead of stalling the suite (conftest.hang_alarm).
+pytestmark = pytest.mark.usefixtures("hang_alarm")
 
 
 def named(name: str, message: str) -> bool:
