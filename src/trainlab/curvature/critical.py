@@ -198,8 +198,9 @@ def _counts(d: Diagnosis) -> list[str]:
     above = int((d.eigenvalues > d.flat_threshold).sum())
     below = int((d.eigenvalues < -d.flat_threshold).sum())
     n_low, n_high = d.negative_share_bounds
+    resolved = Share(d.minimum_ratio, d.minimum_ratio_stderr, (low, high)).resolved
     ratio = (f"≈ {d.minimum_ratio:.3f} ± {d.minimum_ratio_stderr:.3f} (standard error over the density's probes;"
-             f" bounds {low:.3f}–{high:.3f})" if high - low <= 4 * d.minimum_ratio_stderr else
+             f" bounds {low:.3f}–{high:.3f})" if resolved else
              f"between {low:.3f} and {high:.3f} (the quadrature's resolution: its cells straddling the flat band"
              " cannot be split)")
     return [f"  eigenvalues (of {d.n_params:,}): Lanczos found {above:,} above the flat band ({band}) and {below:,}"

@@ -123,13 +123,18 @@ class Share:
     stderr: float
     bounds: tuple[float, float]
 
+    @property
+    def resolved(self) -> bool:
+        """Whether the bounds are within ±2 standard errors: only then does ``value ± stderr``
+        mean something (beside bounds of 0.05–0.965 a "± 0.008" claims a precision the quadrature
+        does not have)."""
+        return self.bounds[1] - self.bounds[0] <= 4 * self.stderr
+
 
 def _share(share: Share) -> str:
-    """The bounds, and the point estimate with its standard error only where the bounds are
-    narrow enough for it to mean something (within ±2 standard errors): beside bounds of
-    0.05–0.965 a "± 0.008" would claim a precision the quadrature does not have."""
+    """The bounds, and the point estimate with its standard error where :attr:`Share.resolved`."""
     low, high = share.bounds
-    if high - low <= 4 * share.stderr:
+    if share.resolved:
         return f"{share.value:.3f} ± {share.stderr:.3f} (quadrature bounds {low:.3f}–{high:.3f})"
     return f"between {low:.3f} and {high:.3f} (the quadrature's cells straddling the edge cannot be split)"
 
