@@ -513,16 +513,23 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        for key in [k for k, (ref, _) in self.alive.items() if ref.expired()]:
-            self.live -= self.alive.pop(key)[1]
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 key = _storage_key(t)
-                if key[2] and key not in self.held and key not in self.alive:
-                    nbytes = t.untyped_storage().nbytes()
-                    self.alive[key] = (StorageWeakRef(t.untyped_storage()), nbytes)
-                    self.live += nbytes
-        self.peak = max(self.peak, self.live)
+                if key[2] and key not in self.held:
+                    if key in self.alive and self.alive[key][0].expired():  # freed, its address reused
+                        self.live -= self.alive.pop(key)[1]
+                    if key not in self.alive:
+                        nbytes = t.untyped_storage().nbytes()
+                        self.alive[key] = (StorageWeakRef(t.untyped_storage()), nbytes)
+                        self.live += nbytes
+        # Freed storages are dropped only when the count would set a new peak: ``live`` may then
+        # overcount (never undercount) what is alive, so a count at or below the peak cannot raise
+        # it, and one above is made exact before it does — the same peak, without a scan per operation.
+        if self.live > self.peak:
+            for key in [k for k, (ref, _) in self.alive.items() if ref.expired()]:
+                self.live -= self.alive.pop(key)[1]
+            self.peak = max(self.peak, self.live)
         return out
 
 
