@@ -88,7 +88,7 @@ def test_events_reach_metrics_summary_and_survive_resume(digits, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     events = [line for line in lines if "event" in line]
     assert events and events == summary["events"]
-    assert events[0]["step"] == 150 and events[0]["epoch"] == 4  # suspected at 100, confirmed half a window later
+    assert events[0]["step"] == 100  # one window: the check-up at 100 against the one after update 1
     resumed = make(8, resume=True)
     summary = resumed.fit()
     assert summary["events"][:len(events)] == events and len(resumed.history) == 8
@@ -155,7 +155,7 @@ def test_full_batch_stall_needs_no_confirmation():
     events = _train(model, loss_fn, opt, StallDoctor(window=100, full_batch_window=30), 40, full_batch=True)
     assert len(events) == 1 and events[0]["full_batch"] and events[0]["reading"] == "stability"
     model, loss_fn, opt = _quadratic(1e-6)
-    assert _train(model, loss_fn, opt, StallDoctor(window=100), 149) == []  # mini-batch: 1.5 windows
+    assert _train(model, loss_fn, opt, StallDoctor(window=100), 99) == []  # mini-batch: a window
 
 
 class _Reading:
@@ -170,15 +170,18 @@ class _Monitor:
         self.latest = readings
 
 
-def test_monitor_stability_reading_lowers_an_adaptive_step():
-    """Adam: the Monitor's preconditioned stability (with its own threshold) decides, not η·λ_max(H)."""
-    model, loss_fn, opt = _quadratic(1e-5, tl.optim.Adam)
-    monitor = _Monitor(stability=_Reading(50.0, 10, threshold=38.0, preconditioned=True, lambda_max=5e6))
-    event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 30)[0]
-    assert event["reading"] == "stability"
-    assert event["readings"]["stability"] == {"value": pytest.approx(50.0), "source": "monitor"}
-    assert "> 38" in event["remedy"] and event["applied"] and "lower η" in event["action"]
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 / 50)
+def test_an_adaptive_step_is_judged_by_its_update_ratio():
+    """Adam η = 0.05: each step rewrites ~5 % of w. Its update ratio ‖η m̂/(√v̂+ε)‖/‖w‖ decides
+    (> 1 %: too large), not the Monitor's preconditioned η·λ_max, which is reported beside it."""
+    model, loss_fn, opt = _quadratic(0.05, tl.optim.Adam)
+    monitor = _Monitor(stability=_Reading(0.5, 10, threshold=38.0, preconditioned=True, lambda_max=10.0))
+    event = _train(model, loss_fn, opt, StallDoctor(window=20, monitor=monitor), 60)[0]
+    assert event["cause"] == "step_too_large" and event["reading"] == "update_ratio"
+    assert "stability" not in event["readings"] or event["readings"]["stability"]["source"] == "monitor"
+    r = event["evidence"]["update_ratio"]
+    assert r > 0.01
+    assert event["applied"] and "lower η" in event["action"]
+    assert event["lr_after"] == pytest.approx(0.05 * min(0.5, max(0.1, 0.01 / r)), rel=1e-12)
 
 
 def test_a_stability_reading_follows_the_learning_rate_a_schedule_moved():
@@ -208,15 +211,31 @@ def test_a_batch_far_below_the_noise_scale_gets_a_larger_batch_suggested():
 
 
 def test_readings_older_than_the_doctors_own_change_are_not_used():
+    """A Monitor's units reading taken within the window counts; once the doctor changed η it is
+    stale (and with no activation to watch the doctor leaves it out rather than reuse it)."""
     model, loss_fn, opt = _quadratic(1e-6)
-    monitor = _Monitor(stability=_Reading(1e-6, 5, threshold=2.0))
+    monitor = _Monitor(units=_Reading(0.0, 15))
     doctor = StallDoctor(window=20, monitor=monitor)
     first = _train(model, loss_fn, opt, doctor, 30)[0]
-    assert first["readings"]["stability"]["source"] == "monitor" and first["applied"]
-    assert doctor._changed_at == 30  # the old reading (η = 1e-6) is stale now: the diagnosis measures again
-    assert doctor._readings(model, loss_fn, (torch.zeros(1), torch.zeros(1)), opt,
-                            tl.diagnose(model, loss_fn, (torch.zeros(1), torch.zeros(1)), progress=False), True,
-                            None)["stability"]["source"] == "diagnosis"
+    assert first["readings"]["units"]["source"] == "monitor" and first["applied"]
+    assert first["readings"]["stability"]["source"] == "diagnosis"  # SGD: this look's own λ_max
+    assert doctor._changed_at == 20  # the check-up one window in
+    found = doctor._readings(model, loss_fn, (torch.zeros(1), torch.zeros(1)), opt,
+                             tl.diagnose(model, loss_fn, (torch.zeros(1), torch.zeros(1)), progress=False), True, None)
+    assert "units" not in found and found["stability"]["source"] == "diagnosis"
+
+
+def test_a_monitor_reading_older_than_a_window_is_not_used():
+    model, loss_fn, opt = _quadratic(1e-6)
+    doctor = StallDoctor(window=20, monitor=_Monitor(units=_Reading(0.0, 5)))
+    doctor._steps = 30  # the reading is from update 5, more than a window ago
+    found = doctor._readings(model, loss_fn, (torch.zeros(1), torch.zeros(1)), opt,
+                             tl.diagnose(model, loss_fn, (torch.zeros(1), torch.zeros(1)), progress=False), True, None)
+    assert "units" not in found
+    doctor._steps = 20  # within the window: the Monitor's reading counts
+    found = doctor._readings(model, loss_fn, (torch.zeros(1), torch.zeros(1)), opt,
+                             tl.diagnose(model, loss_fn, (torch.zeros(1), torch.zeros(1)), progress=False), True, None)
+    assert found["units"]["source"] == "monitor"
 
 
 def test_the_trainer_s_monitor_is_found_among_its_callbacks(digits):
@@ -313,7 +332,7 @@ def test_escape_in_a_saddles_neighbourhood():
 
 def test_a_real_monitor_s_readings_decide(digits):
     """A plain loop watched by a :class:`trainlab.instruments.Monitor`: at the stall the doctor
-    takes its stability and units readings instead of measuring them again."""
+    takes its units reading instead of measuring it again."""
     from trainlab.instruments import Monitor, Stability, Units
 
     train, _ = digits
@@ -331,8 +350,9 @@ def test_a_real_monitor_s_readings_decide(digits):
         monitor.after_step(model, loss.item(), F.cross_entropy, train, opt, batch_size=32)
         events += [e for e in [doctor.after_step(model, loss.item(), F.cross_entropy, train, optimizer=opt)] if e]
     event = events[0]
-    assert event["readings"]["stability"] == {"value": pytest.approx(monitor.latest["stability"].value),
-                                              "source": "monitor"}
-    assert event["readings"]["units"]["source"] == "monitor"
+    assert event["readings"]["units"]["source"] == "monitor"  # read within the window: not measured again
+    # SGD's stability is η times this look's own λ_max (fresher than the Monitor's)
+    assert event["readings"]["stability"] == {"value": pytest.approx(1e-4 * event["lambda_max"], rel=1e-12),
+                                              "source": "diagnosis"}
     assert event["reading"] == "stability" and "raise η" in event["action"]
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 / monitor.latest["stability"].value)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 * event["evidence"]["factor"], rel=1e-12)

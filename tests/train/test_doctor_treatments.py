@@ -199,7 +199,7 @@ def test_a_resume_keeps_the_rollback_states_and_the_trial_in_progress():
             jolt(step, model.w)
         if doctor._trial is not None and resumed is None:  # mid-trial: a checkpoint, a fresh doctor loads it
             state = _saved(doctor)
-            assert state["trial"] is not None and len(state["good"]) == 1 and state["spike"] is None
+            assert state["trial"] is not None and len(state["good"]) == 2 and state["spike"] is None  # update 1 and 50
             resumed = StallDoctor(window=100, trial=5)
             resumed.load_state_dict(state)
             again = _saved(resumed)

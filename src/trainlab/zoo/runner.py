@@ -29,7 +29,8 @@ EVAL_SAMPLES = 512
 class RunResult:
     """What one run of a case gave.
 
-    ``losses``: the training loss of every update (a run stops at the first non-finite one);
+    ``losses``: the training loss of every update (a run stops at the first non-finite one, or
+    with a doctor at the second in a row: the doctor gets the first to roll back);
     ``grad_norms``: the gradient norm before each update; ``final_loss``: the loss on the first
     :data:`EVAL_SAMPLES` held-out samples after training (``inf`` when the run diverged);
     ``events``: the doctor's events, each reduced to :func:`event_summary`; ``crash``: the first
@@ -70,7 +71,9 @@ def event_summary(event: dict[str, Any], step: int | None = None) -> dict[str, A
     while the doctor names none: ``reading``/``verdict`` say what it saw), action, applied, cost."""
     return {"step": event.get("step", step), "cause": event.get("cause"), "reading": event.get("reading"),
             "verdict": event.get("verdict"), "action": event.get("action"), "applied": event.get("applied"),
-            "n_hvp": event.get("n_hvp"), "seconds": event.get("seconds"), "message": event.get("message")}
+            "n_hvp": event.get("n_hvp"), "seconds": event.get("seconds"), "message": event.get("message"),
+            "evidence": event.get("evidence"), "readings": event.get("readings"), "loss": event.get("loss"),
+            "grad_norm": event.get("grad_norm"), "lambda_max": event.get("lambda_max"), "lambda_min": event.get("lambda_min")}
 
 
 def run_case(case: Case, size: str = "full", *, doctor: Any = False, monitor: Any = False, seed: int = 0,
@@ -134,7 +137,9 @@ def _loop(setup: Setup, mon: Any, doc: Any, result: RunResult, seed: int) -> Non
             result.grad_norms.append(_grad_norm(model))
             value = loss.item()
             result.losses.append(value)
-            if not math.isfinite(value):
+            # a user's loop steps on whatever the loss was; without a doctor nothing can recover a
+            # non-finite run, with one it gets the update to roll back (two in a row end the run)
+            if not math.isfinite(value) and (doc is None or not all(map(math.isfinite, result.losses[-2:-1]))):
                 return
             opt.step()
             if sched is not None:

@@ -52,7 +52,7 @@ Every event is a dict with the step, verdict, numbers and action, logged by the 
 ``cause`` is one of :data:`CAUSES`, ``evidence`` the values that decided it and ``layers`` the
 layers involved (the gradient profile, units per layer) where it is a layer story. After an event
 the window starts afresh; after one that changed nothing the doctor waits four windows before it
-looks again. In a plain PyTorch loop call :meth:`StallDoctor.after_step` after each update.
+looks again, twice as long each time the same advice comes again. In a plain PyTorch loop call :meth:`StallDoctor.after_step` after each update.
 
 Batches that are not ``(x, y)`` pairs — a language model's ``{"input_ids", "labels", ...}``
 dicts — need ``batch_loss=(model, batch) -> mean loss`` (the hook of :mod:`trainlab.curvature`):
@@ -95,6 +95,15 @@ KEEP = 3
 EARLY_MOVE = 0.05
 #: A gradient norm this many times its recent median is a spike whose damage is judged.
 GRAD_SPIKE = 10.0
+#: The least time budget of a look (seconds), whatever the run's elapsed time.
+MIN_SECONDS = 0.1
+#: Products a look should afford within its time; where a gradient on the bounded sample is too dear
+#: for them the look reads the sample's first part (at least LOOK_LEAST samples).
+LOOK_PRODUCTS = 20
+LOOK_LEAST = 64
+#: The look's Lanczos tolerance, relative to max|λ|: the doctor needs the signs and sizes of the
+#: extreme eigenvalues, not a converged spectrum.
+LOOK_TOL = 1e-2
 
 
 class StallDoctor(Callback):
@@ -103,10 +112,11 @@ class StallDoctor(Callback):
     A Trainer callback (:meth:`on_step_end`); in a plain loop call :meth:`after_step` after each update.
 
     Parameters:
-        window: updates per mini-batch stall test, an integer ≥ 10 (100); the confirmation
-            comes ``window // 2`` updates later.
+        window: updates per mini-batch stall test, an integer ≥ 10 (100): check-ups every
+            ``window // 2`` updates compare the trend sample's loss with one a window earlier.
         min_rel_improvement: a stall is a relative loss decrease below this (0.01).
-        grad_tol, k, eig_tol, eig_floor: passed to :func:`trainlab.diagnose` (1e-2, 5, 1e-3, 1e-4).
+        grad_tol, k, eig_tol, eig_floor: passed to :func:`trainlab.diagnose` (1e-2, 2, 1e-3, 1e-4);
+            the look needs the extreme eigenvalues, not a converged spectrum.
         act: apply the first finding's remedy (True); ``False`` only reports it.
         max_samples: the training samples analysed, from the start of the data (2,048).
         perturbation: σ of the random perturbation at a degenerate point (1e-2).
@@ -120,7 +130,9 @@ class StallDoctor(Callback):
         batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs
             (``None``: ``loss_fn(model(x), y)``); every loss the doctor evaluates goes through it.
         max_hvp: Hessian-vector products per look, an integer ≥ 10 (100).
-        max_seconds: seconds per look (``None``: a tenth of the run's time so far, at least 2).
+        max_seconds: seconds per look (``None``: a tenth of the run's time so far, at least 0.1).
+        progress: a mini-batch or full-batch run whose loss fell below this share of its loss after
+            the first update is converging: no stall look, only spikes (0.5).
         trial: updates before a treatment is kept or undone (``None``: ``window // 2``, full-batch
             ``full_batch_window // 2``).
         warmup: updates of an imposed warm-up (``None``: ``window``).
@@ -140,11 +152,12 @@ class StallDoctor(Callback):
     ``kept``, ``loss_before``, ``loss_after``. The Trainer adds ``epoch`` and ``step`` when it logs it.
     """
     def __init__(self, window: int = 100, min_rel_improvement: float = 0.01, grad_tol: float = 1e-2,
-                 act: bool = True, k: int = 5, max_samples: int = 2048, eig_tol: float = 1e-3, eig_floor: float = 1e-4,
+                 act: bool = True, k: int = 2, max_samples: int = 2048, eig_tol: float = 1e-3, eig_floor: float = 1e-4,
                  perturbation: float = 1e-2, seed: int = 0, *, monitor: Any = None, full_batch_window: int = 30,
                  crawl: float = 0.1, dead_share: float = 0.5, batch_ratio: float = 0.1,
                  batch_loss: BatchLoss | None = None, max_hvp: int = 100, max_seconds: float | None = None,
-                 trial: int | None = None, warmup: int | None = None, clip_norm: float | None = None):
+                 trial: int | None = None, warmup: int | None = None, clip_norm: float | None = None,
+                 progress: float = 0.5):
         for name, value, least in (("window", window, 10), ("k", k, 1), ("max_samples", max_samples, 1),
                                    ("full_batch_window", full_batch_window, 2), ("max_hvp", max_hvp, 10),
                                    ("trial", 1 if trial is None else trial, 1),
@@ -154,6 +167,7 @@ class StallDoctor(Callback):
         for name, value in (("min_rel_improvement", min_rel_improvement), ("grad_tol", grad_tol),
                             ("eig_tol", eig_tol), ("eig_floor", eig_floor), ("perturbation", perturbation),
                             ("crawl", crawl), ("dead_share", dead_share), ("batch_ratio", batch_ratio),
+                            ("progress", progress),
                             ("max_seconds", 1.0 if max_seconds is None else max_seconds),
                             ("clip_norm", 1.0 if clip_norm is None else clip_norm)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -173,14 +187,18 @@ class StallDoctor(Callback):
         self.batch_loss = batch_loss
         self.max_hvp, self.max_seconds, self.trial, self.clip_norm = max_hvp, max_seconds, trial, clip_norm
         self.warmup = window if warmup is None else warmup
+        self.progress = progress
         self.events: list[dict[str, Any]] = []
         self._losses: collections.deque[float] = collections.deque(maxlen=max(window, full_batch_window + 1))
         self._recent: collections.deque[float] = collections.deque(maxlen=SPIKE_SPAN)
-        self._check_every = max(1, window // 10)  # the stall test costs more than an update's bookkeeping
         self._steps = 0
         self._quiet_until = 0
         self._changed_at = -1  # the update of the doctor's last change: readings before it are stale
-        self._candidate: tuple[int, float] | None = None  # (step, exact sample loss) of a suspected stall
+        self._start: float | None = None  # the trend sample's loss after the first update
+        self._trend: collections.deque[tuple[int, float]] = collections.deque(maxlen=4)  # (update, trend loss)
+        self._last_cause: str | None = None  # the cause of the last event, and how often in a row it was advice
+        self._repeats = 0
+        self._marginal: float | None = None  # the trend sample's labels' marginal entropy (0.0: none)
         self._good: collections.deque[Snapshot] = collections.deque(maxlen=KEEP)  # states to roll back to
         self._spike: dict[str, Any] | None = None  # a spike whose damage is yet to be judged
         self._trial: dict[str, Any] | None = None  # a treatment on trial
@@ -254,15 +272,20 @@ class StallDoctor(Callback):
             self._first = Snapshot(model, optimizer, scheduler, 1)  # before the early steps did their harm
         patient = (model, loss_fn, batch_source, optimizer, scheduler, full_batch, batch_size)
         if self._trial is not None:
-            if self._steps >= self._trial["until"]:
+            # a treatment on trial ends early when the run blows up under it (a non-finite loss, an
+            # exploded gradient): judged now, it is undone if the sample loss is worse
+            if self._steps >= self._trial["until"] or (spiked and spiked["judge_at"] <= self._steps):
                 return self._record(self._conclude(model, loss_fn, batch_source, optimizer, scheduler))
             return None  # no other look while a treatment is on trial
         if spiked and self._spike is None:
             self._spike = spiked
         elif spiked:
             self._escalate(spiked)
-        elif not spiked and self._spike is None and self._steps % max(1, self.window // 2) == 0:
+        checkup = self._steps == 1 or self._steps % max(1, self.window // 2) == 0
+        if checkup and self._spike is None and math.isfinite(loss):
             self._good.append(Snapshot(model, optimizer, scheduler, self._steps))
+        if self._spike is not None and self._steps < self._quiet_until and self._spike["judge_at"] > self._spike["step"]:
+            self._spike = None  # after advice, only a spike judged at once (non-finite, exploded) is looked at
         if self._spike is not None and self._steps >= self._spike["judge_at"]:
             return self._record(self._after_spike(*patient))
         if self._steps < self._quiet_until:
@@ -273,28 +296,32 @@ class StallDoctor(Callback):
         if full_batch:
             if not self._full_batch_stalled():
                 return None
-        elif not self._confirmed(model, loss_fn, batch_source):
+        elif not (checkup and self._checkup(model, loss_fn, batch_source, batch_size)):
             return None
         return self._record(self._treat(*patient))
 
     def _record(self, event: dict[str, Any] | None) -> dict[str, Any] | None:
         """After an event: the window starts afresh; a change makes older readings stale; after
-        one that changed nothing the doctor waits four windows."""
+        one that changed nothing the doctor waits four windows (twice as long for the same advice again)."""
         if event is None:
             return None
         self._losses.clear()
-        self._candidate = None
+        self._trend.clear()
         if event["applied"] or event["event"] == "trial":
             self._changed_at = self._steps
         if not event["applied"]:
-            self._quiet_until = self._steps + 4 * (self.full_batch_window if event.get("full_batch") else self.window)
+            # advice said again only after twice as long each time the same cause is found unchanged
+            self._repeats = self._repeats + 1 if event.get("cause") == self._last_cause else 0
+            self._quiet_until = self._steps + 4 * 2 ** min(self._repeats, 10) * (
+                self.full_batch_window if event.get("full_batch") else self.window)
+        self._last_cause = event.get("cause")
         self.events.append(event)
         return event
 
     def state_dict(self) -> dict[str, Any]:
         """The doctor's memory for a checkpoint, tensors and plain values only (the Trainer saves it
         with the model; ``torch.load(weights_only=True)`` reads it back): the window's losses and
-        gradient norms, updates seen, the quiet period, a suspected stall, the run's start (its
+        gradient norms, updates seen, the quiet period, the check-ups' trend losses, the run's start (its
         first gradient norms and update ratios, the state after its first update), the good states
         kept for a roll-back, a spike being judged, a treatment on trial (with the state it would
         put back), the clipping and warm-up in force."""
@@ -304,7 +331,8 @@ class StallDoctor(Callback):
             trial = {"until": t["until"], "updates": t["updates"], "before": t["before"],
                      "snapshot": t["snapshot"].state(), "event": _plain_event(t["event"])}
         return {"losses": list(self._losses), "steps": self._steps, "quiet_until": self._quiet_until,
-                "changed_at": self._changed_at, "candidate": list(self._candidate) if self._candidate else None,
+                "changed_at": self._changed_at, "start": self._start, "trend": [list(t) for t in self._trend],
+                "last_cause": self._last_cause, "repeats": self._repeats,
                 "events": len(self.events), "recent": list(self._recent), "norms": list(self._norms),
                 "early_norms": list(self._early_norms), "early_ratios": list(self._early_ratios),
                 "good": [g.state() for g in self._good], "first": None if self._first is None else self._first.state(),
@@ -326,7 +354,7 @@ class StallDoctor(Callback):
             text = repr(v)
             return text if len(text) <= 60 else text[:59] + "…"
 
-        losses, candidate = state["losses"], state.get("candidate")
+        losses, trend, start = state["losses"], state.get("trend") or [], state.get("start")
         if not isinstance(losses, (list, tuple)) or not all(number(v) for v in losses):
             raise TypeError(f"losses {short(losses)} is not a list of numbers")
         for key in ("recent", "norms", "early_norms", "early_ratios"):
@@ -338,9 +366,17 @@ class StallDoctor(Callback):
         for key, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{key} {value!r} is not an update count")
-        if candidate and not (isinstance(candidate, (list, tuple)) and len(candidate) == 2
-                              and number(candidate[1]) and isinstance(candidate[0], int)):
-            raise TypeError(f"candidate {short(candidate)} is not a pair (update, loss)")
+        if not isinstance(trend, (list, tuple)) or not all(
+                isinstance(t, (list, tuple)) and len(t) == 2 and isinstance(t[0], int) and not isinstance(t[0], bool)
+                and number(t[1]) for t in trend):
+            raise TypeError(f"trend {short(trend)} is not a list of pairs (update, loss)")
+        if start is not None and not number(start):
+            raise TypeError(f"start {short(start)} is not a loss")
+        last_cause, repeats = state.get("last_cause"), state.get("repeats", 0)
+        if last_cause is not None and not isinstance(last_cause, str):
+            raise TypeError(f"last_cause {short(last_cause)} is not a cause")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
+            raise TypeError(f"repeats {short(repeats)} is not a count")
         good = [Snapshot.from_state(g, f"good[{i}]") for i, g in enumerate(state.get("good") or [])]
         first = None if state.get("first") is None else Snapshot.from_state(state["first"], "first")
         trial = state.get("trial")
@@ -365,7 +401,10 @@ class StallDoctor(Callback):
         self._early_norms = [float(v) for v in state.get("early_norms") or []]
         self._early_ratios = [float(v) for v in state.get("early_ratios") or []]
         self._steps, self._quiet_until, self._changed_at = counts["steps"], counts["quiet_until"], counts["changed_at"]
-        self._candidate = (candidate[0], float(candidate[1])) if candidate else None
+        self._trend.clear()
+        self._trend.extend((int(t[0]), float(t[1])) for t in trend)
+        self._start = None if start is None else float(start)
+        self._last_cause, self._repeats = last_cause, repeats
         self._good.clear()
         self._good.extend(good)
         self._first, self._trial, self._spike = first, trial, None if spike is None else dict(spike)
@@ -398,32 +437,55 @@ class StallDoctor(Callback):
         if len(self._losses) <= n:
             return False
         before, after = self._losses[-n - 1], self._losses[-1]
-        return before - after < self.min_rel_improvement * abs(before)
+        if self._start is None or not math.isfinite(self._start):
+            self._start = self._losses[0]
+        failing = after >= self.progress * self._start  # a run that cut its loss by 1/progress is converging
+        return failing and before - after < self.min_rel_improvement * abs(before)
 
-    def _confirmed(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> bool:
-        """Mini-batch losses suspect a stall; the exact sample loss, half a window later, confirms it."""
-        if self._candidate is None:
-            if len(self._losses) >= self.window and self._steps % self._check_every == 0 and self._stalled():
-                self._candidate = (self._steps, self._sample_loss(model, loss_fn, batch_source))
+    def _checkup(self, model: nn.Module, loss_fn: Any, batch_source: Any, batch_size: int | None) -> bool:
+        """A mini-batch run's check-up (at update 1 and every ``window // 2``): the loss on the trend
+        sample (the first ``4 × batch`` samples, 64 to 512, of the bounded sample: the same samples
+        each time, so two check-ups differ by what training did, not by which samples were drawn).
+        A look is due when the run is *failing* — its loss at or above the labels' marginal
+        entropy (no better than predicting the label frequencies), or above ``progress`` times its
+        loss after the first update — and it fell by less than ``min_rel_improvement`` since the
+        check-up one window ago (by less than :data:`EARLY_MOVE` at or above the marginal; above
+        twice the marginal, a model far worse than the label frequencies, the look is due at once). A run that has cut its loss by more than ``1/progress`` is training: its slowing down is
+        convergence, and only a spike draws a look. Onset to event: at most one window."""
+        limit = min(self.max_samples, max(64, min(512, 4 * (batch_size or 16))))
+        now = self._sample_loss(model, loss_fn, batch_source, limit)
+        if not math.isfinite(now):
+            return False  # a non-finite loss is the spike detector's
+        if self._start is None:
+            self._start = now
+        if self._marginal is None:
+            with analysis_mode(model, "eval"):
+                self._marginal = evidence.marginal_entropy(bounded_sample(batch_source, limit, self.batch_loss)) or 0.0
+        self._trend.append((self._steps, now))
+        earlier = [loss for step, loss in self._trend if step <= self._steps - self.window + 1]
+        # at the marginal entropy or above it: no better than predicting the label frequencies
+        unlearned = self._marginal > 0 and now >= (1 - evidence.MARGINAL_TOL) * self._marginal
+        if not earlier or not (unlearned or now >= self.progress * self._start):
             return False
-        start, before = self._candidate
-        if self._steps - start < self.window // 2:
-            return False
-        self._candidate = None
-        after = self._sample_loss(model, loss_fn, batch_source)
-        return before - after < 0.5 * self.min_rel_improvement * abs(before)  # else it was moving after all
+        then = earlier[-1]
+        if now > 2 * self._marginal > 0:
+            return True  # far worse than predicting the label frequencies (raw wine features: 185 against 1.09)
+        # at the marginal, a fall below EARLY_MOVE is a stall too (shuffled labels memorised:
+        # 2.30 → 2.26 in a window); a healthy LM leaves the marginal faster (the tiny post-LN LM
+        # with warm-up: 3.40 → 3.17 in 60 updates)
+        return then - now < (EARLY_MOVE if unlearned else self.min_rel_improvement) * abs(then)
 
     def _early_warmup_due(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any) -> bool:
         """Half a window after the run's first updates, one early look for a missing warm-up — its
         onset is the first few updates, and waiting for a stall (a window and its confirmation)
         would let it waste 150: an adaptive run whose first steps were too large
-        (:data:`~causes.UPDATE_RATIO`), whose losses since barely moved (by less than
+        (:data:`~evidence.UPDATE_RATIO`), whose losses since barely moved (by less than
         :data:`EARLY_MOVE`, with the stall test's noise allowance: a healthy run passes through the
         marginal entropy quickly — the post-LN LM with a warm-up, 3.64 → 3.01 over updates 50–100 —
         the failing one fell 1.8 % over updates 6–55), and whose sample loss sits at the labels'
         marginal entropy. Costs one loss on the bounded sample, once."""
         if (optimizer is None or not evidence.adaptive(optimizer) or not self._early_ratios
-                or evidence.median(self._early_ratios) <= causes.UPDATE_RATIO
+                or evidence.median(self._early_ratios) <= evidence.UPDATE_RATIO
                 or not self._stalled(self.window // 2, EARLY_MOVE)):
             return False
         with analysis_mode(model, "eval"):
@@ -444,12 +506,12 @@ class StallDoctor(Callback):
         return (before - after) + 2 * error < rel * abs(before)
 
     @torch.no_grad()
-    def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any) -> float:
+    def _sample_loss(self, model: nn.Module, loss_fn: Any, batch_source: Any, limit: int | None = None) -> float:
         """The mean loss on the bounded sample; under ``torch.distributed`` the sample-weighted
         mean over every rank's sample, so all ranks confirm (and so diagnose, whose products are
         collective) at the same update — a rank that decided alone would wait for the others forever."""
         with analysis_mode(model, "eval"):  # also undoes the random draws of a shuffling DataLoader
-            sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            sample = bounded_sample(batch_source, limit or self.max_samples, self.batch_loss)
             with torch.no_grad():  # the user's errors named as the analyses name them (a tuple output, a bad label)
                 loss = loss_of(model, loss_fn, sample, self.batch_loss)
             if not dist.active():
@@ -621,11 +683,26 @@ class StallDoctor(Callback):
     # ---------------------------------------------------------------- diagnosis and treatment
     def _budget(self, seconds_per_gradient: float) -> tuple[int, float]:
         """Products and seconds for one look: ``max_hvp`` and ``max_seconds`` (a tenth of the run so
-        far, at least 2 s), the products also bounded by that time at two gradients each."""
+        far, at least :data:`MIN_SECONDS`), the products also bounded by that time at two gradients each."""
         elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
-        seconds = self.max_seconds if self.max_seconds is not None else max(2.0, 0.1 * elapsed)
+        seconds = self.max_seconds if self.max_seconds is not None else max(MIN_SECONDS, 0.1 * elapsed)
         affordable = int(seconds / max(2 * seconds_per_gradient, 1e-9))
         return max(10, min(self.max_hvp, affordable)), seconds
+
+    def _affordable(self, sample: Any, seconds_per_gradient: float, max_hvp: int,
+                    max_seconds: float) -> tuple[Any, int]:
+        """A sample whose :data:`LOOK_PRODUCTS` products fit the look's time: the bounded sample,
+        or its first part where a gradient on all of it costs too much (a Transformer's 2,048
+        sequences), never below :data:`LOOK_LEAST` samples; and the products that then fit."""
+        n = batch_size_of(sample)
+        need = LOOK_PRODUCTS * 2 * seconds_per_gradient
+        if need <= max_seconds or n <= LOOK_LEAST:
+            return sample, max_hvp
+        m = max(LOOK_LEAST, int(n * max_seconds / need))
+        if m >= n:
+            return sample, max_hvp
+        affordable = int(max_seconds / max(2 * seconds_per_gradient * m / n, 1e-9))
+        return bounded_sample(sample, m, self.batch_loss), max(10, min(self.max_hvp, affordable))
 
     def _treat(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any,
                full_batch: bool = False, batch_size: int | None = None, spike: dict[str, Any] | None = None,
@@ -634,21 +711,23 @@ class StallDoctor(Callback):
         # The diagnosis and the readings leave no trace: diagnose() restores the model itself, and
         # preserved() also undoes the random draws of a shuffling DataLoader. Only a remedy may act.
         with preserved(model, parameters=False):
-            sample = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            sample = whole = bounded_sample(batch_source, self.max_samples, self.batch_loss)
             tick = time.perf_counter()
             layers = evidence.layer_profile(model, loss_fn, sample, self.batch_loss)
             max_hvp, max_seconds = self._budget(time.perf_counter() - tick)
+            sample, max_hvp = self._affordable(sample, time.perf_counter() - tick, max_hvp, max_seconds)
             d = self._decided_cheaply(model, loss_fn, batch_source, sample, optimizer, spike, layers)
             found = {}
             if d is None:
                 d = self._diagnose(model, loss_fn, sample, max_hvp, max_seconds, spike)
-                found = evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss,
+                found = evidence.readings(self.monitor, self._stale_before(), model, loss_fn, sample, self.batch_loss,
                                           optimizer, d, full_batch, batch_size, self._steps, self.seed)
         ev = Evidence(model, loss_fn, sample, optimizer, scheduler, d, found, self, full_batch, batch_size,
-                      evidence.data_size(batch_source), layers, evidence.marginal_entropy(sample),
-                      evidence.update_ratio(optimizer), evidence.feature_spread(sample), spike, good,
+                      evidence.data_size(batch_source), layers, evidence.marginal_entropy(whole),
+                      evidence.update_ratio(optimizer), evidence.feature_spread(whole), spike, good,
                       list(self._norms), evidence.median(self._early_norms) if self._early_norms else None,
-                      evidence.median(self._early_ratios) if self._early_ratios else None)
+                      evidence.median(self._early_ratios) if self._early_ratios else None,
+                      evidence.saturation(model, loss_fn, sample, self.batch_loss), evidence.weight_norms(model))
         event = {"event": "spike" if spike else "stall", "verdict": d.verdict, "loss": d.loss,
                  "grad_norm": d.grad_norm, "lambda_max": ev.lam_max, "lambda_min": ev.lam_min,
                  "negative_curvature": d.negative_curvature, "samples": batch_size_of(sample), "method": d.method,
@@ -688,16 +767,16 @@ class StallDoctor(Callback):
     def _decided_cheaply(self, model: nn.Module, loss_fn: Any, batch_source: Any, sample: Any, optimizer: Any,
                          spike: dict[str, Any] | None, layers: dict[str, float]) -> Any:
         """Where the cheap readings already name the cause, no curvature is read: a gradient that
-        burst :data:`~causes.EXPLODE`-fold while the loss was in range, or an adaptive run whose
+        burst :data:`~causes.EXPLODE`-fold, or an adaptive run whose
         first steps were too large and whose loss sits at the labels' marginal entropy. Returns a
         diagnosis without curvature (``method="none"``, ``n_hvp=0``), else ``None``. On the post-LN
         char LM this look costs a gradient and a loss instead of 67-128 s of products and readings."""
         grad = math.sqrt(sum(v * v for v in layers.values())) if layers else math.nan
         loss = None
-        if spike is not None and spike.get("grad_first") and (spike.get("grad_ratio") or 0.0) >= causes.EXPLODE:
+        if spike is not None and (spike.get("grad_ratio") or 0.0) >= causes.EXPLODE:
             loss = spike["loss_now"]
         elif (spike is None and optimizer is not None and evidence.adaptive(optimizer) and self._early_ratios
-              and evidence.median(self._early_ratios) > causes.UPDATE_RATIO):
+              and evidence.median(self._early_ratios) > evidence.UPDATE_RATIO):
             marginal = evidence.marginal_entropy(sample)
             now = self._sample_loss(model, loss_fn, batch_source)
             if marginal and abs(now - marginal) <= evidence.MARGINAL_TOL * marginal:
@@ -718,12 +797,19 @@ class StallDoctor(Callback):
         # progress=False: the Trainer's own bar is on screen, and a second one would tear it
         return diagnose(model, loss_fn, sample, grad_tol=self.grad_tol, eig_tol=self.eig_tol,
                         eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False, probes=1, steps=10,
+                        tol=LOOK_TOL,
                         max_hvp=max_hvp, max_seconds=max_seconds, batch_loss=self.batch_loss)
+
+    def _stale_before(self) -> int:
+        """A Monitor's reading counts only when taken after this update: after the doctor's last
+        change and within the last window (a units share read at update 1 says nothing of a net a
+        spike killed at update 41)."""
+        return max(self._changed_at, self._steps - self.window)
 
     def _readings(self, model: nn.Module, loss_fn: Any, sample: Any, optimizer: Any, d: Any, full_batch: bool,
                   batch_size: int | None) -> dict[str, dict[str, Any]]:
         """The readings of :func:`evidence.readings` with the doctor's monitor, last change and seed."""
-        return evidence.readings(self.monitor, self._changed_at, model, loss_fn, sample, self.batch_loss, optimizer,
+        return evidence.readings(self.monitor, self._stale_before(), model, loss_fn, sample, self.batch_loss, optimizer,
                                  d, full_batch, batch_size, self._steps, self.seed)
 
 

@@ -4,10 +4,12 @@ treated, the others are advice. A new cause is one rule here and one case in the
 
 The order settles what several causes share. A loss at the entropy of the labels' marginal says
 the network carries no input information; *which* cause put it there is decided by who comes
-first: an exploding gradient, a damaging spike, a warm-up missing (its wrecked net also shows dead
-units and vanishing gradients, symptoms of the early steps), dead units, a saddle (tiny weights
-vanish the gradient too), vanishing gradients, a crawl —
-and only when none of them holds, labels without signal.
+first: features of wildly different scales (the elongated bowl makes every η wrong, too large
+along one axis and a crawl along another), a warm-up missing (its wrecked net also shows dead
+units, vanishing gradients and steps too large, symptoms of the early steps), a step too large,
+an exploding gradient, a spike that is only a tiny batch's noise, a damaging spike, dead units, vanishing gradients
+(unless a layer's weights are all zero: a zero initialisation's saddle), a loss that saturates,
+a saddle, a crawl — and only when none of them holds, labels without signal.
 """
 
 from __future__ import annotations
@@ -17,31 +19,35 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from trainlab.train.doctor import treatments
-from trainlab.train.doctor.evidence import Evidence, adaptive, median
+from trainlab.train.doctor.evidence import CRAWL_RATIO, UPDATE_RATIO, Evidence, adaptive, median
 
 #: The vocabulary of causes, each with the evidence that names it.
 CAUSES = {
     "spike_damage": "the loss jumped far above its recent range and the sample loss stayed worse than before the"
                     " jump (Chowdhery et al. 2022)",
     "step_too_large": "η·λ_max (preconditioned for adaptive optimizers) above the edge of stability, 2 for plain"
-                      " gradient descent (Cohen et al. 2021, 2022)",
-    "exploding_gradient": "the gradient norm ≥ 100× its recent median or its early value, a non-finite gradient,"
-                          " or the first layer's gradient ≫ the last's (Pascanu et al. 2013)",
+                      " gradient descent (Cohen et al. 2021, 2022), or an adaptive optimizer's steps rewriting > 1 % of"
+                      " every weight each update",
+    "exploding_gradient": "the gradient norm ≥ 100× its recent median at a spike or ≥ 100× its early value, a"
+                          " non-finite gradient, or the first layer's gradient ≫ the last's (Pascanu et al. 2013)",
     "degenerate": "gradient and Hessian both vanish: second order shows no way out",
     "dead_units": "at least `dead_share` of the units dead (ReLU output 0 on every sample) or saturated (Lu et al."
                   " 2019; Glorot & Bengio 2010)",
-    "vanishing_gradient": "the first layer's gradient ≪ the last's, units alive (Hochreiter 1991; Glorot & Bengio"
-                          " 2010)",
+    "vanishing_gradient": "the first layer's gradient < 10⁻³ of the last's, units alive and no layer's weights all"
+                          " zero (Hochreiter 1991; Glorot & Bengio 2010)",
     "needs_warmup": "an adaptive optimizer's first updates rewrote > 1 % of each weight per step and the loss sits"
                     " at the labels' marginal entropy (Liu et al. 2020; Xiong et al. 2020)",
-    "saddle": "negative curvature λ_min < 0 worth a step along it (Dauphin et al. 2014)",
+    "saddle": "negative curvature λ_min < 0 worth a step along it: at a critical point, at all-zero weights, or"
+              " |λ_min| ≥ λ_max outside a crawl (Dauphin et al. 2014)",
     "step_too_small": "η·λ_max ≪ 1: the step is far below what the sharpest direction allows (a crawl)",
-    "ill_conditioned_features": "input columns whose scales differ by more than 10×: an elongated bowl (LeCun et"
+    "ill_conditioned_features": "input columns whose scales differ by more than 100×: an elongated bowl (LeCun et"
                                 " al. 1998, 'Efficient BackProp')",
     "no_signal": "the loss sits at the entropy of the labels' marginal with units and gradients healthy: the labels"
                  " carry nothing the inputs predict",
-    "batch_noise": "batch ≪ B_simple: gradient noise dominates each step (McCandlish et al. 2018)",
-    "plateau": "not critical, no negative curvature, the step neither too large nor too small",
+    "batch_noise": "batch ≪ B_simple: gradient noise dominates each step, and a spike of a run whose batch is below"
+                   " half that threshold is its noise (McCandlish et al. 2018)",
+    "plateau": "the loss saturates — cross-entropy's output gradient ≥ 3× the loss's (MSE on softmax) — or: not"
+               " critical, no negative curvature, the step neither too large nor too small",
     "local_minimum": "no negative curvature and ‖∇L‖ ≤ grad_tol: nothing local lowers the loss",
     "local_maximum": "only negative curvature at a critical point",
 }
@@ -50,12 +56,19 @@ UNITS_REMEDY = ("a better initialisation (He/Kaiming for ReLU, Glorot/Xavier for
                 " (BatchNorm, standardised inputs), or a lower learning rate")
 #: ``‖∇L‖`` of the first weight-holding layer over the last's below this: vanishing; above its inverse: exploding.
 LAYER_RATIO = 1e-3
-#: Adam's median per-tensor update ratio above this is a step no weight survives for long.
-UPDATE_RATIO = 1e-2
 #: A gradient norm this many times its recent median (a spike) or its early value (a growth) is exploding.
 EXPLODE = 100.0
 #: Input columns whose root-mean-squares differ by more than this are ill-conditioned features.
-FEATURE_SPREAD = 10.0
+FEATURE_SPREAD = 100.0
+#: Cross-entropy's output gradient this many times the loss's: the loss saturates (a plateau).
+#: MSE on softmax probabilities with C balanced classes reads C/2 at uniform outputs (5 on the digits,
+#: 20 after 270 updates), cross-entropy 1, a focal loss (γ = 2) about 1.2.
+SATURATION = 3.0
+#: Negative curvature worth a step outside a critical point: |λ_min| at least this share of λ_max (a
+#: shuffled-labels MLP stuck at the marginal entropy reads 0.33 and is no saddle; a zero init reads 1).
+SADDLE_SHARE = 1.0
+#: At a spike, ``B / B_simple`` below this share of ``batch_ratio``: the spike is gradient noise.
+NOISY_SPIKE = 0.5
 
 
 @dataclass
@@ -100,26 +113,48 @@ def spike_damage(ev: Evidence) -> Finding | None:
 
 
 def step_too_large(ev: Evidence) -> Finding | None:
-    """``η·λ_max`` above the threshold: ``η ← η / stability`` (stability 1)."""
-    if not ev.too_large:
-        return None
-    s, t = ev.stability, ev.threshold
-    return Finding("stability", s, f"η·λ_max = {s:.3g} > {t:.3g}, too large a step for the sharpest"
-                   f" direction: η ← η/{s:.3g} (η·λ_max = 1)",
-                   _on(ev.optimizer, lambda: treatments.change_lr(ev.optimizer, ev.scheduler, 1 / s, "lower η")),
-                   "step_too_large", {"stability": s, "threshold": t})
+    """``η·λ_max`` above the threshold — for an adaptive optimizer its steps rewriting more than
+    :data:`UPDATE_RATIO` of every weight (:attr:`Evidence.by_update_ratio`; Adam η = 0.05 on the
+    digits MLP: its loss spikes, its ratio is 0.018, its preconditioned ``η·λ_max`` 6, far below
+    the threshold 38): ``η ← η · max(1/stability, 0.1)`` (``UPDATE_RATIO / ratio`` within [0.1,
+    0.5] for the update ratio) — at a spike (judged by the update ratio only: the curvature read
+    after a spike is the damaged net's) first rolled back to the last good state."""
+    if not ev.too_large or (ev.spike is not None and not ev.by_update_ratio):
+        return None  # after a spike, λ_max is the damaged net's, not that of the step that did the damage
+    s, t, r = ev.stability, ev.threshold, ev.update_ratio
+    if ev.by_update_ratio:
+        factor = min(0.5, max(0.1, UPDATE_RATIO / r))
+        why = f"each step rewrites {100 * r:.2g} % of every weight (median update ratio > {100 * UPDATE_RATIO:g} %)"
+    else:
+        factor = max(1 / s, 0.1)
+        why = f"η·λ_max = {s:.3g} > {t:.3g}, too large a step for the sharpest direction"
+    good = ev.good if ev.spike is not None else None
+    back = f"roll back to update {good.step} and " if good is not None else ""
+
+    def apply() -> dict[str, Any]:
+        if good is not None:
+            return treatments.roll_back(ev.model, ev.optimizer, ev.scheduler, good, factor)
+        return treatments.change_lr(ev.optimizer, ev.scheduler, factor, "lower η")
+
+    evidence = {"stability": s, "threshold": t, "update_ratio": r, "factor": factor}
+    if ev.spike is not None:
+        evidence.update(spike_update=ev.spike["step"], spike_loss=ev.spike["loss"])
+    return Finding("update_ratio" if ev.by_update_ratio else "stability", r if ev.by_update_ratio else s,
+                   f"{why}: {back}η ×{factor:.3g}", _on(ev.optimizer, apply), "step_too_large", evidence)
 
 
 def exploding_gradient(ev: Evidence) -> Finding | None:
     """The gradient norm grew by orders of magnitude — a spike of ``‖g‖`` at least :data:`EXPLODE`
-    times its recent median, the gradient's burst having come while the loss was in its range, a growth of :data:`EXPLODE` from
+    times its recent median, a growth of :data:`EXPLODE` from
     the run's first updates, a non-finite gradient — or the first layer's gradient ``≫`` the last's:
     clip the global norm (Pascanu et al. 2013), after rolling back to the last good state when the
     explosion already damaged the net."""
     s, g, growth, ratio = ev.spike, ev.diagnosis.grad_norm, ev.grad_growth, ev.layer_ratio
-    # the gradient burst while the loss was still in its range: it led (a loss that jumped first is a
-    # step too large for the landscape, spike_damage, whatever the gradient did with it)
-    burst = s is not None and bool(s.get("grad_first")) and (s.get("grad_ratio") or 0.0) >= EXPLODE
+    # the gradient burst a hundredfold over its recent median: a cliff (Pascanu et al. 2013), whether
+    # the loss jumped with it or not — a step too large for the landscape (spike_damage) lifts the
+    # gradient with the loss, by the same order (η = 2 on the digits MLP: loss ×8.5, ‖g‖ ×9; the
+    # ReLU RNN's cliff: loss ×7, ‖g‖ ×150)
+    burst = s is not None and (s.get("grad_ratio") or 0.0) >= EXPLODE
     grew = growth is not None and growth >= EXPLODE
     deep = ratio is not None and ratio > 1 / LAYER_RATIO and math.isfinite(g) and g > 1.0
     nan = not math.isfinite(g) and ev.diagnosis.method != "none"  # "none": no diagnosis was run
@@ -166,7 +201,7 @@ def dead_units(ev: Evidence) -> Finding | None:
 def vanishing_gradient(ev: Evidence) -> Finding | None:
     """The first layer's gradient ``≪`` the last's: advice only (no change of η fixes a ratio)."""
     ratio = ev.layer_ratio
-    if ratio is None or ratio >= LAYER_RATIO:
+    if ratio is None or ratio >= LAYER_RATIO or ev.collapsed:
         return None
     names = list(ev.layers)
     return Finding("layers", ratio, f"vanishing gradients: ‖∇L‖ of the first layer ({names[0]}) is {ratio:.2g} of"
@@ -198,10 +233,53 @@ def needs_warmup(ev: Evidence) -> Finding | None:
                     "loss": ev.loss, "first_over_last": ev.layer_ratio}, dict(ev.layers) or None)
 
 
+def saturated_loss(ev: Evidence) -> Finding | None:
+    """The loss saturates: cross-entropy's gradient at the outputs is :data:`SATURATION` times the
+    loss's (MSE on softmax probabilities) — the lecture's plateau, a flat error surface the loss
+    made. Remedy in words: cross-entropy on the logits; the treatment, that of a plateau (momentum
+    for plain SGD, else η ×10), undone by the trial if it does not help."""
+    r = ev.saturation
+    if r is None or r < SATURATION or ev.critical:
+        return None
+    found = plateau_treatment(ev)
+    return Finding("saturation", r, f"the loss saturates: cross-entropy's gradient at the outputs would be {r:.3g}×"
+                   " its own (MSE on softmax probabilities is flat where cross-entropy is not): a plateau the loss"
+                   f" makes; remedy: cross-entropy on the logits; meanwhile {found[0]}", found[1], "plateau",
+                   {"saturation": r, "grad_norm": ev.diagnosis.grad_norm, "loss": ev.loss})
+
+
+def plateau_treatment(ev: Evidence) -> tuple[str, Callable[[], dict[str, Any]] | None]:
+    """What a plateau gets: momentum 0.9 for plain gradient descent, else η ×min(10, 1/stability)."""
+    if ev.optimizer is None:
+        return "pass the optimizer to act", None
+    group = ev.optimizer.param_groups[0]
+    if group.get("momentum") == 0 and not adaptive(ev.optimizer):
+        return "momentum 0.9", lambda: treatments.add_momentum(ev.optimizer)
+    s = ev.stability
+    factor = 10.0 if s is None or not s > 0 else min(10.0, max(1.0, 1 / s))
+    return f"η ×{factor:.3g}", lambda: treatments.change_lr(ev.optimizer, ev.scheduler, factor, "raise η")
+
+
+def noisy_spike(ev: Evidence) -> Finding | None:
+    """A spike in a run whose batch is far below the noise scale (``B/B_simple`` below
+    :data:`NOISY_SPIKE` × ``batch_ratio``): the spike is the gradient noise itself, not damage —
+    :func:`batch_noise`'s advice, nothing rolled back."""
+    ratio = ev.batch_ratio
+    if ev.spike is None or ratio is None or ratio >= NOISY_SPIKE * ev.settings.batch_ratio:
+        return None
+    return batch_noise(ev)
+
+
 def saddle(ev: Evidence) -> Finding | None:
-    """Negative curvature worth taking: during a crawl only at a critical point or when ``|λ_min| ≥ λ_max``."""
+    """Negative curvature worth taking: at a critical point, where a layer's weights are all zero
+    (the symmetric point of a zero initialisation, the lecture's saddle), or with ``|λ_min| ≥``
+    :data:`SADDLE_SHARE` ``λ_max`` outside a crawl — negative curvature as strong as the positive.
+    Every network shows some negative curvature away from a minimum; a weaker one is no reason to
+    step along it, and in a crawl the step, not its direction, is what is wrong (GPT-2 at AdamW
+    η = 1e-6 shows |λ_min| ≥ λ_max at its initialisation)."""
     d = ev.diagnosis
-    if not d.negative_curvature or not (not ev.crawling or ev.critical or abs(ev.lam_min) >= ev.lam_max):
+    worth = ev.critical or ev.collapsed or (not ev.crawling and abs(ev.lam_min) >= SADDLE_SHARE * ev.lam_max)
+    if not d.negative_curvature or not worth:
         return None
     where = "saddle" if d.verdict == "saddle" else f"saddle's neighbourhood ({d.verdict.replace('_', ' ')})"
     return Finding("curvature", ev.lam_min, f"{where}: negative curvature λ_min = {ev.lam_min:.3g};"
@@ -215,6 +293,13 @@ def step_too_small(ev: Evidence) -> Finding | None:
     if not ev.crawling:
         return None
     s, ratio = ev.stability, ev.batch_ratio
+    if ev.by_update_ratio:  # toward a ratio of UPDATE_RATIO / 10, the healthy Adam runs' order
+        r = ev.update_ratio
+        factor = min(1e3, 0.1 * UPDATE_RATIO / r) if r > 0 else 10.0
+        return Finding("update_ratio", r, f"a crawl: each step rewrites {100 * r:.2g} % of every weight (median update"
+                       f" ratio < {100 * CRAWL_RATIO:g} %): η ×{factor:.3g}",
+                       _on(ev.optimizer, lambda: treatments.change_lr(ev.optimizer, ev.scheduler, factor, "raise η")),
+                       "step_too_small", {"update_ratio": r, "stability": s, "factor": factor})
     factor = (1 / s if s > 0 else 10.0) / (1 + (1 / ratio if ratio else 0.0))
     if factor <= 1:
         return None
@@ -265,21 +350,10 @@ def plateau(ev: Evidence) -> Finding | None:
     d = ev.diagnosis
     if d.verdict != "not_critical" or d.negative_curvature or ev.crawling or ev.too_large:
         return None
-    evidence = {"grad_norm": d.grad_norm, "stability": ev.stability}
-    if ev.optimizer is None:
-        return Finding("grad_norm", d.grad_norm, f"not a critical point (‖∇L‖ = {d.grad_norm:.2g}) and no"
-                       " negative curvature: a plateau or a narrow valley; pass the optimizer to act", None, "plateau",
-                       evidence)
-    group = ev.optimizer.param_groups[0]
-    if group.get("momentum") == 0 and not adaptive(ev.optimizer):
-        return Finding("grad_norm", d.grad_norm, "plain gradient descent on a plateau"
-                       f" (‖∇L‖ = {d.grad_norm:.2g}): momentum 0.9", lambda: treatments.add_momentum(ev.optimizer),
-                       "plateau", evidence)
-    s = ev.stability
-    factor = 10.0 if s is None or s <= 0 else min(10.0, max(1.0, 1 / s))
-    return Finding("grad_norm", d.grad_norm, f"a plateau (‖∇L‖ = {d.grad_norm:.2g}, no negative curvature):"
-                   f" η ×{factor:.3g}",
-                   lambda: treatments.change_lr(ev.optimizer, ev.scheduler, factor, "raise η"), "plateau", evidence)
+    what, apply = plateau_treatment(ev)
+    return Finding("grad_norm", d.grad_norm, f"not a critical point (‖∇L‖ = {d.grad_norm:.2g}) and no negative"
+                   f" curvature: a plateau or a narrow valley; {what}", apply, "plateau",
+                   {"grad_norm": d.grad_norm, "stability": ev.stability})
 
 
 def local_minimum(ev: Evidence) -> Finding | None:
@@ -296,8 +370,9 @@ def local_minimum(ev: Evidence) -> Finding | None:
 
 #: Every rule, in priority order: the first finding is treated, the others are advice.
 RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
-    exploding_gradient, spike_damage, step_too_large, needs_warmup, degenerate, dead_units, saddle,
-    vanishing_gradient, step_too_small, ill_conditioned_features, no_signal, batch_noise, plateau, local_minimum)
+    ill_conditioned_features, needs_warmup, step_too_large, exploding_gradient, noisy_spike, spike_damage, degenerate,
+    dead_units, vanishing_gradient, saturated_loss, saddle, step_too_small, no_signal, batch_noise, plateau,
+    local_minimum)
 
 
 def findings(ev: Evidence) -> list[Finding]:
