@@ -35,6 +35,7 @@ from trainlab.instruments.gradients import GradNorm, UpdateRatio  # noqa: E402
 from trainlab.instruments.sharpness import Sharpness  # noqa: E402
 from trainlab.integrations.lightning import TrainlabCallback  # noqa: E402
 from trainlab.train import StallDoctor  # noqa: E402
+from trainlab.train.doctor.causes import CRAWL_TARGET
 
 torch.set_num_threads(1)
 WORKER = Path(__file__).with_name("lightning_ddp_worker.py")
@@ -189,7 +190,7 @@ def test_doctor_escapes_a_planted_saddle_and_the_loss_then_falls(tmp_path, batch
 
 
 def test_doctor_raises_a_crawling_step_through_lightnings_optimizer_and_scheduler(tmp_path):
-    """Least squares at η = 1e-5: a crawl. The doctor sets η = 1/λ_max (λ_max of the closed-form
+    """Least squares at η = 1e-5: a crawl. The doctor sets η = CRAWL_TARGET/λ_max (λ_max of the closed-form
     Hessian 2XᵀX/n) in the optimizer and in the schedule's base_lrs, so the LambdaLR Lightning
     steps every update keeps it, and the loss then falls."""
     x, y = regression_data(128)
@@ -204,9 +205,9 @@ def test_doctor_raises_a_crawling_step_through_lightnings_optimizer_and_schedule
     lam_max = torch.linalg.eigvalsh(2 * x.T @ x / len(x))[-1].item()
     events = [e for e in doctor.events if e["applied"]]
     assert events and events[0]["action"].startswith("raise η")
-    assert events[0]["lr_after"] == pytest.approx(1 / lam_max, rel=1e-6)
+    assert events[0]["lr_after"] == pytest.approx(CRAWL_TARGET / lam_max, rel=1e-6)
     optimizer, scheduler = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1 / lam_max, rel=1e-6)  # the schedule kept it
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(CRAWL_TARGET / lam_max, rel=1e-6)  # the schedule kept it
     assert scheduler.base_lrs[0] == optimizer.param_groups[0]["lr"]
     losses = logged(trainer, "train_loss")
     assert losses[99] < 1e-6 * losses[events[0]["step"] - 1]

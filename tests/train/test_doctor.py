@@ -10,6 +10,7 @@ import trainlab as tl
 from trainlab.errors import ConfigError
 from trainlab.experiments import stalls
 from trainlab.train.doctor import StallDoctor, bounded_sample
+from trainlab.train.doctor.causes import CRAWL_TARGET
 
 from digests import model_digest
 
@@ -139,14 +140,15 @@ def _train(model, loss_fn, opt, doctor, updates, **options):
 
 
 def test_a_crawl_raises_the_learning_rate_within_stability():
-    """SGD with η·λ_max = 1e-6: the loss hardly moves; the doctor reads stability ≪ 1 and raises η to 1/λ_max."""
+    """SGD with η·λ_max = 1e-6: the loss hardly moves; the doctor reads stability ≪ 1 and raises η to
+    CRAWL_TARGET/λ_max (λ_max = 1 here, exactly: the quadratic's Hessian is the identity)."""
     model, loss_fn, opt = _quadratic(1e-6)
-    events = _train(model, loss_fn, opt, StallDoctor(window=20), 30)  # suspected at 20, confirmed at 30
+    events = _train(model, loss_fn, opt, StallDoctor(window=20), 30)  # the check-up one window in
     event = events[0]
     assert event["verdict"] == "not_critical" and not event["negative_curvature"]
     assert event["reading"] == "stability" and event["readings"]["stability"]["source"] == "diagnosis"
     assert "crawl" in event["remedy"] and event["applied"] and "raise η" in event["action"]
-    assert opt.param_groups[0]["lr"] == pytest.approx(1.0, rel=1e-6)  # η·λ_max = 1
+    assert opt.param_groups[0]["lr"] == pytest.approx(CRAWL_TARGET, rel=1e-6)  # η·λ_max = CRAWL_TARGET
 
 
 def test_full_batch_stall_needs_no_confirmation():

@@ -51,8 +51,8 @@ Every event is a dict with the step, verdict, numbers and action, logged by the 
 ``metrics.jsonl`` (lines with an ``"event"`` key), to the progress bar and to the summary; its
 ``cause`` is one of :data:`CAUSES`, ``evidence`` the values that decided it and ``layers`` the
 layers involved (the gradient profile, units per layer) where it is a layer story. After an event
-the window starts afresh; after one that changed nothing the doctor waits four windows before it
-looks again, twice as long each time the same advice comes again. In a plain PyTorch loop call :meth:`StallDoctor.after_step` after each update.
+the window starts afresh; after one that changed nothing the doctor waits eight windows before it
+looks again (:data:`QUIET`), twice as long each time the same advice comes again. In a plain PyTorch loop call :meth:`StallDoctor.after_step` after each update.
 
 Batches that are not ``(x, y)`` pairs — a language model's ``{"input_ids", "labels", ...}``
 dicts — need ``batch_loss=(model, batch) -> mean loss`` (the hook of :mod:`trainlab.curvature`):
@@ -63,6 +63,7 @@ it, and ``loss_fn`` may then be ``None``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import time
 from types import SimpleNamespace
@@ -73,6 +74,7 @@ from torch import nn
 
 from trainlab import distributed as dist
 from trainlab.curvature import analysis_mode, diagnose
+from trainlab.curvature.critical import verdict as critical_verdict
 from trainlab.curvature.operator import loss_of
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError
@@ -95,12 +97,19 @@ KEEP = 3
 EARLY_MOVE = 0.05
 #: A gradient norm this many times its recent median is a spike whose damage is judged.
 GRAD_SPIKE = 10.0
+#: Windows without a look after advice (nothing changed): a human must act on it, and saying it again
+#: sooner adds nothing; twice as long each time the same advice comes again.
+QUIET = 8
 #: The least time budget of a look (seconds), whatever the run's elapsed time.
-MIN_SECONDS = 0.1
+MIN_SECONDS = 0.02
 #: Products a look should afford within its time; where a gradient on the bounded sample is too dear
 #: for them the look reads the sample's first part (at least LOOK_LEAST samples).
 LOOK_PRODUCTS = 20
 LOOK_LEAST = 64
+#: The most samples a look's curvature reads (of the bounded sample's ``max_samples``).
+CURVATURE_SAMPLES = 256
+#: Lanczos steps of the look's one density probe: the doctor reads the extremes, not the density.
+DENSITY_STEPS = 2
 #: The look's Lanczos tolerance, relative to max|λ|: the doctor needs the signs and sizes of the
 #: extreme eigenvalues, not a converged spectrum.
 LOOK_TOL = 1e-2
@@ -302,7 +311,7 @@ class StallDoctor(Callback):
 
     def _record(self, event: dict[str, Any] | None) -> dict[str, Any] | None:
         """After an event: the window starts afresh; a change makes older readings stale; after
-        one that changed nothing the doctor waits four windows (twice as long for the same advice again)."""
+        one that changed nothing the doctor waits :data:`QUIET` windows (twice as long for the same advice again)."""
         if event is None:
             return None
         self._losses.clear()
@@ -312,7 +321,7 @@ class StallDoctor(Callback):
         if not event["applied"]:
             # advice said again only after twice as long each time the same cause is found unchanged
             self._repeats = self._repeats + 1 if event.get("cause") == self._last_cause else 0
-            self._quiet_until = self._steps + 4 * 2 ** min(self._repeats, 10) * (
+            self._quiet_until = self._steps + QUIET * 2 ** min(self._repeats, 10) * (
                 self.full_batch_window if event.get("full_batch") else self.window)
         self._last_cause = event.get("cause")
         self.events.append(event)
@@ -683,26 +692,45 @@ class StallDoctor(Callback):
     # ---------------------------------------------------------------- diagnosis and treatment
     def _budget(self, seconds_per_gradient: float) -> tuple[int, float]:
         """Products and seconds for one look: ``max_hvp`` and ``max_seconds`` (a tenth of the run so
-        far, at least :data:`MIN_SECONDS`), the products also bounded by that time at two gradients each."""
+        far, at least :data:`MIN_SECONDS`), the products also bounded by that time at two gradients
+        each, but never below :data:`LOOK_PRODUCTS` (fewer leave λ_min's eigenvector unconverged, and
+        an escape needs it)."""
         elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
         seconds = self.max_seconds if self.max_seconds is not None else max(MIN_SECONDS, 0.1 * elapsed)
         affordable = int(seconds / max(2 * seconds_per_gradient, 1e-9))
-        return max(10, min(self.max_hvp, affordable)), seconds
+        return max(min(LOOK_PRODUCTS, self.max_hvp), min(self.max_hvp, affordable)), seconds
 
     def _affordable(self, sample: Any, seconds_per_gradient: float, max_hvp: int,
                     max_seconds: float) -> tuple[Any, int]:
-        """A sample whose :data:`LOOK_PRODUCTS` products fit the look's time: the bounded sample,
-        or its first part where a gradient on all of it costs too much (a Transformer's 2,048
-        sequences), never below :data:`LOOK_LEAST` samples; and the products that then fit."""
+        """The look's curvature sample and its products: the first :data:`CURVATURE_SAMPLES` of the
+        bounded sample, fewer where :data:`LOOK_PRODUCTS` products on them would not fit the
+        look's time (a Transformer's sequences), never below :data:`LOOK_LEAST`; the products that
+        fit then. Under ``torch.distributed`` the whole sample (every rank must read the same way);
+        in a full-batch run too (each update sees all the data: so must η·λ_max, near its threshold 2).
+
+        Why a part: a Hessian-vector product costs what two gradients on its samples cost, and
+        the signs of λ_min and λ_max settle on a few hundred samples — 2,048 made one look on the
+        digits MLP cost as much as 2,000 of its updates."""
         n = batch_size_of(sample)
-        need = LOOK_PRODUCTS * 2 * seconds_per_gradient
-        if need <= max_seconds or n <= LOOK_LEAST:
+        if dist.active() or n <= LOOK_LEAST:
             return sample, max_hvp
-        m = max(LOOK_LEAST, int(n * max_seconds / need))
+        per_sample = 2 * seconds_per_gradient / n  # one product, per sample
+        m = min(n, CURVATURE_SAMPLES, max(LOOK_LEAST, int(max_seconds / (LOOK_PRODUCTS * max(per_sample, 1e-12)))))
         if m >= n:
             return sample, max_hvp
-        affordable = int(max_seconds / max(2 * seconds_per_gradient * m / n, 1e-9))
-        return bounded_sample(sample, m, self.batch_loss), max(10, min(self.max_hvp, affordable))
+        affordable = int(max_seconds / max(per_sample * m, 1e-9))
+        least = min(LOOK_PRODUCTS, self.max_hvp)
+        return bounded_sample(sample, m, self.batch_loss), max(least, min(self.max_hvp, affordable))
+
+    @staticmethod
+    def _on_whole(d: Any, loss: float, grad_norm: float) -> Any:
+        """The diagnosis with its loss, gradient norm and verdict those of the whole bounded sample
+        (its curvature stays that of the look's part): whether the point is critical is the
+        whole sample's question — a part's gradient carries its sampling noise (a zero
+        initialisation's saddle reads ‖∇L‖ = 0.023 on 512 of its 1,438 samples, above grad_tol)."""
+        positive = bool((d.eigenvalues > d.flat_threshold).any())
+        return dataclasses.replace(d, loss=loss, grad_norm=grad_norm,
+                                   verdict=critical_verdict(grad_norm, positive, d.negative_curvature, d.grad_tol))
 
     def _treat(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any, scheduler: Any,
                full_batch: bool = False, batch_size: int | None = None, spike: dict[str, Any] | None = None,
@@ -711,23 +739,27 @@ class StallDoctor(Callback):
         # The diagnosis and the readings leave no trace: diagnose() restores the model itself, and
         # preserved() also undoes the random draws of a shuffling DataLoader. Only a remedy may act.
         with preserved(model, parameters=False):
-            sample = whole = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            whole = bounded_sample(batch_source, self.max_samples, self.batch_loss)
             tick = time.perf_counter()
-            layers = evidence.layer_profile(model, loss_fn, sample, self.batch_loss)
-            max_hvp, max_seconds = self._budget(time.perf_counter() - tick)
-            sample, max_hvp = self._affordable(sample, time.perf_counter() - tick, max_hvp, max_seconds)
-            d = self._decided_cheaply(model, loss_fn, batch_source, sample, optimizer, spike, layers)
+            whole_loss, whole_grad, layers = evidence.gradient_profile(model, loss_fn, whole, self.batch_loss)
+            per_gradient = time.perf_counter() - tick
+            max_hvp, max_seconds = self._budget(per_gradient)
+            sample, max_hvp = (whole, max_hvp) if full_batch else self._affordable(whole, per_gradient, max_hvp,
+                                                                                   max_seconds)
+            d = self._decided_cheaply(whole, optimizer, spike, whole_loss, whole_grad)
             found = {}
             if d is None:
                 d = self._diagnose(model, loss_fn, sample, max_hvp, max_seconds, spike)
+                if sample is not whole and math.isfinite(whole_grad):
+                    d = self._on_whole(d, whole_loss, whole_grad)
                 found = evidence.readings(self.monitor, self._stale_before(), model, loss_fn, sample, self.batch_loss,
                                           optimizer, d, full_batch, batch_size, self._steps, self.seed)
-        ev = Evidence(model, loss_fn, sample, optimizer, scheduler, d, found, self, full_batch, batch_size,
+        ev = Evidence(model, loss_fn, whole, optimizer, scheduler, d, found, self, full_batch, batch_size,
                       evidence.data_size(batch_source), layers, evidence.marginal_entropy(whole),
                       evidence.update_ratio(optimizer), evidence.feature_spread(whole), spike, good,
                       list(self._norms), evidence.median(self._early_norms) if self._early_norms else None,
                       evidence.median(self._early_ratios) if self._early_ratios else None,
-                      evidence.saturation(model, loss_fn, sample, self.batch_loss), evidence.weight_norms(model))
+                      evidence.saturation(model, loss_fn, whole, self.batch_loss), evidence.weight_norms(model))
         event = {"event": "spike" if spike else "stall", "verdict": d.verdict, "loss": d.loss,
                  "grad_norm": d.grad_norm, "lambda_max": ev.lam_max, "lambda_min": ev.lam_min,
                  "negative_curvature": d.negative_curvature, "samples": batch_size_of(sample), "method": d.method,
@@ -764,21 +796,19 @@ class StallDoctor(Callback):
         event["seconds"] = time.perf_counter() - started
         return event
 
-    def _decided_cheaply(self, model: nn.Module, loss_fn: Any, batch_source: Any, sample: Any, optimizer: Any,
-                         spike: dict[str, Any] | None, layers: dict[str, float]) -> Any:
+    def _decided_cheaply(self, sample: Any, optimizer: Any, spike: dict[str, Any] | None, now: float,
+                         grad: float) -> Any:
         """Where the cheap readings already name the cause, no curvature is read: a gradient that
         burst :data:`~causes.EXPLODE`-fold, or an adaptive run whose
         first steps were too large and whose loss sits at the labels' marginal entropy. Returns a
         diagnosis without curvature (``method="none"``, ``n_hvp=0``), else ``None``. On the post-LN
         char LM this look costs a gradient and a loss instead of 67-128 s of products and readings."""
-        grad = math.sqrt(sum(v * v for v in layers.values())) if layers else math.nan
         loss = None
         if spike is not None and (spike.get("grad_ratio") or 0.0) >= causes.EXPLODE:
             loss = spike["loss_now"]
         elif (spike is None and optimizer is not None and evidence.adaptive(optimizer) and self._early_ratios
               and evidence.median(self._early_ratios) > evidence.UPDATE_RATIO):
             marginal = evidence.marginal_entropy(sample)
-            now = self._sample_loss(model, loss_fn, batch_source)
             if marginal and abs(now - marginal) <= evidence.MARGINAL_TOL * marginal:
                 loss = now
         if loss is None:
@@ -796,7 +826,7 @@ class StallDoctor(Callback):
                                    method="none", n_hvp=0)
         # progress=False: the Trainer's own bar is on screen, and a second one would tear it
         return diagnose(model, loss_fn, sample, grad_tol=self.grad_tol, eig_tol=self.eig_tol,
-                        eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False, probes=1, steps=10,
+                        eig_floor=self.eig_floor, k=self.k, seed=self.seed, progress=False, probes=1, steps=DENSITY_STEPS,
                         tol=LOOK_TOL,
                         max_hvp=max_hvp, max_seconds=max_seconds, batch_loss=self.batch_loss)
 

@@ -69,7 +69,7 @@ UPDATE_RATIO = 1e-2
 #: ... below this: a crawl (AdamW η = 1e-6 on the tiny BERT and GPT-2).
 CRAWL_RATIO = 1e-4
 #: Per-sample gradients the doctor's own noise reading takes.
-NOISE_SAMPLES = 256
+NOISE_SAMPLES = 128
 #: A weight-holding module whose scale ``rms(W)·√fan_in`` is below this has collapsed to (near) zero.
 COLLAPSED = 1e-2
 
@@ -298,27 +298,30 @@ def layer_profile(model: nn.Module, loss_fn: Any, sample: Any, batch_loss: Batch
     """``‖∇_W L‖`` on the sample of every module that holds a parameter of two or more dimensions
     (a weight matrix, a convolution kernel, an embedding), in the model's order: one gradient,
     taken without touching ``.grad``. Empty when the loss cannot be differentiated."""
-    owners: dict[str, list[torch.Tensor]] = {}
+    return gradient_profile(model, loss_fn, sample, batch_loss)[2]
+
+
+def gradient_profile(model: nn.Module, loss_fn: Any, sample: Any,
+                     batch_loss: BatchLoss | None) -> tuple[float, float, dict[str, float]]:
+    """One gradient on the sample: the loss, ``‖∇L‖`` over every trainable parameter, and the
+    per-module profile of :func:`layer_profile` (empty with fewer than two weight-holding
+    modules). ``(nan, nan, {})`` when the loss cannot be differentiated."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    owners: dict[str, list[int]] = {}
+    index = {id(p): i for i, p in enumerate(params)}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            owners.setdefault(name.rpartition(".")[0], []).append(p)
-    owners = {name: ps for name, ps in owners.items() if any(p.dim() >= 2 for p in ps)}
-    params = [p for ps in owners.values() for p in ps]
-    if len(owners) < 2:
-        return {}
+            owners.setdefault(name.rpartition(".")[0], []).append(index[id(p)])
+    owners = {name: ids for name, ids in owners.items() if any(params[i].dim() >= 2 for i in ids)}
     try:
         with analysis_mode(model, "eval"), torch.enable_grad():
-            grads = torch.autograd.grad(loss_of(model, loss_fn, sample, batch_loss), params, allow_unused=True)
+            loss = loss_of(model, loss_fn, sample, batch_loss)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
     except Exception:  # noqa: BLE001 — evidence, not a verdict
-        return {}
-    norms, i = {}, 0
-    for name, ps in owners.items():
-        total = 0.0
-        for g in grads[i:i + len(ps)]:
-            total += 0.0 if g is None else float(g.detach().double().pow(2).sum())
-        norms[name or "(model)"] = math.sqrt(total)
-        i += len(ps)
-    return norms
+        return math.nan, math.nan, {}
+    squares = [0.0 if g is None else float(g.detach().double().pow(2).sum()) for g in grads]
+    norms = {(name or "(model)"): math.sqrt(sum(squares[i] for i in ids)) for name, ids in owners.items()}
+    return float(loss.detach()), math.sqrt(sum(squares)), norms if len(owners) >= 2 else {}
 
 
 def weight_norms(model: nn.Module) -> dict[str, float]:
@@ -467,5 +470,5 @@ def bounded_sample(source: Any, limit: int, batch_loss: BatchLoss | None = None)
 
 
 __all__ = ["ADAPTIVE", "CRAWL_RATIO", "EARLY", "UPDATE_RATIO", "Evidence", "adaptive", "bounded_sample", "data_size", "feature_spread",
-           "grad_norm_of", "layer_profile", "median", "marginal_entropy", "readings", "saturation", "threshold",
+           "gradient_profile", "grad_norm_of", "layer_profile", "median", "marginal_entropy", "readings", "saturation", "threshold",
            "update_ratio", "weight_norms"]
