@@ -173,7 +173,8 @@ def test_resume_from_an_hf_checkpoint_keeps_the_callback_state(tmp_path):
     assert (tmp_path / "parts" / "hf" / "checkpoint-10" / "trainlab_callback.pt").exists()
     state, whole_state = doctor.state_dict(), whole_doctor.state_dict()
     assert state["losses"] == pytest.approx(whole_state["losses"], rel=1e-6) and len(state["losses"]) == 20
-    assert same({k: v for k, v in state.items() if k != "losses"}, {k: v for k, v in whole_state.items() if k != "losses"})
+    timed = {"losses", "forward_cost"}  # forward_cost: a timing, the seconds per sample of the check-ups' forward pass
+    assert same({k: v for k, v in state.items() if k not in timed}, {k: v for k, v in whole_state.items() if k not in timed})
     assert state["steps"] == 20 and monitor.step == 20
     for name in ("trainlab/sharpness", "trainlab/noise_scale"):
         after = {s: v for s, v in logged(resumed, name).items() if s > 10}

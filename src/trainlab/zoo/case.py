@@ -69,7 +69,9 @@ class Case:
     ``rnn``, ``transformer_lm``, ``hf_bert``, ``hf_gpt2``, ``lightning``, ``linear``); ``treatable``
     (a safe automatic treatment exists, :data:`TREATABLE`); ``onset`` (the update where the failure
     sets in, ``None`` where unknown: 0 for a run that fails from its start, else measured on the
-    untreated run at size "full", seed 0 — the first damaging spike or the gradient's cliff); ``control`` (the healthy case compared with); ``why`` (one line:
+    untreated run at size "full", seed 0 — the first damaging spike or the gradient's cliff; for a
+    step too large or a batch too small, present from the start, the first spike: the loss trend of
+    a run that still learns shows nothing before it); ``control`` (the healthy case compared with); ``why`` (one line:
     why it fails, with the paper or lecture part); ``build(size, seed) -> Setup``.
     """
 

@@ -219,7 +219,7 @@ CASES = [
          why="hidden biases −5: almost every ReLU is off for every sample (lecture: initialisation)"),
     Case("unstandardised_wine", "ill_conditioned_features", "linear", unstandardised_wine, control="healthy_wine",
          onset=0, why="raw wine features (scales 0.1–1,000): an elongated bowl, condition ~10⁶ (lecture: normalisation)"),
-    Case("batch_noise", "batch_noise", "mlp", batch_noise, control="healthy_sgd", onset=0,
+    Case("batch_noise", "batch_noise", "mlp", batch_noise, control="healthy_sgd", onset=315,
          why="batch 2 at η=0.1: far below the noise scale B_simple (McCandlish et al. 2018)"),
     Case("shuffled_labels", "no_signal", "mlp", shuffled_labels, control="healthy_adam", onset=0,
          why="labels permuted: no input information, held-out loss ≥ label entropy (Zhang et al. 2017)"),

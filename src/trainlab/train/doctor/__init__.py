@@ -15,37 +15,47 @@ The doctor reads best as three parts:
 
 **When it looks.** Cheap readings every update: the loss and the gradient norm (the Trainer's
 record, else one reduction over ``.grad``); over the first 5 updates of an adaptive optimizer its
-update ratio, and the state after update 1. A *stall*: the loss fell by less than
-``min_rel_improvement`` of its value over a window.
+update ratio, and the state after update 1. Only a *failing* run is looked at for a stall: its
+loss at or above the labels' marginal entropy (no better than predicting the label frequencies),
+or above ``progress`` (½) of its loss after the first update. A run that has cut its loss by more
+than that is training, and its slowing down is convergence: only a spike draws a look there.
 
 * **Full-batch runs** (every update sees all samples, ``full_batch=True``; the Trainer sets it
   when an epoch is one update): the loss is exact — a stall is the last ``full_batch_window``
   (30) losses falling by less than ``min_rel_improvement`` of the first.
-* **Mini-batch runs**: over ``window`` updates, the mean of the first half against the second,
-  with two standard errors of slack (noise can hide a stall but never fake one), confirmed by the
-  loss on the bounded sample ``window // 2`` updates later. Onset to event: about 1.5 windows.
+* **Mini-batch runs**: check-ups at update 1 and every ``window // 2`` updates measure the loss
+  on the *trend sample* (the first ``4 × batch`` samples, 64 to 512, of the bounded sample — the
+  same samples each time, so two check-ups differ by what training did). A stall: less than
+  ``min_rel_improvement`` gained since the check-up a window ago (less than 5 % at or above the
+  marginal entropy; above twice it, at once). Onset to event: one window.
 * **A spike**: a loss that is not finite, or above ``high + max(2 (high − low), ½ |median|)`` of
-  the last 20 losses. Five updates later the doctor compares the sample loss with that of the last
-  best good state (a copy of the parameters and the optimizer's state kept every ``window // 2``
-  updates, three at most); when the damage lasted (worse by more than ``2 min_rel_improvement``) the
-  look comes at once — an event within ten updates of the spike. A gradient norm ten times its
-  median over the last 20 updates is a spike too; one a hundred times it (an explosion), or a
+  the last 20 losses. Five updates later the doctor compares the sample loss with that of the
+  best good state kept (a copy of the parameters and the optimizer's state from update 1 and each
+  check-up, three at most); when the damage lasted (worse by more than ``2 min_rel_improvement``)
+  the look comes at once — an event within ten updates of the spike. A gradient norm ten times
+  its median over the last 20 updates is a spike too; one a hundred times it (an explosion), or a
   non-finite loss, is judged at the same update.
 * **A missing warm-up**: one early look at update ``5 + window // 2`` when an adaptive
   optimizer's first steps were too large and the loss sits at the labels' marginal entropy.
 
 **Never harm.** A treatment is applied only with ``act=True`` and kept only when, ``trial``
-updates later (``window // 2``; ``full_batch_window // 2`` full-batch), the loss on the bounded
-sample is no worse than it was before the treatment (higher by less than ``min_rel_improvement`` of
-it, the stall test's own resolution); otherwise the parameters, the optimizer's
-state, η, the schedule and any hook the treatment installed are put back, and a ``"trial"`` event
-says so (``kept: False``, with the two losses); a kept one only sets ``kept: True`` and ``trial`` on its own event in ``events``. The diagnosis and the readings leave the model as
-it was (parameters, buffers, flags, gradients, random states); only a treatment changes anything.
+updates later (``window // 2``; ``full_batch_window // 2`` full-batch; at once when the run blows
+up under it — a non-finite loss, an exploded gradient), the loss on the bounded sample is no
+worse than it was before the treatment (higher by less than ``min_rel_improvement`` of it, the
+stall test's own resolution); otherwise the parameters, the optimizer's state, η, the schedule
+and any hook the treatment installed are put back, and a ``"trial"`` event says so (``kept:
+False``, with the two losses); a kept one only sets ``kept: True`` and ``trial`` on its own event
+in ``events``. Harm that comes later is a spike like any other, rolled back to a good state. The
+diagnosis and the readings leave the model as it was (parameters, buffers, flags, gradients,
+random states); only a treatment changes anything.
 
-**Cost.** Every look has a budget: at most ``max_hvp`` Hessian-vector products (100: the doctor
-needs the signs of λ_min and λ_max, not a converged spectrum) and ``max_seconds`` (``None``: a
-tenth of the run's time so far, at least two seconds), which also bounds the products at the
-measured cost of one. Each event records ``n_hvp``, ``seconds`` and its ``budget``.
+**Cost.** A look reads the signs and sizes of λ_min and λ_max, not a converged spectrum: two
+eigenpairs at each end (``k=2``) to a relative tolerance of 1 %, a two-step density probe, on
+the first 256 samples of the bounded sample (mini-batch runs; the loss, the gradient norm and so
+the verdict come from one gradient on all of it). Its budget: at most ``max_hvp`` products (100)
+and ``max_seconds`` (``None``: a tenth of the run's time so far, at least 0.02 s), which bounds
+the products at the measured cost of one — but never below 20, the fewest that leave an escape
+a converged direction. Each event records ``n_hvp``, ``seconds`` and its ``budget``.
 
 Every event is a dict with the step, verdict, numbers and action, logged by the Trainer to
 ``metrics.jsonl`` (lines with an ``"event"`` key), to the progress bar and to the summary; its
@@ -104,10 +114,12 @@ QUIET = 8
 MIN_SECONDS = 0.02
 #: Products a look should afford within its time; where a gradient on the bounded sample is too dear
 #: for them the look reads the sample's first part (at least LOOK_LEAST samples).
-LOOK_PRODUCTS = 20
+LOOK_PRODUCTS = 15
 LOOK_LEAST = 64
 #: The most samples a look's curvature reads (of the bounded sample's ``max_samples``).
 CURVATURE_SAMPLES = 256
+#: A gradient on the whole bounded sample this cheap (seconds) is always afforded.
+WHOLE_SECONDS = 0.05
 #: Lanczos steps of the look's one density probe: the doctor reads the extremes, not the density.
 DENSITY_STEPS = 2
 #: The look's Lanczos tolerance, relative to max|λ|: the doctor needs the signs and sizes of the
@@ -205,6 +217,8 @@ class StallDoctor(Callback):
         self._changed_at = -1  # the update of the doctor's last change: readings before it are stale
         self._start: float | None = None  # the trend sample's loss after the first update
         self._trend: collections.deque[tuple[int, float]] = collections.deque(maxlen=4)  # (update, trend loss)
+        self._trend_limit: int | None = None  # the trend sample's size, and a forward pass's seconds per sample on it
+        self._forward_cost: float | None = None
         self._last_cause: str | None = None  # the cause of the last event, and how often in a row it was advice
         self._repeats = 0
         self._marginal: float | None = None  # the trend sample's labels' marginal entropy (0.0: none)
@@ -337,11 +351,12 @@ class StallDoctor(Callback):
         trial = None
         if self._trial is not None:
             t = self._trial
-            trial = {"until": t["until"], "updates": t["updates"], "before": t["before"],
+            trial = {"until": t["until"], "updates": t["updates"], "before": t["before"], "limit": t.get("limit"),
                      "snapshot": t["snapshot"].state(), "event": _plain_event(t["event"])}
         return {"losses": list(self._losses), "steps": self._steps, "quiet_until": self._quiet_until,
                 "changed_at": self._changed_at, "start": self._start, "trend": [list(t) for t in self._trend],
-                "last_cause": self._last_cause, "repeats": self._repeats,
+                "last_cause": self._last_cause, "repeats": self._repeats, "trend_limit": self._trend_limit,
+                "forward_cost": self._forward_cost,
                 "events": len(self.events), "recent": list(self._recent), "norms": list(self._norms),
                 "early_norms": list(self._early_norms), "early_ratios": list(self._early_ratios),
                 "good": [g.state() for g in self._good], "first": None if self._first is None else self._first.state(),
@@ -386,6 +401,12 @@ class StallDoctor(Callback):
             raise TypeError(f"last_cause {short(last_cause)} is not a cause")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
             raise TypeError(f"repeats {short(repeats)} is not a count")
+        trend_limit, forward_cost = state.get("trend_limit"), state.get("forward_cost")
+        if trend_limit is not None and (isinstance(trend_limit, bool) or not isinstance(trend_limit, int)
+                                        or trend_limit < 1):
+            raise TypeError(f"trend_limit {short(trend_limit)} is not a sample count")
+        if forward_cost is not None and not (number(forward_cost) and forward_cost >= 0):
+            raise TypeError(f"forward_cost {short(forward_cost)} is not a number of seconds")
         good = [Snapshot.from_state(g, f"good[{i}]") for i, g in enumerate(state.get("good") or [])]
         first = None if state.get("first") is None else Snapshot.from_state(state["first"], "first")
         trial = state.get("trial")
@@ -393,6 +414,9 @@ class StallDoctor(Callback):
             if not (isinstance(trial, dict) and isinstance(trial.get("event"), dict) and number(trial.get("before"))):
                 raise TypeError(f"trial {short(trial)} is not a treatment on trial")
             trial = {**trial, "snapshot": Snapshot.from_state(trial.get("snapshot"), "trial snapshot")}
+            if trial.get("limit") is not None and (
+                    isinstance(trial["limit"], bool) or not isinstance(trial["limit"], int) or trial["limit"] < 1):
+                raise TypeError(f"trial limit {short(trial['limit'])} is not a sample count")
         spike, clip, ramp = state.get("spike"), state.get("clip"), state.get("ramp")
         if spike is not None and not (isinstance(spike, dict) and isinstance(spike.get("step"), int)):
             raise TypeError(f"spike {short(spike)} is not a spike being judged")
@@ -414,6 +438,7 @@ class StallDoctor(Callback):
         self._trend.extend((int(t[0]), float(t[1])) for t in trend)
         self._start = None if start is None else float(start)
         self._last_cause, self._repeats = last_cause, repeats
+        self._trend_limit, self._forward_cost = trend_limit, forward_cost
         self._good.clear()
         self._good.extend(good)
         self._first, self._trial, self._spike = first, trial, None if spike is None else dict(spike)
@@ -462,7 +487,9 @@ class StallDoctor(Callback):
         twice the marginal, a model far worse than the label frequencies, the look is due at once). A run that has cut its loss by more than ``1/progress`` is training: its slowing down is
         convergence, and only a spike draws a look. Onset to event: at most one window."""
         limit = min(self.max_samples, max(64, min(512, 4 * (batch_size or 16))))
+        tick = time.perf_counter()
         now = self._sample_loss(model, loss_fn, batch_source, limit)
+        self._trend_limit, self._forward_cost = limit, (time.perf_counter() - tick) / limit
         if not math.isfinite(now):
             return False  # a non-finite loss is the spike detector's
         if self._start is None:
@@ -497,11 +524,12 @@ class StallDoctor(Callback):
                 or evidence.median(self._early_ratios) <= evidence.UPDATE_RATIO
                 or not self._stalled(self.window // 2, EARLY_MOVE)):
             return False
+        limit = self._trend_limit or self.max_samples  # the check-ups' sample: enough to tell 3.4 from 2
         with analysis_mode(model, "eval"):
-            marginal = evidence.marginal_entropy(bounded_sample(batch_source, self.max_samples, self.batch_loss))
+            marginal = evidence.marginal_entropy(bounded_sample(batch_source, limit, self.batch_loss))
         if not marginal:
             return False
-        return abs(self._sample_loss(model, loss_fn, batch_source) - marginal) <= evidence.MARGINAL_TOL * marginal
+        return abs(self._sample_loss(model, loss_fn, batch_source, limit) - marginal) <= evidence.MARGINAL_TOL * marginal
 
     def _stalled(self, n: int | None = None, rel: float | None = None) -> bool:
         """Stalled when even the optimistic end of the improvement over the last ``n`` losses
@@ -659,9 +687,11 @@ class StallDoctor(Callback):
         self._ramp = None if k + 1 >= n else [k + 1, n]
 
     # ---------------------------------------------------------------- never harm
-    def _start_trial(self, event: dict[str, Any], before: float, snapshot: Snapshot, full_batch: bool) -> None:
+    def _start_trial(self, event: dict[str, Any], before: float, snapshot: Snapshot, full_batch: bool,
+                     limit: int | None = None) -> None:
         n = self.trial or max(1, (self.full_batch_window if full_batch else self.window) // 2)
-        self._trial = {"until": self._steps + n, "updates": n, "before": before, "snapshot": snapshot, "event": event}
+        self._trial = {"until": self._steps + n, "updates": n, "before": before, "snapshot": snapshot, "event": event,
+                       "limit": limit}
 
     def _conclude(self, model: nn.Module, loss_fn: Any, batch_source: Any, optimizer: Any,
                   scheduler: Any) -> dict[str, Any]:
@@ -669,7 +699,7 @@ class StallDoctor(Callback):
         started = time.perf_counter()
         trial, self._trial = self._trial, None
         first, before = trial["event"], trial["before"]
-        after = self._sample_loss(model, loss_fn, batch_source)
+        after = self._sample_loss(model, loss_fn, batch_source, trial.get("limit"))
         # no worse: within min_rel_improvement of before, the resolution of the stall test itself
         kept = math.isfinite(after) and after <= before + self.min_rel_improvement * abs(before)
         if not kept:
@@ -690,13 +720,32 @@ class StallDoctor(Callback):
                 "message": f"{first['cause']} treatment ({first['action']}): {why}"}
 
     # ---------------------------------------------------------------- diagnosis and treatment
+    def _seconds(self) -> float:
+        """A look's time: ``max_seconds``, else a tenth of the run so far, at least :data:`MIN_SECONDS`."""
+        elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
+        return self.max_seconds if self.max_seconds is not None else max(MIN_SECONDS, 0.1 * elapsed)
+
+    def _look_limit(self, full_batch: bool) -> int:
+        """The samples a look's loss, gradient and trial read: the bounded sample's ``max_samples``,
+        fewer where one gradient on them (three forward passes, at the check-ups' measured cost)
+        would take more than a quarter of the look's time and more than :data:`WHOLE_SECONDS` —
+        never fewer than the check-ups' trend sample, on which the stall itself was seen. A
+        full-batch or distributed run reads them all. (A cheap model keeps them all: whether a
+        point is critical is read from the gradient, whose sampling noise fewer samples raise.)
+
+        Why: 2,048 sequences are 64 of a language model's batches; one gradient on them cost the
+        post-LN LM's look 0.6 s of a 16-s run."""
+        if full_batch or dist.active() or not self._forward_cost or not self._trend_limit:
+            return self.max_samples
+        fits = int(max(self._seconds() / 4, WHOLE_SECONDS) / (3 * self._forward_cost))
+        return min(self.max_samples, max(self._trend_limit, fits))
+
     def _budget(self, seconds_per_gradient: float) -> tuple[int, float]:
         """Products and seconds for one look: ``max_hvp`` and ``max_seconds`` (a tenth of the run so
         far, at least :data:`MIN_SECONDS`), the products also bounded by that time at two gradients
         each, but never below :data:`LOOK_PRODUCTS` (fewer leave λ_min's eigenvector unconverged, and
         an escape needs it)."""
-        elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
-        seconds = self.max_seconds if self.max_seconds is not None else max(MIN_SECONDS, 0.1 * elapsed)
+        seconds = self._seconds()
         affordable = int(seconds / max(2 * seconds_per_gradient, 1e-9))
         return max(min(LOOK_PRODUCTS, self.max_hvp), min(self.max_hvp, affordable)), seconds
 
@@ -739,7 +788,8 @@ class StallDoctor(Callback):
         # The diagnosis and the readings leave no trace: diagnose() restores the model itself, and
         # preserved() also undoes the random draws of a shuffling DataLoader. Only a remedy may act.
         with preserved(model, parameters=False):
-            whole = bounded_sample(batch_source, self.max_samples, self.batch_loss)
+            limit = self._look_limit(full_batch)
+            whole = bounded_sample(batch_source, limit, self.batch_loss)
             tick = time.perf_counter()
             whole_loss, whole_grad, layers = evidence.gradient_profile(model, loss_fn, whole, self.batch_loss)
             per_gradient = time.perf_counter() - tick
@@ -787,8 +837,8 @@ class StallDoctor(Callback):
                 snapshot.restore(model, optimizer, scheduler)
                 event.update(action="none", applied=False,
                              message=f"{first.remedy} — not applied: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-            if event["applied"]:
-                self._start_trial(event, before, snapshot, full_batch)
+            if event["applied"]:  # judged on the sample the loss before was read on
+                self._start_trial(event, before, snapshot, full_batch, None if spike else limit)
                 event["kept"] = None  # decided by the trial
         also = [f"{f.reading}: {f.remedy}" for f in findings[1:]]
         if also:
