@@ -43,6 +43,7 @@ written to ``RUN/instruments.jsonl``) or in a plain loop::
 
 from __future__ import annotations
 
+import collections
 import math
 import operator
 import os
@@ -59,6 +60,8 @@ from torch import nn
 from trainlab.curvature import analysis_mode
 from trainlab.data.batches import BatchLoss, batch_size_of, concat, first_samples, to_device
 from trainlab.errors import ConfigError, DataError
+from trainlab.instruments.spike import SPAN as SPIKE_SPAN
+from trainlab.instruments.spike import jumped as loss_jumped
 from trainlab.state import preserved
 
 MODES = ("eval", "train")
@@ -221,7 +224,9 @@ class Monitor:
     When: every instrument is read at update 1 — a baseline, so that even a short run, or a
     spike early on, has a reading to compare with — and then at every multiple of its period
     (update counts ``1, p, 2p, 3p, …``; a resumed run keeps the count, so it reads where an
-    uninterrupted one would). The presets' periods in updates, with the default ``every=10``
+    uninterrupted one would). Sharpness and stability (``on_spike``) are also read at once when
+    the loss jumps far above its last 20 values (:mod:`trainlab.instruments.spike`): the curvature
+    behind a spike is read at the spike, not thousands of updates later. The presets' periods in updates, with the default ``every=10``
     (they scale with ``every``):
 
     =========  ============  =========  =====  =====================  ===========  ====  =====
@@ -294,6 +299,7 @@ class Monitor:
         self._source: Any = None  # the data the cached sample was drawn from
         self._sample: Any = None
         self._failed: set[str] = set()  # instruments already warned about
+        self._recent: collections.deque[float] = collections.deque(maxlen=SPIKE_SPAN)  # the last losses
         self._model: weakref.ref | None = None  # the model followed (see _follow)
         self._shapes: tuple | None = None  # and its parameters' names, shapes, dtypes and requires_grad
         self.tensorboard, self._board = tensorboard, None  # the directory; its TensorBoardLogger once opened
@@ -365,11 +371,14 @@ class Monitor:
         if other or self._model is None:
             self._follow(model)
         self.step = count
-        if self.step % self._base and self.step != 1 and self._previous is None and \
+        value = float(loss) if isinstance(loss, (int, float, torch.Tensor)) else math.nan
+        jump = math.isfinite(value) and loss_jumped(self._recent, value)
+        self._recent.append(value)
+        if self.step % self._base and self.step != 1 and self._previous is None and not jump and \
                 not (self._base_previous and (self.step + 1) % self._base_previous == 0):
             return []  # nothing due now, nothing to keep for the next update: the common case
-        due = [inst for inst in self.instruments if self._due(inst, self.step)
-               and not (getattr(inst, "needs_previous", False) and self._previous is None)]
+        due = [inst for inst in self.instruments if (self._due(inst, self.step) or (jump and getattr(
+               inst, "on_spike", False))) and not (getattr(inst, "needs_previous", False) and self._previous is None)]
         if self._reshaped(model):
             due = [inst for inst in due if not getattr(inst, "needs_previous", False)]  # the kept ones are gone
         readings = []
@@ -407,7 +416,7 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """For the Trainer's checkpoints: the update count, the parameters kept for ``update_ratio``,
         each instrument's state and ``latest``."""
-        return {"step": self.step,
+        return {"step": self.step, "recent": list(self._recent),
                 "previous": None if self._previous is None else {k: v.cpu() for k, v in self._previous.items()},
                 "instruments": {inst.name: inst.state_dict() for inst in self.instruments
                                 if hasattr(inst, "state_dict")},
@@ -420,11 +429,17 @@ class Monitor:
             raise ValueError(f"step {step!r} is not an update count")
         if previous is not None and not all(isinstance(v, torch.Tensor) for v in previous.values()):
             raise TypeError("the kept parameters are not tensors")
+        recent = state.get("recent") or []
+        if not isinstance(recent, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in recent):
+            raise TypeError(f"recent {str(recent)[:60]} is not a list of losses")
         saved = state["instruments"]
         for inst in self.instruments:
             if inst.name in saved and hasattr(inst, "load_state_dict"):
                 inst.load_state_dict(saved[inst.name])
         self.step, self._previous = step, None if previous is None else dict(previous)
+        self._recent.clear()
+        self._recent.extend(float(v) for v in recent)
         self.latest = {name: Reading.from_dict(r) for name, r in state["latest"].items()}
 
     # ---------------------------------------------------------------- internals
@@ -437,6 +452,7 @@ class Monitor:
                           RuntimeWarning, stacklevel=3)
             self.step, self.latest, self.history = 0, {}, []
             self._failed = set()
+            self._recent.clear()
             self._forget()
         self._model, self._shapes = weakref.ref(model), _shapes(model)
 

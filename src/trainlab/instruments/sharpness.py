@@ -278,6 +278,7 @@ class Sharpness(_Tracking):
     """
 
     name = "sharpness"
+    on_spike = True  # the Monitor reads it at once when the loss jumps (trainlab.instruments.spike)
 
     def read(self, ctx: Any) -> dict:
         mode = getattr(ctx, "mode", "eval")
@@ -466,6 +467,7 @@ class Stability(_Tracking):
     """
 
     name = "stability"
+    on_spike = True  # the Monitor reads it at once when the loss jumps (trainlab.instruments.spike)
 
     def read(self, ctx: Any) -> dict:
         optimizer = getattr(ctx, "optimizer", None)

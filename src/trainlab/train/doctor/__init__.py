@@ -54,8 +54,8 @@ eigenpairs at each end (``k=2``) to a relative tolerance of 1 %, a two-step dens
 the first 256 samples of the bounded sample (mini-batch runs; the loss, the gradient norm and so
 the verdict come from one gradient on all of it). Its budget: at most ``max_hvp`` products (100)
 and ``max_seconds`` (``None``: a tenth of the run's time so far, at least 0.02 s), which bounds
-the products at the measured cost of one — but never below 20, the fewest that leave an escape
-a converged direction. Each event records ``n_hvp``, ``seconds`` and its ``budget``.
+the products at the measured cost of one — but never below 15, enough to leave an escape a
+converged direction on the zoo's saddles. Each event records ``n_hvp``, ``seconds`` and its ``budget``.
 
 Every event is a dict with the step, verdict, numbers and action, logged by the Trainer to
 ``metrics.jsonl`` (lines with an ``"event"`` key), to the progress bar and to the summary; its
@@ -88,6 +88,8 @@ from trainlab.curvature.critical import verdict as critical_verdict
 from trainlab.curvature.operator import loss_of
 from trainlab.data.batches import BatchLoss, batch_size_of
 from trainlab.errors import ConfigError
+from trainlab.instruments.spike import SPAN as SPIKE_SPAN
+from trainlab.instruments.spike import jumped as loss_jumped
 from trainlab.state import plain, preserved
 from trainlab.train.callbacks import Callback
 from trainlab.train.doctor import causes, evidence, treatments
@@ -97,8 +99,6 @@ from trainlab.train.doctor.treatments import Snapshot
 
 __all__ = ["ADAPTIVE", "CAUSES", "Evidence", "Finding", "StallDoctor", "UNITS_REMEDY", "bounded_sample"]
 
-#: Losses the spike detector compares each new one with.
-SPIKE_SPAN = 20
 #: Updates after a spike before the doctor looks whether its damage lasted.
 SPIKE_DELAY = 5
 #: Good states kept in memory for a roll-back.
@@ -590,10 +590,8 @@ class StallDoctor(Callback):
         ratio = None if g is None or m is None or not m > 0 else (g / m if math.isfinite(g) else math.inf)
         if not finite or (len(recent) < SPIKE_SPAN // 2 and math.isfinite(loss) and ratio is None):
             return None
-        high, low = max(finite), min(finite)
-        middle = evidence.median(finite)
-        jumped = not math.isfinite(loss) or (len(recent) >= SPIKE_SPAN // 2
-                                             and loss > high + max(2 * (high - low), 0.5 * abs(middle)))
+        high = max(finite)
+        jumped = loss_jumped(recent, loss)  # the rule the Monitor shares (trainlab.instruments.spike)
         burst = ratio is not None and ratio >= GRAD_SPIKE
         if not (jumped or burst):
             return None
@@ -743,8 +741,8 @@ class StallDoctor(Callback):
     def _budget(self, seconds_per_gradient: float) -> tuple[int, float]:
         """Products and seconds for one look: ``max_hvp`` and ``max_seconds`` (a tenth of the run so
         far, at least :data:`MIN_SECONDS`), the products also bounded by that time at two gradients
-        each, but never below :data:`LOOK_PRODUCTS` (fewer leave λ_min's eigenvector unconverged, and
-        an escape needs it)."""
+        each, but never below :data:`LOOK_PRODUCTS` (10 left λ_min's eigenvector of the zoo's
+        full-batch saddle unconverged, and an escape needs it)."""
         seconds = self._seconds()
         affordable = int(seconds / max(2 * seconds_per_gradient, 1e-9))
         return max(min(LOOK_PRODUCTS, self.max_hvp), min(self.max_hvp, affordable)), seconds

@@ -1,0 +1,37 @@
+"""A loss spike: the one rule the Monitor (to read curvature at once) and the stall doctor (to
+judge the damage) share.
+
+Over the last :data:`SPAN` losses with ``high``, ``low`` and ``median`` their largest, smallest and
+middle finite values, a loss is a spike when it is not finite, or when
+
+    ``loss > high + max(2 (high − low), ½ |median|)``
+
+— far outside the recent range, by twice its width or half the loss's level, whichever is larger,
+so that mini-batch noise within the range never counts. A finite loss needs at least ``SPAN // 2``
+recent ones to be judged; a non-finite one is a spike after any finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+#: Losses a new one is compared with.
+SPAN = 20
+
+
+def jumped(recent: Sequence[float], loss: float) -> bool:
+    """Whether ``loss`` is a spike against the ``recent`` losses (oldest first; module docstring).
+    Cost: none."""
+    finite = sorted(v for v in list(recent)[-SPAN:] if math.isfinite(v))
+    if not finite:
+        return False
+    if not math.isfinite(loss):
+        return True
+    if len(recent) < SPAN // 2:
+        return False
+    high, low, middle = finite[-1], finite[0], finite[len(finite) // 2]
+    return loss > high + max(2 * (high - low), 0.5 * abs(middle))
+
+
+__all__ = ["SPAN", "jumped"]

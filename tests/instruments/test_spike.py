@@ -1,0 +1,59 @@
+"""The loss-spike rule the Monitor and the stall doctor share, and the Monitor's reading at a spike."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trainlab as tl
+from trainlab.instruments import Monitor, Sharpness, Stability, UpdateRatio
+from trainlab.instruments.spike import SPAN, jumped
+
+CALM = [1.0, 1.1, 0.9, 1.05, 0.95] * 2  # 10 losses: high 1.1, low 0.9, median 1.0
+
+
+@pytest.mark.parametrize("recent, loss, spike", [
+    (CALM, 1.1, False),                       # at the top of the range
+    (CALM, 1.1 + max(2 * 0.2, 0.5) - 1e-9, False),  # just below high + max(2·width, ½·median)
+    (CALM, 1.1 + max(2 * 0.2, 0.5) + 1e-9, True),   # just above
+    (CALM, math.nan, True),                   # not finite
+    (CALM, math.inf, True),
+    (CALM[:9], 100.0, False),                 # fewer than SPAN // 2 recent losses: no judgement
+    (CALM[:3], math.nan, True),               # ... but a non-finite loss is a spike after any finite one
+    ([math.nan] * 10, 100.0, False),          # nothing finite to compare with
+    ([], math.inf, False),
+    ([5.0] * 5 + CALM * 2, 1.7, True),        # only the last SPAN losses count (the 5.0s are older)
+])
+def test_jumped(recent, loss, spike):
+    assert SPAN == 20
+    assert jumped(recent, loss) is spike
+
+
+def test_the_monitor_reads_curvature_at_a_spike():
+    """Sharpness and stability, due every 1,000 updates, are read at update 1 and again at the
+    update whose loss jumped; an instrument without ``on_spike`` (update_ratio) is not."""
+    x, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 3
+    model = tl.nn.mlp(8, [8], 3, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    monitor = Monitor(instruments=[Sharpness(every=1000), Stability(every=1000), UpdateRatio(every=1000)],
+                      sample=64, progress=False)
+    read = {}
+    for step in range(1, 41):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        reported = loss.item() * (50.0 if step == 30 else 1.0)  # the loop reports a jump at update 30
+        for r in monitor.after_step(model, reported, F.cross_entropy, (x, y), opt):
+            read.setdefault(r.instrument, []).append(r.step)
+    assert read == {"sharpness": [1, 30], "stability": [1, 30]}  # update_ratio: not at the spike (nor at 1,
+    # where a plain loop has not kept the parameters before the update)
+    state = monitor.state_dict()
+    assert len(state["recent"]) == SPAN and state["recent"][-11] == pytest.approx(50 * state["recent"][-12], rel=0.1)
+    again = Monitor(instruments=[Sharpness(every=1000), Stability(every=1000), UpdateRatio(every=1000)], sample=64,
+                    progress=False)
+    again.load_state_dict(state)
+    assert list(again._recent) == state["recent"]
+    with pytest.raises(TypeError, match="recent"):
+        again.load_state_dict({**state, "recent": ["a"]})
