@@ -253,6 +253,12 @@ def _doubt(d: Diagnosis) -> str | None:
     return "; ".join(reasons)
 
 
+def exact_products(n: int) -> int:
+    """Hessian-vector products of the exact path for ``n`` parameters: one per parameter and a
+    few (:data:`TIMING_PRODUCTS`) to time them. Cost: none."""
+    return n + min(n, TIMING_PRODUCTS)
+
+
 def verdict(grad_norm: float, has_positive: bool, has_negative: bool, grad_tol: float) -> str:
     """The lecture's classification (see the module docstring).
 
@@ -385,7 +391,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn | None, data: Batch | Iterable[An
             # basis; the exact path needs the same n products and one eigh (its budget still applies)
             notes.append(f"k={k:,} at each end covers all {n:,} eigenvalues: the exact path is used")
             chosen = "dense"
-    needed = n + min(n, TIMING_PRODUCTS)
+    needed = exact_products(n)
     if chosen == "dense" and max_hvp is not None and max_hvp < needed:
         reason = (f"the exact path needs {needed:,} Hessian-vector products (one per parameter, and a few to time"
                   f" them), more than max_hvp={max_hvp:,}")

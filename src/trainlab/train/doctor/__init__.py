@@ -84,6 +84,7 @@ from torch import nn
 
 from trainlab import distributed as dist
 from trainlab.curvature import analysis_mode, diagnose
+from trainlab.curvature.critical import exact_products
 from trainlab.curvature.critical import verdict as critical_verdict
 from trainlab.curvature.operator import loss_of
 from trainlab.data.batches import BatchLoss, batch_size_of
@@ -794,6 +795,9 @@ class StallDoctor(Callback):
             max_hvp, max_seconds = self._budget(per_gradient)
             sample, max_hvp = (whole, max_hvp) if full_batch else self._affordable(whole, per_gradient, max_hvp,
                                                                                    max_seconds)
+            exact = exact_products(sum(p.numel() for p in model.parameters() if p.requires_grad))
+            if exact <= self.max_hvp:  # a Hessian this small is read exactly, in n products (and a few to time them)
+                max_hvp = max(max_hvp, exact)
             d = self._decided_cheaply(whole, optimizer, spike, whole_loss, whole_grad)
             found = {}
             if d is None:
