@@ -341,3 +341,26 @@ def test_monitor_reads_its_curvature_on_a_600_update_run():
     assert seen == {inst.name: [s for s in due(monitor.period(inst), 600) if s > 1 or inst.name != "update_ratio"]
                     for inst in monitor.instruments}
     assert seen["sharpness"] == seen["stability"] == [1]
+
+
+# ---------------------------------------------------------------- instruments by name (issue 23, item 3)
+def test_instruments_by_name_are_read_every_every_updates():
+    from trainlab.instruments.monitor import instrument_classes
+
+    classes = instrument_classes()
+    assert set(classes) == {"grad_norm", "update_ratio", "units", "sharpness", "stability", "noise_scale", "gsnr",
+                            "trace", "alpha"}
+    monitor = Monitor(instruments=["sharpness", "noise_scale", GradNorm(every=7)], every=5, progress=False)
+    assert [type(i) for i in monitor.instruments] == [classes["sharpness"], classes["noise_scale"], GradNorm]
+    assert [monitor.period(i) for i in monitor.instruments] == [5, 5, 7]
+
+
+@pytest.mark.parametrize("instruments, match", [
+    (["sharpnes"], "'sharpnes' is not an instrument; the instruments are alpha, grad_norm"),
+    (["sharpness", "sharpness"], "repeat a name"),
+    (["units", Units()], "repeat a name"),
+    ([""], "'' is not an instrument"),
+])
+def test_bad_instrument_names_are_refused(instruments, match):
+    with pytest.raises(ConfigError, match=match):
+        Monitor(instruments=instruments, progress=False)

@@ -210,6 +210,28 @@ def _full(every: int) -> list[Any]:
 PRESETS: dict[str, Callable[[int], list[Any]]] = {"economy": _economy, "full": _full}
 
 
+def instrument_classes() -> dict[str, type]:
+    """Every instrument of :mod:`trainlab.instruments` by its reading's name."""
+    from trainlab.instruments.alpha import Alpha
+    from trainlab.instruments.gradients import GradNorm, UpdateRatio
+    from trainlab.instruments.noise import GSNR, NoiseScale
+    from trainlab.instruments.sharpness import HessianTrace, Sharpness, Stability
+    from trainlab.instruments.units import Units
+
+    return {cls.name: cls for cls in (GradNorm, UpdateRatio, Units, Sharpness, Stability, NoiseScale, GSNR,
+                                      HessianTrace, Alpha)}
+
+
+def by_name(name: str) -> Any:
+    """A fresh instrument named ``name`` (``"sharpness"``, ``"noise_scale"``, …) with its defaults:
+    read every ``Monitor.every`` updates. An unknown name is a :class:`ConfigError` listing them."""
+    classes = instrument_classes()
+    if name not in classes:
+        raise ConfigError(f"Monitor: {name!r} is not an instrument; the instruments are {', '.join(sorted(classes))}"
+                          " (or pass instrument objects, e.g. Sharpness(every=100))")
+    return classes[name](every=None)
+
+
 def preset(name: str, every: int = 10) -> list[Any]:
     """The instruments of preset ``name`` (a key of :data:`PRESETS`)."""
     if name not in PRESETS:
@@ -243,7 +265,9 @@ class Monitor:
         every: the base period in updates: an instrument with ``every=None`` is read every
             ``every`` updates, and the presets scale with it (:data:`PRESETS`).
         sample: samples in the fixed bounded sample (the first ones of the training data).
-        instruments: ``"economy"``, ``"full"`` or a list of instruments (distinct names).
+        instruments: ``"economy"``, ``"full"`` or a list of instruments (distinct names) — objects
+            such as ``Sharpness(every=100)``, or names such as ``"sharpness"`` (read every
+            ``every`` updates; :func:`instrument_classes` lists them).
         seed: passed to instruments that draw random vectors (``ctx.seed``).
         mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"``.
         batch_loss: ``(model, batch) -> mean loss`` for batches that are not ``(x, y)`` pairs.
@@ -281,6 +305,8 @@ class Monitor:
         elif not isinstance(instruments, (list, tuple)) or not instruments:
             raise ConfigError(f"Monitor: instruments={instruments!r} is not allowed; use 'economy', 'full' or a"
                               " non-empty list of instruments")
+        else:
+            instruments = [by_name(inst) if isinstance(inst, str) else inst for inst in instruments]
         for inst in instruments:
             if not (isinstance(getattr(inst, "name", None), str) and callable(getattr(inst, "read", None))):
                 raise ConfigError(f"Monitor: {inst!r} is not an instrument; it needs a name and read(ctx)")
