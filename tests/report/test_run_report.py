@@ -110,7 +110,10 @@ def test_one_figure_per_instrument_and_self_contained(page):
     names = re.findall(r"<figure id='[^']*' class='instrument' data-instrument='([^']+)'", text)
     assert sorted(names) == sorted({r["instrument"] for r in readings()})
     # every figure embedded, and no external asset or link: the only URLs are data URIs and anchors
-    assert text.count("src='data:image/png;base64,") == len(names) + 3  # loss, accuracy, learning rate
+    depth = [n for n in ("grad_norm", "update_ratio") if f"id='fig-{n}_depth'" in text]  # the panels over depth
+    assert depth == [n for n in ("grad_norm", "update_ratio")
+                     if len({k for r in readings() if r["instrument"] == n for k in r.get("parts", {})}) >= 3]
+    assert text.count("src='data:image/png;base64,") == len(names) + 3 + len(depth)  # loss, accuracy, learning rate
     assert not re.search(r"(?:src|href)=['\"](?!data:|#)", text)
     assert "http://" not in text and "https://" not in text and "<script" not in text and "<link" not in text
     assert "<meta name='viewport' content='width=device-width,initial-scale=1'>" in text
@@ -203,16 +206,37 @@ def test_not_a_run_directory(tmp_path, make, fragment):
         run_report.read(make(tmp_path))
 
 
+def test_the_depth_panel_draws_every_tensor_first_to_last():
+    """Vanishing gradients over 20 tensors (‖g‖ = 10^(i−19)·s for tensor i at update s): every
+    tensor at the first, middle and last reading, in the model's order, on a log scale."""
+    readings = [{"step": s, "instrument": "grad_norm", "value": 1.0,
+                 "parts": {f"layer{i}.weight": 10.0 ** (i - 19) * s for i in range(20)}} for s in (10, 20, 30, 40, 50)]
+    ax = run_report.depth_figure("grad_norm", readings).axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label().startswith("update")]
+    assert [line.get_label() for line in lines] == ["update 10", "update 30", "update 50"]
+    for line, s in zip(lines, (10, 30, 50)):
+        assert list(line.get_xdata()) == list(range(20))
+        assert list(line.get_ydata()) == pytest.approx([10.0 ** (i - 19) * s for i in range(20)], rel=1e-12)
+    assert ax.get_yscale() == "log"
+    assert len(run_report.depth_figure("grad_norm", readings[:1]).axes[0].get_lines()) == 1
+    assert run_report.depth_figure("grad_norm", [{"step": 1, "value": 1.0, "parts": {"a": 1.0, "b": 2.0}}]) is None
+    assert run_report.depth_figure("grad_norm", [{"step": 1, "value": 1.0}]) is None
+
+
 def test_many_parts_are_capped_and_failed_panels_say_so(tmp_path):
     many = [{"step": s, "instrument": "grad_norm", "value": 1.0, "seconds": 0.0,
              "parts": {f"layer{i}.weight": float(i) for i in range(20)}} for s in (10, 20)]
     names, _, _ = labels(run_report.instrument_figure("grad_norm", many))
-    assert len(names) == 1 + run_report.MAX_PARTS and names[-1] == "layer19.weight" and "layer7.weight" not in names
+    # evenly spread over depth, first and last layer included: round(i·19/11), i = 0 … 11
+    assert len(names) == 1 + run_report.MAX_PARTS
+    assert names[1:] == [f"layer{round(i * 19 / 11)}.weight" for i in range(12)]
     failed = [{"step": s, "instrument": "gsnr", "value": None, "seconds": 0.0, "error": "boom"} for s in (10, 20)]
     _, texts, _ = labels(run_report.instrument_figure("gsnr", failed))
     assert "every reading failed" in texts
     run = make_run(tmp_path, instruments=False)
     write_lines(run / "instruments.jsonl", many + failed)
     text = run_report.write(run).read_text()
-    assert "Thin lines: the 12 parameter tensors of largest median, of 20." in text
+    assert ("Thin lines: 12 of the 20 parameter tensors, evenly spread from the first layer to the last (all of"
+            " them in the panel over depth).") in text
+    assert "fig-grad_norm_depth" in text and "Each of the 20 parameter tensors, in the model" in text
     assert "2 readings failed (marked ✕), the first at update 10: boom" in text

@@ -56,6 +56,8 @@ WIDTH, HEIGHT, DPI = 4.8, 3.6, 160
 TICK, LABEL, TITLE, LEGEND = 12, 13, 13.5, 11
 EVENT_COLOR = "tab:red"
 MAX_PARTS = 12  # thin lines per panel; more would be unreadable
+#: Instruments whose parts are parameter tensors in the model's order: a layer story, drawn over depth.
+DEPTH = ("grad_norm", "update_ratio")
 
 
 @dataclass
@@ -435,7 +437,9 @@ def instrument_figure(name: str, readings: Sequence[dict[str, Any]], events: Seq
 def _parts(name: str, readings: Sequence[dict[str, Any]]) -> list[tuple[str, list[float], str]]:
     """The thin lines: ``(label, values, line style)``; for ``units`` each layer's dead and
     saturated shares (a share that stays 0 throughout is left out), for the others each
-    parameter tensor's part; the :data:`MAX_PARTS` largest by median when there are more."""
+    parameter tensor's part; when there are more than :data:`MAX_PARTS`, those of :data:`DEPTH`
+    evenly spread over depth (first and last layer included: vanishing gradients stay in view),
+    the others' largest by median."""
     names = _part_names(readings)
     lines = []
     for part in names:
@@ -449,10 +453,47 @@ def _parts(name: str, readings: Sequence[dict[str, Any]]) -> list[tuple[str, lis
             ys = [_number(_parts_of(r).get(part)) for r in readings]
             if any(_finite(y) for y in ys):
                 lines.append((part, ys, "-"))
-    if len(lines) > MAX_PARTS:
+    if len(lines) > MAX_PARTS and name in DEPTH:  # a layer story: first to last, evenly over depth
+        lines = [lines[i] for i in _spread(len(lines), MAX_PARTS)]
+    elif len(lines) > MAX_PARTS:
         kept = {line[0] for line in sorted(lines, key=lambda line: -_median(line[1]))[:MAX_PARTS]}
         lines = [line for line in lines if line[0] in kept]
     return lines
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices of ``0 … n−1`` evenly spread, the first and the last included (``k ≥ 2``)."""
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def depth_figure(name: str, readings: Sequence[dict[str, Any]]) -> Figure | None:
+    """The per-tensor values of ``grad_norm`` or ``update_ratio`` over depth — the parameter
+    tensors in the model's order, first layer left, last right — at the first, middle and last
+    reading: vanishing gradients fall toward the left, exploding ones rise. ``None`` with fewer
+    than three tensors or no finite value."""
+    names = _part_names(readings)
+    ok = [r for r in readings if any(_finite(_parts_of(r).get(n)) for n in names)]
+    if len(names) < 3 or not ok:
+        return None
+    spec = SPECS.get(name, Spec(_plain_text(name), _plain_text(name), _plain_text(name), ""))
+    fig, ax = _new_figure()
+    chosen = [ok[i] for i in _spread(len(ok), 3)] if len(ok) >= 3 else ok
+    everything = []
+    for r, color in zip(chosen, ("tab:blue", "tab:orange", "black")):
+        ys = [_number(_parts_of(r).get(n)) for n in names]
+        ax.plot(range(len(names)), ys, "o-" if len(names) <= 40 else "-", color=color, lw=1.4, ms=3,
+                label=f"update {r['step']}")
+        everything += ys
+    _log_if_wide(ax, everything)
+    ticks = _spread(len(names), min(len(names), 6))
+    ax.set_xticks(ticks, [_plain_text(_short(names[i])) for i in ticks], rotation=20, ha="right")
+    _style(ax, f"{spec.title}, first layer to last", spec.ylabel, None, xlabel="parameter tensor, in the model's order")
+    _legend(fig, ax)
+    return fig
+
+
+def _short(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
 def _failed(reading: dict[str, Any]) -> bool:
@@ -498,6 +539,14 @@ def instrument_panels(run: Run) -> list[Panel]:
         spec = SPECS.get(name)
         panels.append(Panel(name, spec.title.capitalize() if spec else name, fig,
                             _instrument_caption(name, readings, spec, run), instrument=True))
+        depth = depth_figure(name, readings) if name in DEPTH else None
+        if depth is not None:
+            count = len(_part_names(readings))
+            panels.append(Panel(f"{name}_depth", f"{spec.title.capitalize() if spec else name} over depth", depth,
+                                f"Each of the {count} parameter tensors, in the model's order (first layer left,"
+                                " last right), at the first, middle and last reading: a profile falling toward the"
+                                " first layers is vanishing gradients, one rising toward them exploding"
+                                " (Glorot & Bengio 2010; Pascanu et al. 2013)."))  # not a figure per instrument
     return panels
 
 
@@ -534,9 +583,10 @@ def _instrument_caption(name: str, readings: Sequence[dict[str, Any]], spec: Spe
         if quiet:
             text += (f" No dead or saturated unit at any reading in layer{'s' if len(quiet) > 1 else ''}"
                      f" {', '.join(quiet)}.")
-    if name in ("grad_norm", "update_ratio") and len(_part_names(readings)) > MAX_PARTS:
-        text += (f" Thin lines: the {MAX_PARTS} parameter tensors of largest median, of"
-                 f" {len(_part_names(readings))}.")
+    if name in DEPTH and len(_part_names(readings)) > MAX_PARTS:
+        text += (f" Thin lines: {len(_spread(len(_part_names(readings)), MAX_PARTS))} of the"
+                 f" {len(_part_names(readings))} parameter tensors, evenly spread from the first layer to the last"
+                 " (all of them in the panel over depth).")
     failed = [r for r in readings if _failed(r)]
     if failed:
         first = failed[0]
