@@ -795,9 +795,11 @@ class StallDoctor(Callback):
             max_hvp, max_seconds = self._budget(per_gradient)
             sample, max_hvp = (whole, max_hvp) if full_batch else self._affordable(whole, per_gradient, max_hvp,
                                                                                    max_seconds)
-            exact = exact_products(sum(p.numel() for p in model.parameters() if p.requires_grad))
-            if exact <= self.max_hvp:  # a Hessian this small is read exactly, in n products (and a few to time them)
-                max_hvp = max(max_hvp, exact)
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if n_params <= 2 * LOOK_PRODUCTS and exact_products(n_params) <= self.max_hvp:
+                # a Hessian this small is read exactly, in n products (and a few to time them) — about
+                # what a look spends anyway
+                max_hvp = max(max_hvp, exact_products(n_params))
             d = self._decided_cheaply(whole, optimizer, spike, whole_loss, whole_grad)
             found = {}
             if d is None:
