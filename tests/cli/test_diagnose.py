@@ -186,6 +186,7 @@ def test_model_options_reach_the_analysis(user, tmp_path, capsys):
     assert main([*base, "--max-samples", "10", "--loss", "mse", "--out", "fig.png"]) == 0
     printed = capsys.readouterr().out
     assert "verdict:" in printed and "mse" in printed
+    assert "training split (the first 10 of its 120 samples, standardised)" in printed  # what is analysed
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     import trainlab as tl
 
@@ -338,3 +339,15 @@ def test_layers_of_a_run_in_a_real_process(tmp_path, capsys):
     assert lines[-1] == f"wrote {out / 'spectrum_layers.png'}"
     assert (out / "spectrum_layers.png").read_bytes()[:4] == b"\x89PNG" and (out / "spectrum.png").exists()
     assert result.stderr == ""  # no progress bar, no warning
+
+
+@pytest.mark.parametrize("n, max_samples, text", [
+    (1438, None, "1,438 samples"),
+    (1438, 256, "the first 256 of its 1,438 samples"),  # the header counts what is analysed (issue 23)
+    (120, 120, "120 samples"),
+    (120, 5000, "120 samples"),
+])
+def test_the_header_counts_the_samples_analysed(n, max_samples, text):
+    from trainlab.cli.diagnose import _analysed
+
+    assert _analysed(n, max_samples) == text

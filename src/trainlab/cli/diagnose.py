@@ -225,7 +225,8 @@ def _from_run(args: argparse.Namespace) -> Target:
           f" {str(run_dir / 'config.toml')!r}")
     x, y = parts.train_data.tensors
     hidden = f" {config.model.hidden}" if config.model.name == "mlp" else ""
-    title = (f"{run_dir}: {config.model.name}{hidden} on {config.data.name}, training split ({len(y):,} samples),"
+    title = (f"{run_dir}: {config.model.name}{hidden} on {config.data.name}, training split"
+             f" ({_analysed(len(y), args.max_samples)}),"
              f" {config.train.loss}")
     return Target(parts.model, parts.loss_fn, x, y, title, run_dir / "spectrum.png")
 
@@ -251,9 +252,18 @@ def _from_factory(args: argparse.Namespace) -> Target:
     loss_name = args.loss or "cross_entropy"
     _check_fit(model, LOSSES[loss_name], x, y, args.data, loss_name)
     features = "raw" if args.no_standardize else "standardised"
-    title = (f"{args.model} with {args.weights} on {args.data}, training split ({len(y):,} samples, {features}),"
+    title = (f"{args.model} with {args.weights} on {args.data}, training split"
+             f" ({_analysed(len(y), args.max_samples)}, {features}),"
              f" {loss_name}")
     return Target(model, LOSSES[loss_name], x, y, title, None)
+
+
+def _analysed(n: int, max_samples: int | None) -> str:
+    """The samples the header counts: those analysed — the first ``max_samples`` of ``n`` when
+    ``--max-samples`` holds fewer (the header used to say all ``n``)."""
+    if max_samples is not None and max_samples < n:
+        return f"the first {max_samples:,} of its {n:,} samples"
+    return f"{n:,} samples"
 
 
 def _build(spec: str) -> nn.Module:
