@@ -331,6 +331,8 @@ class Monitor:
         self.tensorboard, self._board = tensorboard, None  # the directory; its TensorBoardLogger once opened
         # every period divides a multiple of these: updates that are not multiples need no look
         self._base = math.gcd(*(self.period(inst) for inst in self.instruments))
+        # instruments read at once when the loss jumps: only then is the loss of every update kept
+        self._spiky = any(getattr(inst, "on_spike", False) for inst in self.instruments)
         self._base_previous = math.gcd(*(self.period(inst) for inst in self.instruments
                                          if getattr(inst, "needs_previous", False)))  # 0: none
 
@@ -397,9 +399,7 @@ class Monitor:
         if other or self._model is None:
             self._follow(model)
         self.step = count
-        value = float(loss) if isinstance(loss, (int, float, torch.Tensor)) else math.nan
-        jump = math.isfinite(value) and loss_jumped(self._recent, value)
-        self._recent.append(value)
+        jump = self._spiky and self._jumped(loss)
         if self.step % self._base and self.step != 1 and self._previous is None and not jump and \
                 not (self._base_previous and (self.step + 1) % self._base_previous == 0):
             return []  # nothing due now, nothing to keep for the next update: the common case
@@ -481,6 +481,14 @@ class Monitor:
             self._recent.clear()
             self._forget()
         self._model, self._shapes = weakref.ref(model), _shapes(model)
+
+    def _jumped(self, loss: Any) -> bool:
+        """Keep this update's loss among the last :data:`SPIKE_SPAN`; whether it jumped above them."""
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else (
+            float(loss) if isinstance(loss, (int, float)) else math.nan)
+        jump = math.isfinite(value) and loss_jumped(self._recent, value)
+        self._recent.append(value)
+        return jump
 
     def _reshaped(self, model: nn.Module) -> bool:
         """Whether the followed model's parameters changed since the last look (then what was kept

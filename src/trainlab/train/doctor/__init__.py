@@ -806,8 +806,7 @@ class StallDoctor(Callback):
                 d = self._diagnose(model, loss_fn, sample, max_hvp, max_seconds, spike)
                 if sample is not whole and math.isfinite(whole_grad):
                     d = self._on_whole(d, whole_loss, whole_grad)
-                found = evidence.readings(self.monitor, self._stale_before(), model, loss_fn, sample, self.batch_loss,
-                                          optimizer, d, full_batch, batch_size, self._steps, self.seed)
+                found = self._readings(model, loss_fn, sample, optimizer, d, full_batch, batch_size)
         ev = Evidence(model, loss_fn, whole, optimizer, scheduler, d, found, self, full_batch, batch_size,
                       evidence.data_size(batch_source), layers, evidence.marginal_entropy(whole),
                       evidence.update_ratio(optimizer), evidence.feature_spread(whole), spike, good,
