@@ -125,6 +125,17 @@ def bad_cases():
         (["--model", "{m}:build", *own, "--k", "0"], "--k 0 is not allowed"),
         (["--model", "{m}:build", *own, "--max-hvp", "0"], "--max-hvp 0 is not allowed"),
         (["--model", "{m}:build", *own, "--max-samples", "-1"], "--max-samples -1 is not allowed"),
+        # issue 23, item 2: the loss named as a function (more in test_diagnose_any_model.py)
+        (["--model", "{m}:build", *own, "--loss", "mse", "--batch-loss", "{m}:build"], "give either --loss mse"),
+        (["--model", "{m}:build", *own, "--batch-loss", "{m}:build", "--operator", "fisher"],
+         "--operator fisher needs --loss, not --batch-loss"),
+        (["--model", "{m}:build", *own, "--loss", "{m}:NOT_CALLABLE"], "not a callable (outputs, targets) -> mean loss"),
+        (["--model", "{m}:build", *own, "--batch-loss", "{m}:build"], "calling build(model, batch) on the first batch"
+                                                                     " of iris failed: TypeError"),
+        (["--model", "{m}:build", "--weights", "weights.pt", "--data", "weights.pt"],
+         "--data 'weights.pt' holds a dict of tensors (keys '0.weight', '0.bias', '2.weight', '2.bias'), which only"
+         " a --batch-loss MODULE:FUNCTION can read"),
+        (["somewhere", "--batch-loss", "{m}:build"], "give either RUN_DIR_OR_CHECKPOINT"),
     ]
 
 

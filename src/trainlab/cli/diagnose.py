@@ -541,8 +541,8 @@ def _read_data(path: Path, batch_loss: bool, dtype: torch.dtype) -> tuple[Any, i
         raise DataError(f"{what} holds a list mixing (x, y) pairs (batch {first_pair}) and dicts (batch"
                         f" {first_dict}); every batch must be of one form, all pairs or all dicts")
     if forms[0] == "dict" and not batch_loss:
-        keys = ", ".join(repr(k) for k in batches[0])
-        raise ConfigError(f"{what} holds {'a dict' if one else 'a list of dicts'} of tensors (keys {keys}), which"
+        raise ConfigError(f"{what} holds {'a dict' if one else 'a list of dicts'} of tensors"
+                          f" ({_names([str(k) for k in batches[0]])}), which"
                           " only a --batch-loss MODULE:FUNCTION can read, a function (model, batch) -> mean loss;"
                           " give it, or save (x, y) pairs for --loss")
     n = 0
