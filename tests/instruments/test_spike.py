@@ -3,6 +3,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,29 @@ CALM = [1.0, 1.1, 0.9, 1.05, 0.95] * 2  # 10 losses: high 1.1, low 0.9, median 1
 def test_jumped(recent, loss, spike):
     assert SPAN == 20
     assert jumped(recent, loss) is spike
+
+
+def _rule(recent, loss):
+    """The module docstring's rule, written out without the shortcut for a loss within the range."""
+    finite = sorted(v for v in list(recent)[-SPAN:] if math.isfinite(v))
+    if not finite:
+        return False
+    if not math.isfinite(loss):
+        return True
+    if len(recent) < SPAN // 2:
+        return False
+    high, low, middle = finite[-1], finite[0], finite[len(finite) // 2]
+    return loss > high + max(2 * (high - low), 0.5 * abs(middle))
+
+
+values = st.one_of(st.floats(-10, 10), st.sampled_from([math.nan, math.inf, -math.inf, 0.0]))
+
+
+@given(st.lists(values, max_size=25), values)
+@settings(max_examples=400, deadline=None)
+def test_the_shortcut_agrees_with_the_rule(recent, loss):
+    """``max`` over losses with NaN or infinities in any place never lets a spike through."""
+    assert jumped(recent, loss) is _rule(recent, loss)
 
 
 def test_the_monitor_reads_curvature_at_a_spike():
