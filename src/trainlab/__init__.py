@@ -17,14 +17,15 @@ from trainlab import errors  # noqa: E402  (no dependencies; every layer raises 
 if TYPE_CHECKING:  # static tools see the names the lazy loader provides
     from trainlab import curvature, data, distributed, nn, optim, train
     from trainlab.curvature import diagnose, escape
+    from trainlab.train import watch
 
 #: Public submodules, imported on first attribute access (PEP 562).
 _SUBMODULES = ("curvature", "data", "distributed", "nn", "optim", "train")
 #: Public functions re-exported from a submodule, with that submodule.
-_FUNCTIONS = {"diagnose": "trainlab.curvature", "escape": "trainlab.curvature"}
+_FUNCTIONS = {"diagnose": "trainlab.curvature", "escape": "trainlab.curvature", "watch": "trainlab.train"}
 
 __all__ = ["__version__", "curvature", "data", "diagnose", "distributed", "errors", "escape", "nn", "optim",
-           "train"]
+           "train", "watch"]
 
 
 def __getattr__(name: str) -> Any:

@@ -364,6 +364,32 @@ def curve_panels(run: Run) -> list[Panel]:
         _legend(fig, ax)
         panels.append(Panel("lr", "Learning rate", fig, "The learning rate of each update, as the schedule (and"
                             " the stall doctor, where it acted) set it."))
+    return panels + logged_panels(run, xmax)
+
+
+#: The fields of a step record the Trainer writes; any other is a value the user logged (``Watch.log``).
+STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "lr")
+
+
+def logged_panels(run: Run, xmax: float | None = None) -> list[Panel]:
+    """One panel per value logged beside the loss (``Watch.log(name=...)`` in a watched loop), in name
+    order, at most :data:`MAX_PARTS`; a value that is never a number is not drawn."""
+    names = sorted({k for r in run.steps for k, v in r.items() if k not in STEP_FIELDS and _finite(v)})
+    panels = []
+    for i, name in enumerate(names[:MAX_PARTS]):
+        points = [(r["step"], _number(r.get(name))) for r in run.steps if name in r]
+        fig, ax = _new_figure()
+        ax.plot(*zip(*points), color="tab:purple", lw=1.2, marker="." if len(points) < 50 else None,
+                label=_plain_text(name))
+        _log_if_wide(ax, [v for _, v in points])
+        mark_events(ax, run.events)
+        _style(ax, _plain_text(name), _plain_text(name), xmax)
+        _legend(fig, ax)
+        caption = f"{name!r} as logged with the loop's Watch.log, at the updates it was logged for."
+        caption += _undrawn([r.get(name) for r in run.steps if name in r], "value")
+        if i == MAX_PARTS - 1 and len(names) > MAX_PARTS:
+            caption += f" Not drawn: {len(names) - MAX_PARTS} more logged value(s), {', '.join(names[MAX_PARTS:][:8])}…"
+        panels.append(Panel(f"logged_{name}", name, fig, caption))
     return panels
 
 
@@ -665,6 +691,8 @@ def _headline(run: Run) -> str:
     steps = s.get("steps", run.steps[-1]["step"] if run.steps else last.get("step"))
     if _finite(steps):
         bits.append(f"{int(steps):,} updates")
+    if not _finite(s.get("train_loss")) and _finite(s.get("loss")):  # a watched loop: its last logged loss
+        bits.append(f"last logged loss {s['loss']:.4g}")
     for key, what in (("train_loss", "training loss"), ("eval_loss", "test loss")):
         if _finite(s.get(key)):
             bits.append(f"{what} {s[key]:.4g}")
@@ -692,9 +720,14 @@ def _config_html(run: Run) -> str:
         model += f" ({get('model', 'activation')}{', batch norm' if get('model', 'batch_norm') else ''})"
     bits = [f"{model} on {get('data', 'name') or '?'}",
             f"{get('optimizer', 'name') or 'optimizer'}, η = {get('optimizer', 'lr')}",
-            f"schedule {get('schedule', 'name') or 'constant'}",
-            f"batch {get('train', 'batch_size')}", f"{get('train', 'epochs')} epochs",
-            f"loss {get('train', 'loss')}", f"seed {c.get('seed')}"]
+            f"schedule {get('schedule', 'name') or 'constant'}"]
+    # a watched loop's config (source = "trainlab.watch") knows no epochs or seed: only what is there is said
+    bits += [text for text, value in ((f"batch {get('train', 'batch_size')}", get("train", "batch_size")),
+                                      (f"{get('train', 'epochs')} epochs", get("train", "epochs")),
+                                      (f"loss {get('train', 'loss')}", get("train", "loss")),
+                                      (f"seed {c.get('seed')}", c.get("seed"))) if value is not None]
+    if c.get("source") == "trainlab.watch":
+        bits.append("watched with trainlab.watch")
     rows = []
     for section, value in c.items():
         items = value.items() if isinstance(value, dict) else [("", value)]
