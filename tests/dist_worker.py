@@ -67,6 +67,40 @@ def instrument_readings(x, y, net, optimizer=None):
             for r in readings}
 
 
+def watched_and_trained(out, rank, world, epochs=2):
+    """The same data-parallel run twice, each with a Monitor of every instrument: by the Trainer, and by a
+    plain loop (DistributedDataParallel, the Trainer's batches of this rank) under ``trainlab.watch``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainlab.instruments import Monitor
+
+    x, y = problem()
+    data = TensorDataset(x, y)
+    monitor = lambda: Monitor(every=1, instruments="full", progress=False)  # noqa: E731
+    net = model()
+    tl.train.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.5), F.cross_entropy, data, B, epochs,
+                     seed=0, device="cpu", callbacks=[monitor()], out=os.path.join(out, "trainer"),
+                     progress=False).fit()
+    net = model()
+    ddp = DistributedDataParallel(net)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.5)
+    gen = torch.Generator().manual_seed(0)
+    shard = -(-N // world)
+    with tl.watch(ddp, opt, F.cross_entropy, data, out=os.path.join(out, "watched"), monitor=monitor(),
+                  batch_size=B) as w:
+        for _ in range(epochs):
+            order = torch.randperm(N, generator=gen)
+            mine = torch.cat([order, order[:shard * world - N]])[rank::world]  # as the Trainer deals it
+            for i in range(0, shard, B):
+                idx = mine[i:i + B]
+                loss = F.cross_entropy(ddp(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                w.log(loss=loss)
+    return {"steps": w.step, "params": torch.nn.utils.parameters_to_vector(net.parameters()).detach()}
+
+
 def run(rank, world, port, out, scenario):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -81,6 +115,8 @@ def run(rank, world, port, out, scenario):
         elif scenario == "doctor_sample_loss":  # each rank's own shard: the confirming loss must agree
             doctor = tl.train.StallDoctor(max_samples=50)
             result = {"loss": doctor._sample_loss(model(), F.cross_entropy, (x[rank::world], y[rank::world]))}
+        elif scenario == "watch":
+            result = watched_and_trained(out, rank, world)
         elif scenario == "mismatch":
             try:
                 tl.curvature.gradient(model() if rank == 0 else tl.nn.mlp(6, [7], 3).double(), F.cross_entropy,

@@ -125,3 +125,26 @@ def test_the_doctors_confirming_loss_is_the_same_on_every_rank(tmp_path):
     with torch.no_grad():
         expected = float(torch.nn.functional.cross_entropy(dist_worker.model()(union[0]), union[1]))
     assert ranks[0]["loss"] == ranks[1]["loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_watched_ddp_loop_reads_as_the_trainer_and_rank_0_writes(tmp_path):
+    """Two gloo ranks: trainlab.watch on a plain DistributedDataParallel loop writes (rank 0 only) the
+    readings the Trainer's Monitor writes on the same updates (float64, 1e-10)."""
+    import json
+
+    ranks = spawn("watch", tmp_path)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * dist_worker.STEPS
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+
+    def lines(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    watched, trained = lines(tmp_path / "watched" / "instruments.jsonl"), lines(tmp_path / "trainer" / "instruments.jsonl")
+    assert [(r["step"], r["instrument"]) for r in watched] == [(r["step"], r["instrument"]) for r in trained]
+    assert len({r["instrument"] for r in watched}) == 8
+    for a, b in zip(watched, trained):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-10), (a["step"], a["instrument"])
+    steps = lines(tmp_path / "watched" / "steps.jsonl")
+    assert [r["step"] for r in steps] == list(range(1, 2 * dist_worker.STEPS + 1))  # once, by rank 0
+    summary = json.loads((tmp_path / "watched" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2 * dist_worker.STEPS
