@@ -82,3 +82,24 @@ def test_the_monitor_reads_curvature_at_a_spike():
     assert list(again._recent) == state["recent"]
     with pytest.raises(TypeError, match="recent"):
         again.load_state_dict({**state, "recent": ["a"]})
+
+
+@given(st.lists(st.one_of(st.floats(0, 3), st.sampled_from([math.nan, math.inf, 50.0, 2, -1.0])), min_size=30,
+                max_size=60))
+@settings(max_examples=40, deadline=None)
+def test_the_monitor_s_quick_path_takes_updates_as_its_general_way_does(losses):
+    """Every update through Monitor._quiet, or never: the same readings, counts and recent losses."""
+    def readings(quick):
+        model = torch.nn.Linear(3, 2)
+        torch.nn.init.constant_(model.weight, 0.1)
+        monitor = Monitor(every=4, progress=False, instruments=[UpdateRatio(every=5), Stability(every=1000)])
+        if not quick:
+            monitor._quiet = lambda *args: False
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = (torch.ones(4, 3), torch.tensor([0, 1, 0, 1]))
+        out = []
+        for loss in losses:
+            out += [(r.step, r.instrument) for r in monitor.after_step(model, loss, F.cross_entropy, data, opt)]
+        return out, monitor.step, [v if math.isfinite(v) else str(v) for v in monitor._recent]
+
+    assert readings(True) == readings(False)

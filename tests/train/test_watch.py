@@ -390,3 +390,17 @@ def test_a_non_finite_loss_is_written_as_null(tmp_path):
         w.log(loss=math.nan, grad=torch.tensor(float("inf")))
     (record,) = records(tmp_path / "steps.jsonl")
     assert record["loss"] is None and record["grad"] is None
+
+
+def test_a_slow_loop_s_records_are_written_every_few_seconds(tmp_path, monkeypatch):
+    watch_module = __import__("sys").modules["trainlab.train.watch"]
+    monkeypatch.setattr(watch_module, "FLUSH_SECONDS", 0.0)  # every check finds the time passed
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = tl.watch(model, opt, out=tmp_path, monitor=None)
+    for _ in range(101):
+        opt.step()
+        w.log(loss=1.0)
+    assert len(records(tmp_path / "steps.jsonl")) == 100  # updates 1–100, written before close
+    w.close()
+    assert len(records(tmp_path / "steps.jsonl")) == 101

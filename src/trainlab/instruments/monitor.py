@@ -391,6 +391,8 @@ class Monitor:
         if loss_fn is None and self.batch_loss is None:
             raise ConfigError("Monitor.after_step: loss_fn is None; pass the loss function (outputs, targets) -> mean"
                               " loss, or build the Monitor with batch_loss=(model, batch) -> mean loss")
+        if self._quiet(model, loss, step):
+            return []  # nothing due now, nothing to keep for the next update: the common case
         other = self._model is not None and self._model() is not model
         last = 0 if other else self.step
         count = last + 1 if step is None else _update_count(step, last)
@@ -482,12 +484,46 @@ class Monitor:
             self._forget()
         self._model, self._shapes = weakref.ref(model), _shapes(model)
 
+    def _quiet(self, model: nn.Module, loss: Any, step: Any) -> bool:
+        """The common update, told in a few operations (between fast updates each one is
+        measurable): the next count of the model followed, no reading due, no parameters to keep
+        for the next one, no TensorBoard file to open, and a loss (a float) within the range of the
+        recent ones, so no spike (:mod:`trainlab.instruments.spike`). Then the count and the loss
+        are taken and ``True`` returned; otherwise nothing is touched, and :meth:`after_step`
+        takes the update its general way."""
+        count = self.step + 1
+        if count % self._base == 0 or count == 1 or self._previous is not None or (
+                self._base_previous and (count + 1) % self._base_previous == 0):
+            return False
+        if (step is not None and (type(step) is not int or step != count)) or (
+                self.tensorboard is not None and self._board is None):
+            return False
+        followed = self._model
+        if followed is None or followed() is not model:
+            return False
+        if self._spiky:
+            recent = self._recent
+            if type(loss) is not float or not recent:
+                return False
+            top = max(recent)
+            if not (loss <= top and top - top == 0):  # above the range, or a NaN, an infinity: the general way
+                return False
+            recent.append(loss)
+        self.step = count
+        return True
+
     def _jumped(self, loss: Any) -> bool:
         """Keep this update's loss among the last :data:`SPIKE_SPAN`; whether it jumped above them."""
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else (
+        value = loss if type(loss) is float else float(loss.detach()) if isinstance(loss, torch.Tensor) else (
             float(loss) if isinstance(loss, (int, float)) else math.nan)
-        jump = math.isfinite(value) and loss_jumped(self._recent, value)
-        self._recent.append(value)
+        recent = self._recent
+        if recent:  # the common loss, within the recent range, in a few operations (as spike.jumped's own shortcut)
+            top = max(recent)
+            if value <= top and top - top == 0:  # a finite top (inf − inf, NaN − NaN are NaN); NaN value: False
+                recent.append(value)
+                return False
+        jump = math.isfinite(value) and loss_jumped(recent, value)
+        recent.append(value)
         return jump
 
     def _reshaped(self, model: nn.Module) -> bool:

@@ -35,7 +35,8 @@ the next step or at :meth:`Watch.close` — on the parameters the update left: t
 baseline, then each on its period) on its bounded sample of ``data``, and the
 :class:`~trainlab.train.StallDoctor` gets the update's loss (it needs one: an update logged without
 a loss is skipped by the doctor, with one warning). Between readings the watch adds no work beyond
-counting and keeping your logged values; step records are written 100 at a time. An error in a
+counting and keeping your logged values; step records are written 1,000 at a time, or every 10 s
+(checked every 100 updates), whichever comes first. An error in a
 reading or a diagnosis never stops your loop: it becomes a ``callback_error`` event, once per message.
 
 **The run directory** ``out`` (none: nothing written; readings stay in ``w.monitor.history`` and
@@ -88,8 +89,9 @@ from trainlab.train.callbacks import ErrorLog
 
 #: The files a watch writes into its run directory.
 WATCH_FILES = ("config.toml", "steps.jsonl", "instruments.jsonl", "metrics.jsonl", "summary.json")
-#: Step records kept in memory before they are written.
-FLUSH_EVERY = 100
+#: Step records kept in memory before they are written, at most; or for at most FLUSH_SECONDS.
+FLUSH_EVERY = 1000
+FLUSH_SECONDS = 10.0
 #: Names :meth:`Watch.log` does not take: the watch records them itself.
 RESERVED = ("step", "lr")
 
@@ -152,19 +154,21 @@ class Watch:
         self._mode: str | None = None  # "before" / "after": where the loop's log() calls sit (module docstring)
         self._record_step = 0  # the update the values being logged belong to
         self._losses: list[Any] = []  # its logged losses (numbers or tensors, averaged when written)
-        self._values: dict[str, Any] = {}  # and its other values
+        self._values: dict[str, Any] | None = None  # and its other values (None: none yet)
         self._lr: float | None = None  # the η of the update the record holds
         self._processed = True  # whether the Monitor and the doctor have seen the record's update
         self._pending: list[tuple[int, float | None, list[Any], dict[str, Any]]] = []  # step records to write
         self._last_loss: float | None = None
+        self._flush_by = time.monotonic() + FLUSH_SECONDS  # a slow loop's records are written this often
         self._started = time.perf_counter()
         self._stack = contextlib.ExitStack()
         if self.out is not None and self.writer:
             self._open_directory(overwrite)
         if self.monitor is not None:
             self.monitor.start(self.model, 0)
-        self._hooks = [optimizer.register_step_pre_hook(self._before_step),
-                       optimizer.register_step_post_hook(self._after_step)]
+        self._hooks = [optimizer.register_step_post_hook(self._after_step)]
+        if self.monitor is not None or self.doctor is not None:  # (a hook costs a call per update)
+            self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
         atexit.register(self.close)
 
     # ---------------------------------------------------------------- the user's calls
@@ -180,12 +184,15 @@ class Watch:
             raise ConfigError("Watch.log: this watch is closed; start a new one with trainlab.watch(...)")
         if scalars:
             _check_scalars(scalars)
+            if self._values is None:
+                self._values = {}
             self._values.update({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()})
         if loss is None:
             return
-        _check_number("loss", loss)
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach()  # not the graph behind it, which would stay in memory until written
+        if type(loss) is not float:  # (a float, the common case, needs no check)
+            _check_number("loss", loss)
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach()  # not the graph behind it, which would stay in memory until written
         if self._mode is None and self.step == 0:
             self._mode, self._record_step = "before", 1  # a loss before the first step: the coming update's
         self._losses.append(loss)
@@ -243,24 +250,33 @@ class Watch:
 
     # ---------------------------------------------------------------- the optimizer's hooks
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Just before an update: the update before it is read now if no loss came for it."""
-        if self._mode == "after":
-            if not self._processed:
-                self._process()
-            self._close_record()
-        self._lr = optimizer.param_groups[0]["lr"]
+        """Just before an update (hooked only when something reads): the update before it is
+        read now if no loss came for it, on the parameters it left."""
+        if not self._processed:
+            self._process()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """After update ``n``: count it; its record is queued once complete (module docstring)."""
         self.step += 1
-        if self._mode is None:
+        lr = optimizer.param_groups[0]["lr"]  # the η update n used (a scheduler steps after the optimizer)
+        if self._mode == "after":  # update n − 1's values are all in: queue them, open update n's
+            self._pending.append((self._record_step, self._lr, self._losses, self._values))
+            self._record_step, self._lr, self._losses, self._values = self.step, lr, [], None
+            self._processed = self.monitor is None and self.doctor is None
+            n = len(self._pending)
+            if n >= FLUSH_EVERY or n % 100 == 0 and time.monotonic() > self._flush_by:
+                self._flush()
+            return
+        if self._mode is None:  # no loss before the first step: values belong to the update just made
             self._mode = "after"
             self._close_record()  # what was logged before the first step: step 0
-        if self._mode == "after":
-            self._record_step, self._processed = self.step, False
+            self._record_step, self._lr = self.step, lr
+            self._processed = self.monitor is None and self.doctor is None
             return
-        self._process()  # "before": the update's loss is in
+        self._lr = lr  # "before": the update's loss is in
+        self._process()
         self._close_record()
-        self._record_step = self.step + 1
+        self._record_step, self._lr = self.step + 1, None
 
     # ---------------------------------------------------------------- internals
     def _process(self) -> None:
@@ -268,13 +284,16 @@ class Watch:
         self._processed = True
         if self.monitor is None and self.doctor is None:
             return
-        loss = _mean(self._losses)
+        losses = self._losses
+        loss = losses[0] if len(losses) == 1 and type(losses[0]) is float else _mean(losses)
         if loss is not None:
             self._losses = [loss]  # read once
-        if self.monitor is not None:
+        monitor = self.monitor
+        if monitor is not None:
             try:
-                readings = self.monitor.after_step(self.model, loss, self.loss_fn, self.data, self.optimizer,
-                                                   batch_size=self.batch_size, step=self.step)
+                readings = monitor.after_step(self.model, loss, self.loss_fn, self.data, self.optimizer,
+                                              batch_size=self.batch_size,
+                                              step=None if monitor.step == self.step - 1 else self.step)
                 if readings:
                     self._write_lines("instruments.jsonl", [r.to_dict() for r in readings])
             except Exception as e:  # noqa: BLE001 - a reading must never end the user's training
@@ -320,29 +339,37 @@ class Watch:
     def _close_record(self) -> None:
         """Queue the record being filled (step 0 only when something was logged before the first step)."""
         if self._record_step > 0 or self._losses or self._values:
-            if self._record_step <= self.step:  # "before": values logged after the last step wait for the next
-                lr = self._lr if self._record_step > 0 else None
-                self._pending.append((self._record_step, lr, self._losses, self._values))
-                self._losses, self._values = [], {}
-                if len(self._pending) >= FLUSH_EVERY:
-                    self._flush()
+            self._pending.append((self._record_step, self._lr, self._losses, self._values))
+            self._losses, self._values = [], None
+            n = len(self._pending)
+            if n >= FLUSH_EVERY or n % 100 == 0 and time.monotonic() > self._flush_by:
+                self._flush()
 
     def _flush(self) -> None:
         """Write the queued step records, each a JSON line formatted here (a few numbers under known
         keys: a tenth of ``json.dumps``' cost, which would be measurable between fast updates)."""
         lines = []
         for step, lr, losses, values in self._pending:
+            if values is None and type(lr) is float and len(losses) == 1 and type(losses[0]) is float \
+                    and lr - lr == 0 and losses[0] - losses[0] == 0:  # the common record: finite η and loss
+                lines.append(f'{{"step": {step}, "lr": {lr!r}, "loss": {losses[0]!r}}}\n')
+                continue
             text = f'{{"step": {step}'
             if lr is not None:
                 text += f', "lr": {_json_number(lr)}'
             loss = _mean(losses)
             if loss is not None:
                 text += f', "loss": {_json_number(loss)}'
-                self._last_loss = loss if math.isfinite(loss) else None
-            for key, value in values.items():
+            for key, value in (values or {}).items():
                 text += f", {_json_key(key)}: {_json_number(value)}"
             lines.append(text + "}\n")
+        if self._pending:
+            losses = self._pending[-1][2]
+            if losses:
+                last = _mean(losses)
+                self._last_loss = last if last is not None and math.isfinite(last) else None
         self._pending = []
+        self._flush_by = time.monotonic() + FLUSH_SECONDS
         if lines and self.out is not None and self.writer:
             self._append("steps.jsonl", lines)
 
@@ -636,4 +663,4 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-__all__ = ["FLUSH_EVERY", "RESERVED", "WATCH_FILES", "Watch", "watch"]
+__all__ = ["FLUSH_EVERY", "FLUSH_SECONDS", "RESERVED", "WATCH_FILES", "Watch", "watch"]
