@@ -404,3 +404,23 @@ def test_a_slow_loop_s_records_are_written_every_few_seconds(tmp_path, monkeypat
     assert len(records(tmp_path / "steps.jsonl")) == 100  # updates 1–100, written before close
     w.close()
     assert len(records(tmp_path / "steps.jsonl")) == 101
+
+
+def test_a_step_a_grad_scaler_skips_is_no_update(tmp_path):
+    """AMP's GradScaler skips optimizer.step() on inf gradients: the watch counts optimizer steps taken."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    x, y = torch.ones(4, 3), torch.tensor([0, 1, 0, 1])
+    with tl.watch(model, opt, out=tmp_path, monitor=None) as w:
+        for poisoned in (False, True, False):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if poisoned:
+                model.weight.grad[0, 0] = math.inf
+            scaler.step(opt)
+            scaler.update()
+            w.log(loss=loss)
+    assert w.step == 2
+    assert [r["step"] for r in records(tmp_path / "steps.jsonl")] == [1, 2]
