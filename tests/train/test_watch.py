@@ -424,3 +424,25 @@ def test_a_step_a_grad_scaler_skips_is_no_update(tmp_path):
             w.log(loss=loss)
     assert w.step == 2
     assert [r["step"] for r in records(tmp_path / "steps.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("ending, status", [("", "completed"), ("raise SystemExit('stopped')", "completed"),
+                                            ("raise RuntimeError('the user bug')", "failed")])
+def test_a_watch_left_open_is_closed_at_exit(ending, status, tmp_path):
+    """A script that never closes its watch still gets its records and summary; an uncaught
+    exception marks the run failed."""
+    import os
+    import subprocess
+    import sys
+
+    script = (f"import torch, trainlab as tl\n"
+              f"model = torch.nn.Linear(2, 2)\n"
+              f"opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+              f"w = tl.watch(model, opt, out={str(tmp_path)!r}, monitor=None)\n"
+              f"for _ in range(3):\n    opt.step()\n    w.log(loss=1.0)\n"
+              f"{ending}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == status
+    assert [r["step"] for r in records(tmp_path / "steps.jsonl")] == [1, 2, 3]
+    assert not (tmp_path / ".trainlab.lock").exists()

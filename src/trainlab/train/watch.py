@@ -162,14 +162,18 @@ class Watch:
         self._flush_by = time.monotonic() + FLUSH_SECONDS  # a slow loop's records are written this often
         self._started = time.perf_counter()
         self._stack = contextlib.ExitStack()
-        if self.out is not None and self.writer:
-            self._open_directory(overwrite)
+        if self.out is not None:
+            rundir.check_fresh(self.out, WATCH_FILES, overwrite)  # every rank, so all refuse together
+            if self.distributed:
+                torch.distributed.barrier()  # before rank 0 writes what the others would see
+            if self.writer:
+                self._open_directory(overwrite)
         if self.monitor is not None:
             self.monitor.start(self.model, 0)
         self._hooks = [optimizer.register_step_post_hook(self._after_step)]
         if self.monitor is not None or self.doctor is not None:  # (a hook costs a call per update)
             self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
-        atexit.register(self.close)
+        atexit.register(self._at_exit)
 
     # ---------------------------------------------------------------- the user's calls
     def log(self, loss: Any = None, **scalars: Any) -> None:
@@ -206,7 +210,7 @@ class Watch:
         if self.closed:
             return None
         self.closed = True
-        atexit.unregister(self.close)
+        atexit.unregister(self._at_exit)
         for handle in self._hooks:
             handle.remove()
         try:
@@ -226,6 +230,14 @@ class Watch:
             return summary
         finally:
             self._stack.close()
+
+    def _at_exit(self) -> None:
+        """A watch the interpreter's exit finds open: closed, ``failed`` when an exception ended the
+        program (``sys.last_value``), ``interrupted`` for Ctrl-C."""
+        last = getattr(sys, "last_value", None)
+        if isinstance(last, BaseException) and self.status is None:
+            self.status = "interrupted" if isinstance(last, KeyboardInterrupt) else "failed"
+        self.close()
 
     def summary(self) -> dict[str, Any]:
         """What ``summary.json`` holds: ``status``, ``steps``, ``loss`` (the last logged),
@@ -390,7 +402,6 @@ class Watch:
 
     def _open_directory(self, overwrite: bool) -> None:
         """Lock ``out``, check it holds no run of its own (or replace it), write ``config.toml``."""
-        rundir.check_fresh(self.out, WATCH_FILES, overwrite)  # before the lock, which creates the directory
         self._stack.enter_context(rundir.locked(self.out))
         key = str(self.out.resolve())
         if key in _OPEN:  # the lock is re-entrant within a thread; two open watches would write one set of files
