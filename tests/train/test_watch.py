@@ -446,3 +446,42 @@ def test_a_watch_left_open_is_closed_at_exit(ending, status, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == status
     assert [r["step"] for r in records(tmp_path / "steps.jsonl")] == [1, 2, 3]
     assert not (tmp_path / ".trainlab.lock").exists()
+
+
+def test_a_spike_is_read_at_once_as_the_trainer_reads_it(data, tmp_path):
+    """Periods above 1 and a jump of the loss: the readings — the one at the spike included — equal
+    the Trainer's, and the Monitor's count and recent losses end the same."""
+    from trainlab.instruments import GradNorm, Sharpness, UpdateRatio
+
+    def monitor_():
+        return Monitor(every=4, progress=False, instruments=[UpdateRatio(every=12), GradNorm(every=24),
+                                                             Sharpness(every=48)])
+
+    def schedule(o):  # update 21 takes a step 40 times larger: the loss after it jumps
+        return torch.optim.lr_scheduler.LambdaLR(o, lambda s: 40.0 if s == 20 else 1.0)
+
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    trained = monitor_()
+    tl.train.Trainer(model, opt, F.cross_entropy, data, B, 12, seed=SEED, device="cpu", scheduler=schedule(opt),
+                     callbacks=[trained], out=tmp_path / "trainer", progress=False).fit()
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    sched = schedule(opt)
+    watched = monitor_()
+    x, y = data.tensors
+    with tl.watch(model, opt, F.cross_entropy, data, out=tmp_path / "watched", monitor=watched, batch_size=B) as w:
+        for idx in batches(N, B, 12):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            w.log(loss=loss.item())
+    mine, theirs = records(tmp_path / "watched" / "instruments.jsonl"), records(tmp_path / "trainer" / "instruments.jsonl")
+    assert [(r["step"], r["instrument"]) for r in mine] == [(r["step"], r["instrument"]) for r in theirs]
+    spikes = [r["step"] for r in mine if r["instrument"] == "sharpness" and r["step"] not in (1, 48)]
+    assert spikes, "the jump was read at once"
+    for a, b in zip(mine, theirs):
+        assert a["value"] == pytest.approx(b["value"], rel=REL), (a["step"], a["instrument"])
+    assert watched.step == trained.step == w.step and list(watched._recent) == list(trained._recent)
