@@ -86,8 +86,9 @@ def watched_and_trained(out, rank, world, epochs=2):
     opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.5)
     gen = torch.Generator().manual_seed(0)
     shard = -(-N // world)
-    with tl.watch(ddp, opt, F.cross_entropy, data, out=os.path.join(out, "watched"), monitor=monitor(),
-                  batch_size=B) as w:
+    # rank 0 alone names the run directory, as loops often do
+    with tl.watch(ddp, opt, F.cross_entropy, data, out=os.path.join(out, "watched") if rank == 0 else None,
+                  monitor=monitor(), batch_size=B) as w:
         for _ in range(epochs):
             order = torch.randperm(N, generator=gen)
             mine = torch.cat([order, order[:shard * world - N]])[rank::world]  # as the Trainer deals it
@@ -117,6 +118,19 @@ def run(rank, world, port, out, scenario):
             result = {"loss": doctor._sample_loss(model(), F.cross_entropy, (x[rank::world], y[rank::world]))}
         elif scenario == "watch":
             result = watched_and_trained(out, rank, world)
+        elif scenario == "watch_refused":  # rank 0's directory holds a run; rank 1 names none
+            taken = os.path.join(out, "taken")
+            if rank == 0:
+                os.makedirs(taken, exist_ok=True)
+                with open(os.path.join(taken, "steps.jsonl"), "w") as f:
+                    f.write('{"step": 1}\n')
+            torch.distributed.barrier()
+            net = model()
+            try:
+                tl.watch(net, torch.optim.SGD(net.parameters(), lr=0.1), out=taken if rank == 0 else None, monitor=None)
+                result = {"error": None}
+            except tl.errors.ConfigError as e:
+                result = {"error": str(e)}
         elif scenario == "mismatch":
             try:
                 tl.curvature.gradient(model() if rank == 0 else tl.nn.mlp(6, [7], 3).double(), F.cross_entropy,

@@ -148,3 +148,11 @@ def test_a_watched_ddp_loop_reads_as_the_trainer_and_rank_0_writes(tmp_path):
     assert [r["step"] for r in steps] == list(range(1, 2 * dist_worker.STEPS + 1))  # once, by rank 0
     summary = json.loads((tmp_path / "watched" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * dist_worker.STEPS
+
+
+def test_a_refused_run_directory_stops_every_rank_together(tmp_path):
+    """Rank 0's directory holds a run, rank 1 names none: both refuse at once, none waits in a collective."""
+    ranks = spawn("watch_refused", tmp_path)
+    assert "already holds steps.jsonl" in ranks[0]["error"]
+    assert "1 other rank(s) refused their run directory" in ranks[1]["error"]
+    assert (tmp_path / "taken" / "steps.jsonl").read_text() == '{"step": 1}\n'

@@ -56,9 +56,10 @@ A fresh watch refuses an ``out`` that holds any of these files (``overwrite=True
 and holds the directory's lock until :meth:`Watch.close`, which a ``with`` block calls, and the
 interpreter's exit calls for a watch left open.
 
-**torch.distributed.** Every rank runs the Monitor and the doctor (their readings are collective:
-each rank passes its own ``data``, and all ranks read the same values), rank 0 writes the
-files. ``steps.jsonl`` holds rank 0's logged values; the doctor decides on the loss averaged
+**torch.distributed.** Every rank builds the watch and runs the Monitor and the doctor (their
+readings are collective: each rank passes its own ``data``, and all ranks read the same values);
+rank 0 writes the files (``out`` may be given on rank 0 alone), and a directory refused on one rank
+stops every rank together. ``steps.jsonl`` holds rank 0's logged values; the doctor decides on the loss averaged
 over the ranks, so all ranks act alike. A ``DistributedDataParallel`` (or ``torch.compile``) model
 is read through the module it wraps.
 """
@@ -162,12 +163,9 @@ class Watch:
         self._flush_by = time.monotonic() + FLUSH_SECONDS  # a slow loop's records are written this often
         self._started = time.perf_counter()
         self._stack = contextlib.ExitStack()
-        if self.out is not None:
-            rundir.check_fresh(self.out, WATCH_FILES, overwrite)  # every rank, so all refuse together
-            if self.distributed:
-                torch.distributed.barrier()  # before rank 0 writes what the others would see
-            if self.writer:
-                self._open_directory(overwrite)
+        self._check_out(overwrite)
+        if self.out is not None and self.writer:
+            self._open_directory(overwrite)
         if self.monitor is not None:
             self.monitor.start(self.model, 0)
         self._hooks = [optimizer.register_step_post_hook(self._after_step)]
@@ -399,6 +397,24 @@ class Watch:
             if e.filename is None and e.errno is not None:
                 e.filename = str(path)
             raise
+
+    def _check_out(self, overwrite: bool) -> None:
+        """Refuse an ``out`` holding a run — under torch.distributed on every rank together, before
+        rank 0 writes: a rank that raised alone would leave the others waiting in a collective.
+        Ranks may pass ``out`` or ``None`` (``out=... if rank == 0 else None`` is fine)."""
+        problem = None
+        if self.out is not None:
+            try:
+                rundir.check_fresh(self.out, WATCH_FILES, overwrite)
+            except (ConfigError, OSError) as e:
+                problem = e
+        if self.distributed:
+            refused = int(dist.all_reduce_sum(torch.tensor([int(problem is not None)], device=_device(self.model))))
+            if refused and problem is None:
+                raise ConfigError(f"watch: {refused} other rank(s) refused their run directory (see their error);"
+                                  " every rank stops here, before anything is written")
+        if problem is not None:
+            raise problem
 
     def _open_directory(self, overwrite: bool) -> None:
         """Lock ``out``, check it holds no run of its own (or replace it), write ``config.toml``."""
