@@ -12,8 +12,9 @@
                 w.log(loss=loss, epoch=epoch)        # and any number of your own: w.log(acc=...)
     # then: trainlab report runs/mine
 
-**Updates.** The watch hooks the optimizer (``register_step_pre_hook`` and
-``register_step_post_hook``): each ``optimizer.step()`` is one update, its count :attr:`Watch.step`.
+**Updates.** The watch hooks the optimizer (``register_step_post_hook``; and
+``register_step_pre_hook`` when something reads): each ``optimizer.step()`` is one update, its
+count :attr:`Watch.step`.
 So gradient accumulation counts optimizer steps, not micro-batches, and a step a ``GradScaler``
 skips (inf gradients) is no update.
 
@@ -36,8 +37,8 @@ baseline, then each on its period) on its bounded sample of ``data``, and the
 :class:`~trainlab.train.StallDoctor` gets the update's loss (it needs one: an update logged without
 a loss is skipped by the doctor, with one warning). Between readings the watch adds no work beyond
 counting and keeping your logged values; step records are written 1,000 at a time, or every 10 s
-(checked every 100 updates), whichever comes first. An error in a
-reading or a diagnosis never stops your loop: it becomes a ``callback_error`` event, once per message.
+(checked every 100 updates), whichever comes first. An error in a reading or a diagnosis never
+stops your loop: it becomes a ``callback_error`` event, once per message.
 
 **The run directory** ``out`` (none: nothing written; readings stay in ``w.monitor.history`` and
 events in ``w.events``), the files of a ``trainlab train`` run, so ``trainlab report`` draws it:
@@ -59,9 +60,9 @@ interpreter's exit calls for a watch left open.
 **torch.distributed.** Every rank builds the watch and runs the Monitor and the doctor (their
 readings are collective: each rank passes its own ``data``, and all ranks read the same values);
 rank 0 writes the files (``out`` may be given on rank 0 alone), and a directory refused on one rank
-stops every rank together. ``steps.jsonl`` holds rank 0's logged values; the doctor decides on the loss averaged
-over the ranks, so all ranks act alike. A ``DistributedDataParallel`` (or ``torch.compile``) model
-is read through the module it wraps.
+stops every rank together. ``steps.jsonl`` holds rank 0's logged values; the doctor decides on the
+loss averaged over the ranks, so all ranks act alike. A ``DistributedDataParallel`` (or
+``torch.compile``) model is read through the module it wraps.
 """
 
 from __future__ import annotations
