@@ -62,6 +62,7 @@ from trainlab.data.batches import BatchLoss, batch_size_of, concat, first_sample
 from trainlab.errors import ConfigError, DataError
 from trainlab.instruments.spike import SPAN as SPIKE_SPAN
 from trainlab.instruments.spike import jumped as loss_jumped
+from trainlab.instruments.spike import within as loss_within
 from trainlab.state import preserved
 
 MODES = ("eval", "train")
@@ -502,13 +503,9 @@ class Monitor:
         if followed is None or followed() is not model:
             return False
         if self._spiky:
-            recent = self._recent
-            if type(loss) is not float or not recent:
+            if type(loss) is not float or not loss_within(self._recent, loss):  # the general way judges it
                 return False
-            top = max(recent)
-            if not (loss <= top and top - top == 0):  # above the range, or a NaN, an infinity: the general way
-                return False
-            recent.append(loss)
+            self._recent.append(loss)
         self.step = count
         return True
 
@@ -516,14 +513,8 @@ class Monitor:
         """Keep this update's loss among the last :data:`SPIKE_SPAN`; whether it jumped above them."""
         value = loss if type(loss) is float else float(loss.detach()) if isinstance(loss, torch.Tensor) else (
             float(loss) if isinstance(loss, (int, float)) else math.nan)
-        recent = self._recent
-        if recent:  # the common loss, within the recent range, in a few operations (as spike.jumped's own shortcut)
-            top = max(recent)
-            if value <= top and top - top == 0:  # a finite top (inf − inf, NaN − NaN are NaN); NaN value: False
-                recent.append(value)
-                return False
-        jump = math.isfinite(value) and loss_jumped(recent, value)
-        recent.append(value)
+        jump = math.isfinite(value) and loss_jumped(self._recent, value)
+        self._recent.append(value)
         return jump
 
     def _reshaped(self, model: nn.Module) -> bool:

@@ -20,13 +20,23 @@ from typing import Sequence
 SPAN = 20
 
 
+def within(recent: Sequence[float], loss: float) -> bool:
+    """Whether ``loss`` is finite and at most the largest finite one of the ``recent`` losses (at
+    most :data:`SPAN` of them): then it is no spike, whatever the rule's margin. The common loss
+    is told by one C call of ``max``, whose result is finite only when no NaN stopped it and no
+    infinity is there — then it is the largest finite loss. ``False`` means "not told", never "a spike"."""
+    if not recent or len(recent) > SPAN:
+        return False
+    top = max(recent)
+    # x − x is 0 only for a finite x (inf − inf and NaN − NaN are NaN), and a NaN compares False
+    return loss - loss == 0 and loss <= top and top - top == 0
+
+
 def jumped(recent: Sequence[float], loss: float) -> bool:
     """Whether ``loss`` is a spike against the ``recent`` losses (oldest first; module docstring).
-    Cost: none (one C call of ``max`` for the common loss within the recent range)."""
-    if len(recent) <= SPAN and recent and math.isfinite(loss):
-        top = max(recent)  # finite only when no NaN stopped it and no infinity is there: then the largest finite one
-        if math.isfinite(top) and loss <= top:
-            return False  # not above the recent range, so below ``high + max(2 (high − low), ½ |median|)``
+    Cost: none (:func:`within` for the common loss)."""
+    if within(recent, loss):
+        return False
     finite = sorted(v for v in list(recent)[-SPAN:] if math.isfinite(v))
     if not finite:
         return False
@@ -38,4 +48,4 @@ def jumped(recent: Sequence[float], loss: float) -> bool:
     return loss > high + max(2 * (high - low), 0.5 * abs(middle))
 
 
-__all__ = ["SPAN", "jumped"]
+__all__ = ["SPAN", "jumped", "within"]
