@@ -305,6 +305,18 @@ def _kind(mode: int) -> str:
     return kinds.get(stat.S_IFMT(mode), "a special file")
 
 
+def append_lines(path: str | Path, lines: Iterable[str]) -> None:
+    """Append ``lines`` (each ending in a newline) to the log ``path``; an :class:`OSError` of the
+    write names the path (a failed ``write()`` names no file by itself)."""
+    try:
+        with open(path, "a") as f:
+            f.writelines(lines)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            e.filename = str(path)
+        raise
+
+
 def check_run_files(out: str | Path, names: Iterable[str] = RUN_FILES) -> None:
     """Refuse up front (:func:`open_regular`) any of ``names`` in run directory ``out`` that is
     there but not a readable regular file; missing ones are fine. Reads nothing."""

@@ -554,14 +554,8 @@ class Trainer:
 
     def _write_lines(self, name: str, records: list[dict[str, Any]]) -> None:
         if self.out is not None and records and self.writer:
-            path = self.out / name
-            try:
-                with open(path, "a") as f:
-                    f.writelines(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)
-            except OSError as e:
-                if e.filename is None and e.errno is not None:  # a failed write() names no file; say which
-                    e.filename = str(path)
-                raise
+            rundir.append_lines(self.out / name,
+                                (json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records))
 
     def _rewrite_lines(self, name: str, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(checkpoint.jsonable(r), allow_nan=False) + "\n" for r in records)

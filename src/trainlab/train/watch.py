@@ -382,22 +382,11 @@ class Watch:
         self._pending = []
         self._flush_by = time.monotonic() + FLUSH_SECONDS
         if lines and self.out is not None and self.writer:
-            self._append("steps.jsonl", lines)
+            rundir.append_lines(self.out / "steps.jsonl", lines)
 
     def _write_lines(self, name: str, records: list[dict[str, Any]]) -> None:
-        if self.out is None or not self.writer or not records:
-            return
-        self._append(name, [_line(r) + "\n" for r in records])
-
-    def _append(self, name: str, lines: list[str]) -> None:
-        path = self.out / name
-        try:
-            with open(path, "a") as f:
-                f.writelines(lines)
-        except OSError as e:
-            if e.filename is None and e.errno is not None:
-                e.filename = str(path)
-            raise
+        if self.out is not None and self.writer and records:
+            rundir.append_lines(self.out / name, [_line(r) + "\n" for r in records])
 
     def _check_out(self, overwrite: bool) -> None:
         """Refuse an ``out`` holding a run — under torch.distributed on every rank together, before
