@@ -525,6 +525,8 @@ def _read_data(path: Path, batch_loss: bool, dtype: torch.dtype) -> tuple[Any, i
     tensors of a batch one row per sample each."""
     import torch
 
+    from trainlab.data.batches import first_non_finite
+
     what = f"--data {str(path)!r}"
     if not path.is_file():
         raise DataError(f"{what}: " + ("is a directory, not a file" if path.is_dir() else "no such file"))
@@ -551,9 +553,7 @@ def _read_data(path: Path, batch_loss: bool, dtype: torch.dtype) -> tuple[Any, i
         n += _batch_samples(batch, where)
         for name, t in _named(batch):
             if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-                rows = t.reshape(len(t), -1) if t.dim() else t.reshape(1, 1)
-                row = int((~torch.isfinite(rows)).any(1).nonzero()[0])
-                value = rows[row][~torch.isfinite(rows[row])][0].item()
+                row, value = first_non_finite(t)
                 raise DataError(f"{where} holds {value} in {name} at sample {row}; every tensor of the data must be"
                                 " finite")
     if forms[0] == "pair":

@@ -83,7 +83,8 @@ from torch.utils._pytree import tree_leaves
 
 from trainlab import distributed as dist
 from trainlab.curvature.selection import ParamSpec, select
-from trainlab.data.batches import Batch, BatchLoss, batch_size_of, first_samples, named_tensors, take, to_device
+from trainlab.data.batches import (Batch, BatchLoss, batch_size_of, first_non_finite, first_samples, named_tensors,
+                                   take, to_device)
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.state import preserved
 
@@ -237,7 +238,7 @@ class HessianOperator:
         for index, batch in enumerate(self.batches):
             for name, t in named_tensors(batch):
                 if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-                    sample, value = _first_non_finite(t)
+                    sample, value = first_non_finite(t)
                     raise DataError(f"the data hold a non-finite value ({value}) in {name} of batch {index}, sample"
                                     f" {sample} (sample {offset + sample} of the data): remove or repair it before"
                                     " the analysis")
@@ -729,18 +730,6 @@ def _mean_loss(loss: Any, source: str) -> torch.Tensor:
 def _load(data: Any, batch_loss: BatchLoss | None, max_samples: int | None, device: torch.device) -> list[Any]:
     """The batches of ``data`` on ``device``, stopping after ``max_samples`` samples."""
     return [to_device(batch, device) for batch in first_samples(data, max_samples, batch_loss)]
-
-
-def _first_non_finite(t: torch.Tensor) -> tuple[int, float]:
-    """The first sample (leading index) of ``t`` holding a non-finite value, and that value."""
-    if t.dim() == 0:
-        return 0, float(t.real if t.is_complex() else t)
-    rows = t.reshape(len(t), -1)
-    sample = int((~torch.isfinite(rows)).any(1).nonzero()[0])
-    value = rows[sample][~torch.isfinite(rows[sample])][0]
-    if value.is_complex():
-        value = value.real if not torch.isfinite(value.real) else value.imag
-    return sample, float(value)
 
 
 def _has_batch_norm(model: nn.Module) -> bool:

@@ -197,6 +197,19 @@ def _named(prefix: str, item: Any) -> Iterator[tuple[str, torch.Tensor]]:
             yield from _named(f"{prefix}[{i}]", v)
 
 
+def first_non_finite(t: torch.Tensor) -> tuple[int, float]:
+    """The first sample (leading index) of ``t`` holding a non-finite value, and that value (of a
+    complex one, its non-finite part), for messages naming it."""
+    if t.dim() == 0:
+        return 0, float(t.real if t.is_complex() else t)
+    rows = t.reshape(len(t), -1)
+    sample = int((~torch.isfinite(rows)).any(1).nonzero()[0])
+    value = rows[sample][~torch.isfinite(rows[sample])][0]
+    if value.is_complex():
+        value = value.real if not torch.isfinite(value.real) else value.imag
+    return sample, float(value)
+
+
 def _tensors(batch: Any) -> list[torch.Tensor]:
     return [t for _, t in _named("", batch)]
 
