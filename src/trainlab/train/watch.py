@@ -131,7 +131,8 @@ class Watch:
         self.scheduler = scheduler
         self.monitor = _monitor(monitor, batch_loss)
         self.doctor = _doctor(doctor, self.monitor, batch_loss)
-        if self.monitor is not None or self.doctor is not None:
+        self._reads = self.monitor is not None or self.doctor is not None  # something reads each update
+        if self._reads:
             who = " and ".join(n for n, part in (("the Monitor", self.monitor), ("the stall doctor", self.doctor))
                                if part is not None)
             if loss_fn is None and batch_loss is None:
@@ -170,7 +171,7 @@ class Watch:
         if self.monitor is not None:
             self.monitor.start(self.model, 0)
         self._hooks = [optimizer.register_step_post_hook(self._after_step)]
-        if self.monitor is not None or self.doctor is not None:  # (a hook costs a call per update)
+        if self._reads:  # (a hook costs a call per update)
             self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
         atexit.register(self._at_exit)
 
@@ -245,7 +246,7 @@ class Watch:
         summary = {"status": self.status or ("completed" if self.closed else "running"), "steps": self.step,
                    "loss": self._last_loss, "total_seconds": time.perf_counter() - self._started,
                    "parameters": sum(p.numel() for p in self.model.parameters()), "batch_size": self.batch_size,
-                   "device": str(next((p.device for p in self.model.parameters()), torch.device("cpu"))),
+                   "device": str(_device(self.model)),
                    "events": self.events}
         if self.distributed:
             summary["world_size"] = dist.world_size()
@@ -270,19 +271,11 @@ class Watch:
         """After update ``n``: count it; its record is queued once complete (module docstring)."""
         self.step += 1
         lr = optimizer.param_groups[0]["lr"]  # the η update n used (a scheduler steps after the optimizer)
-        if self._mode == "after":  # update n − 1's values are all in: queue them, open update n's
-            self._pending.append((self._record_step, self._lr, self._losses, self._values))
-            self._record_step, self._lr, self._losses, self._values = self.step, lr, [], None
-            self._processed = self.monitor is None and self.doctor is None
-            n = len(self._pending)
-            if n >= FLUSH_EVERY or n % 100 == 0 and time.monotonic() > self._flush_by:
-                self._flush()
-            return
-        if self._mode is None:  # no loss before the first step: values belong to the update just made
-            self._mode = "after"
-            self._close_record()  # what was logged before the first step: step 0
+        if self._mode != "before":  # update n − 1's values are all in: queue them, open update n's
+            self._mode = "after"  # (no loss before the first step: values belong to the update just made)
+            self._close_record()  # (before the first step: step 0, when something was logged)
             self._record_step, self._lr = self.step, lr
-            self._processed = self.monitor is None and self.doctor is None
+            self._processed = not self._reads
             return
         self._lr = lr  # "before": the update's loss is in
         self._process()
@@ -293,7 +286,7 @@ class Watch:
     def _process(self) -> None:
         """The Monitor and the doctor on update ``self.step``; their errors become events."""
         self._processed = True
-        if self.monitor is None and self.doctor is None:
+        if not self._reads:
             return
         losses = self._losses
         loss = losses[0] if len(losses) == 1 and type(losses[0]) is float else _mean(losses)
@@ -360,10 +353,12 @@ class Watch:
         """Write the queued step records, each a JSON line formatted here (a few numbers under known
         keys: a tenth of ``json.dumps``' cost, which would be measurable between fast updates)."""
         lines = []
+        loss = None
         for step, lr, losses, values in self._pending:
             if values is None and type(lr) is float and len(losses) == 1 and type(losses[0]) is float \
                     and lr - lr == 0 and losses[0] - losses[0] == 0:  # the common record: finite η and loss
-                lines.append(f'{{"step": {step}, "lr": {lr!r}, "loss": {losses[0]!r}}}\n')
+                loss = losses[0]
+                lines.append(f'{{"step": {step}, "lr": {lr!r}, "loss": {loss!r}}}\n')
                 continue
             text = f'{{"step": {step}'
             if lr is not None:
@@ -374,11 +369,8 @@ class Watch:
             for key, value in (values or {}).items():
                 text += f", {_json_key(key)}: {_json_number(value)}"
             lines.append(text + "}\n")
-        if self._pending:
-            losses = self._pending[-1][2]
-            if losses:
-                last = _mean(losses)
-                self._last_loss = last if last is not None and math.isfinite(last) else None
+        if self._pending and self._pending[-1][2]:  # the last record's loss, for the summary
+            self._last_loss = loss if math.isfinite(loss) else None
         self._pending = []
         self._flush_by = time.monotonic() + FLUSH_SECONDS
         if lines and self.out is not None and self.writer:
