@@ -15,7 +15,6 @@ import torch
 
 from trainlab.cli import main
 from trainlab.train import rundir
-from trainlab.train import trainer as trainer_mod
 
 from cli_checks import error_line
 from digests import tree_digest
@@ -283,7 +282,7 @@ def _enospc(*args, **kwargs):
 FAULTS = [  # (id, what to break, exit code, fragment)
     ("disk full writing the checkpoint", lambda mp: mp.setattr(torch, "save", _enospc), "checkpoint.pt"),
     ("disk full appending to metrics.jsonl",
-     lambda mp: mp.setattr(trainer_mod, "open", lambda *a, **k: _FullFile(), raising=False), "steps.jsonl"),
+     lambda mp: mp.setattr(rundir, "open", lambda *a, **k: _FullFile(), raising=False), "steps.jsonl"),  # appends
     ("disk full taking the lock", lambda mp: mp.setattr(os, "write", _enospc), ".trainlab.lock"),
     ("permission denied on the lock file",
      lambda mp: mp.setattr(rundir.os, "open", _deny_lock), ".trainlab.lock"),
