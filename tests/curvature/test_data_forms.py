@@ -250,7 +250,8 @@ class TestStreaming:
 
     def operators(self, model, data, mode="eval"):
         with analysis_mode(model, mode):
-            five = HessianOperator(model, tl.nn.cross_entropy, data)._graph_size.bytes(5)  # the graph of 5 samples
+            # the graph of 5 samples, fitted (a budget of 1 byte: the one-slice bound never fits)
+            five = HessianOperator(model, tl.nn.cross_entropy, data, max_graph_bytes=1)._graph_size.bytes(5)
             kept = HessianOperator(model, tl.nn.cross_entropy, data, keep_graph=True)
             streamed = HessianOperator(model, tl.nn.cross_entropy, data, keep_graph=False)
             chunked = HessianOperator(model, tl.nn.cross_entropy, data, max_graph_bytes=five)
@@ -309,6 +310,31 @@ class TestStreaming:
             assert small.graph_bytes >= 100 * 3 * 8 * 8 * (4 + 8 / 4)
             tight = HessianOperator(model, tl.nn.cross_entropy, (x, y), max_graph_bytes=large.graph_bytes // 3)
             assert not tight.keep_graph and len(tight.pieces) >= 3
+
+    def test_the_one_slice_bound_decides_only_when_it_fits(self):
+        """A graph that fits is decided on one probed slice, whose bound lies above the two-slice fit
+        at every batch size; a budget the bound exceeds gets the fit (also from a model measured
+        before), and chunks exactly as a fresh measurement does."""
+        from trainlab.curvature import operator as op_module
+
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(200, 1, 8, 8, generator=gen), torch.randint(0, 3, (200,), generator=gen)
+        model = tl.nn.small_cnn(in_channels=1, image_size=8, num_classes=3, channels=(3, 4), seed=0)
+        twin = tl.nn.small_cnn(in_channels=1, image_size=8, num_classes=3, channels=(3, 4), seed=0)
+        with analysis_mode(model, "eval"), analysis_mode(twin, "eval"):
+            roomy = HessianOperator(model, tl.nn.cross_entropy, (x, y))
+            assert roomy.keep_graph and not roomy._graph_size.fitted
+            fitted = HessianOperator(twin, tl.nn.cross_entropy, (x, y), max_graph_bytes=1)._graph_size
+            assert fitted.fitted and fitted.probed == roomy._graph_size.probed  # the same first slice
+            for n in (1, 7, 16, 31, 32, 33, 100, 1000):
+                assert roomy._graph_size.bytes(n) >= fitted.bytes(n) * (1 - 1e-12)
+                assert roomy._graph_size.graph(n) >= fitted.graph(n) * (1 - 1e-12)
+            budget = fitted.bytes(50)  # the bound of 200 samples is above it: chunks of about 50
+            tight = HessianOperator(model, tl.nn.cross_entropy, (x, y), max_graph_bytes=budget)
+            fresh = HessianOperator(twin, tl.nn.cross_entropy, (x, y), max_graph_bytes=budget)
+            assert tight._graph_size.fitted and not tight.keep_graph
+            assert [p[1] for p in tight.pieces] == [p[1] for p in fresh.pieces] and len(tight.pieces) >= 4
+            assert op_module._GRAPH_SIZES[model][next(iter(op_module._GRAPH_SIZES[model]))].fitted  # kept, refined
 
     @pytest.mark.parametrize("bad", [0, -5, float("nan"), "1GB", True])
     def test_bad_budgets(self, small_mlp_problem, bad):

@@ -83,6 +83,32 @@ def test_top_eigenpair_of_a_matrix_with_negative_extremes_and_restarts():
     assert abs(float(pair.vector @ Q[:, -1])) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("basis_bytes", [None, 1])  # a float64 basis (it fits), a float32 one (it does not)
+def test_top_eigenpair_of_float32_products_in_either_basis(monkeypatch, basis_bytes):
+    from trainlab.instruments import sharpness
+
+    if basis_bytes is not None:
+        monkeypatch.setattr(sharpness, "BASIS_BYTES", basis_bytes)
+    n = 300
+    gen = torch.Generator().manual_seed(2)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    values = torch.cat([torch.linspace(-1, 2, n - 1, dtype=torch.float64), torch.tensor([3.0], dtype=torch.float64)])
+    A = (Q @ torch.diag(values) @ Q.T).float()
+    seen = set()
+
+    def matvec(v):
+        seen.add(v.dtype)
+        return A @ v
+
+    pair = top_eigenpair(matvec, n, tol=1e-6, max_matvecs=300, basis_size=30, dtype=torch.float32)
+    exact = float(torch.linalg.eigvalsh(A.double())[-1])  # of the float32 matrix itself
+    eps = torch.finfo(torch.float32).eps
+    assert seen == {torch.float32} and pair.vector.dtype == torch.float32 and pair.converged
+    # the products carry float32 rounding, ~√n·ε relative to ‖A‖ = 3
+    assert pair.value == pytest.approx(exact, abs=3 * 10 * n ** 0.5 * eps)
+    assert abs(float(pair.vector.double() @ Q[:, -1])) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_a_cold_refresh_catches_an_eigenvalue_that_overtakes_the_tracked_one():
     n = 120
     Q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64))

@@ -22,9 +22,10 @@ times both).
 Memory: the kept graph grows with the sample count, so it is kept only while it fits
 ``max_graph_bytes`` (default :data:`DEFAULT_GRAPH_BYTES`) — the graph together with a product
 running through it, which on a CNN takes about 1.5× the graph alone. Both are measured, not
-guessed, on two slices of the first batch (``m`` and ``m/2`` samples, ``m ≤ 32``), giving
-``bytes(n) ≈ a + b n`` per batch: the graph as the tensors autograd saves while building
-``∇L`` (``torch.autograd.graph.saved_tensors_hooks``, each storage once), the peak as the
+guessed, on a slice of ``m ≤ 32`` samples of the first batch: with ``bytes(n) = a + b n`` per
+batch (``a, b ≥ 0``), its ``w`` bytes bound a batch of ``n ≥ m`` by ``w n / m``, which decides
+when it fits; else a second slice of ``m/2`` samples fits ``a`` and ``b``. The graph is
+measured as the tensors autograd saves while building ``∇L`` (``torch.autograd.graph.saved_tensors_hooks``, each storage once), the peak as the
 tensors the operations create, alive at once at the worst moment (a ``TorchDispatchMode``);
 parameters, buffers and data are left out of both. Above the budget each product streams the
 batches (two backward passes per batch, one graph alive at a time), and a batch whose own
@@ -179,7 +180,8 @@ class HessianOperator:
 
     Attributes: ``notes`` (what an analysis's result should say: attention on the math kernel,
     module docstring), ``params`` and ``names`` (the parameters analysed), ``n`` (their count),
-    ``samples`` (over all ranks), ``n_hvp``, ``loss``, ``keep_graph``, ``graph_bytes`` (measured size of the whole kept graph) and ``peak_bytes``
+    ``samples`` (over all ranks), ``n_hvp``, ``loss``, ``keep_graph``, ``graph_bytes`` (the whole kept graph's size as
+    measured, or a bound above it when that bound fits the budget) and ``peak_bytes``
     (its peak with a product running through it), both ``None`` with ``keep_graph=True``.
     """
 
@@ -280,22 +282,28 @@ class HessianOperator:
                         " curvature can be computed there")
 
     def _measure_graph(self) -> "_GraphSize":
-        """Graph and peak bytes of one batch as ``a + b n``, fitted to slices of the first batch
-        of ``m`` and ``m/2`` samples, ``m = min(n, 2·GRAPH_PROBE_SAMPLES)``."""
+        """Graph and peak bytes of one batch, measured on slices of the first batch (module docstring).
+
+        First a slice of ``m = min(n, 2·GRAPH_PROBE_SAMPLES)`` samples, ``w`` bytes. The sizes
+        grow as ``a + b n`` with ``a, b ≥ 0``, so ``w · max(n, m) / m`` bounds a batch of ``n``
+        samples from above; when that bound fits ``max_graph_bytes`` it decides (the graph is
+        kept, nothing chunked). Otherwise a slice of ``m/2`` samples gives the fit ``a + b n``,
+        by which batches are chunked. Both are kept per model (:data:`_GRAPH_SIZES`)."""
         batch, n = self.batches[0], self.sizes[0]
         large = min(n, 2 * GRAPH_PROBE_SAMPLES)
         key = self._graph_key(batch, large)
         known = _GRAPH_SIZES.get(self.model, {}).get(key)
-        if known is not None:
+        if known is not None and (known.fitted or known.total(self.sizes) <= self.max_graph_bytes):
             return known
         small = large // 2
         with preserved(self.model, parameters=False):  # a train-mode forward moves BatchNorm statistics
-            whole = self._graph_bytes(take(batch, 0, large) if large < n else batch)
-            if small < (2 if self.model.training and _has_batch_norm(self.model) else 1):
-                size = _GraphSize(_Affine(0.0, whole[0] / large), _Affine(0.0, whole[1] / large))
-            else:
+            whole = known.probed if known is not None else \
+                self._graph_bytes(take(batch, 0, large) if large < n else batch)
+            size = _GraphSize.bound(large, whole)
+            least = 2 if self.model.training and _has_batch_norm(self.model) else 1
+            if size.total(self.sizes) > self.max_graph_bytes and small >= least:
                 half = self._graph_bytes(take(batch, 0, small))
-                size = _GraphSize(*(_Affine.through(small, h, large, w) for h, w in zip(half, whole)))
+                size = _GraphSize(*(_Affine.through(small, h, large, w) for h, w in zip(half, whole)), whole, True)
         _GRAPH_SIZES.setdefault(self.model, {})[key] = size
         return size
 
@@ -488,10 +496,10 @@ class HessianOperator:
 
 
 class _Affine:
-    """``a + b n`` bytes for a batch of ``n`` samples."""
+    """``a + b · max(n, least)`` bytes for a batch of ``n`` samples."""
 
-    def __init__(self, constant: float, per_sample: float):
-        self.constant, self.per_sample = constant, per_sample
+    def __init__(self, constant: float, per_sample: float, least: int = 0):
+        self.constant, self.per_sample, self.least = constant, per_sample, least
 
     @classmethod
     def through(cls, n1: int, b1: float, n2: int, b2: float) -> "_Affine":
@@ -499,21 +507,29 @@ class _Affine:
         return cls(max(b1 - per * n1, 0.0), per)
 
     def __call__(self, n: int) -> float:
-        return self.constant + self.per_sample * n
+        return self.constant + self.per_sample * max(n, self.least)
 
 
 #: Graph measurements by model and :meth:`HessianOperator._graph_key`: a model analysed again (the
-#: stall doctor's looks, a Monitor's readings) is not probed again — the probe runs two double
-#: backward passes under a dispatch mode, 11 ms of a 57-ms look on the digits MLP.
+#: stall doctor's looks, a Monitor's readings) is not probed again — a probe runs a double backward
+#: pass under a dispatch mode (two for a fit), 11 ms of a 57-ms look on the digits MLP.
 _GRAPH_SIZES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, _GraphSize]]" = weakref.WeakKeyDictionary()
 
 
 class _GraphSize:
     """One batch's kept gradient graph, ``graph(n)``, and the peak of building it and running a
-    product through it, ``bytes(n)`` — what ``max_graph_bytes`` bounds."""
+    product through it, ``bytes(n)`` — what ``max_graph_bytes`` bounds: ``fitted`` to two slices,
+    or an upper bound from the first slice alone (:meth:`bound`); ``probed`` is that slice's
+    ``(graph, peak)`` bytes."""
 
-    def __init__(self, graph: _Affine, peak: _Affine):
-        self.graph, self.bytes = graph, peak
+    def __init__(self, graph: _Affine, peak: _Affine, probed: tuple[int, int], fitted: bool):
+        self.graph, self.bytes, self.probed, self.fitted = graph, peak, probed, fitted
+
+    @classmethod
+    def bound(cls, m: int, probed: tuple[int, int]) -> "_GraphSize":
+        """``w · max(n, m) / m`` from a slice of ``m`` samples of ``w`` bytes: at least ``a + b n`` for any
+        ``n`` when ``a, b ≥ 0``."""
+        return cls(*(_Affine(0.0, w / m, least=m) for w in probed), probed, False)
 
     def total(self, sizes: list[int], of: str = "bytes") -> int:
         """All batches' graphs kept together (their sum)."""

@@ -80,18 +80,29 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
 
     Parameters: ``matvec``; ``n`` the dimension; ``start`` an ``(n,)`` vector or ``None``;
     ``tol`` (1e-4); ``max_matvecs`` (200); ``basis_size`` (60; restart from the top Ritz vector
-    when full); ``seed`` for random vectors; ``device``, ``dtype`` of the basis.
+    when full); ``seed`` for random vectors; ``device``, ``dtype`` of the vectors ``matvec`` takes
+    and of the returned vector. The basis is kept in float64 where its ``(basis_size + 1) · n``
+    numbers fit :data:`BASIS_BYTES` as float64 (else in ``dtype``).
     Returns :class:`TopPair`. Cost: ``n_matvec ≤ max_matvecs`` products.
     """
     gen = torch.Generator().manual_seed(seed)
+    m = max(2, min(basis_size, n))
+    # the basis in float64 where it fits BASIS_BYTES: its coefficients then need no upcast per step
+    # (between cheap products the upcasts cost as much as the products), and its vectors no rounding
+    wide = dtype != torch.float64 and (m + 1) * n * 8 <= BASIS_BYTES and not dtype.is_complex
+    basis_dtype = torch.float64 if wide else dtype
+    if wide:
+        product = matvec
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            return product(v.to(dtype)).to(torch.float64)
 
     def random() -> torch.Tensor:
-        return torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        return torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=basis_dtype)
 
-    m = max(2, min(basis_size, n))
-    V = torch.zeros(m + 1, n, device=device, dtype=dtype)
+    V = torch.zeros(m + 1, n, device=device, dtype=basis_dtype)
     T = torch.zeros(m, m, dtype=torch.float64)
-    x = start.reshape(-1).to(device=device, dtype=dtype) if start is not None else random()
+    x = start.reshape(-1).to(device=device, dtype=basis_dtype) if start is not None else random()
     if not bool(torch.isfinite(x).all()) or float(x.norm()) == 0.0:
         x = random()
     V[0] = _unit(x)
@@ -110,8 +121,8 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
         error = min(residual, residual ** 2 / gap) if gap > 0 else residual
         converged = error <= tol * max(abs(value), 1e-300)
         if (converged and not (exhausted and not seen_random)) or used >= max_matvecs or size == n:
-            vector = (y.to(device=device, dtype=dtype) @ V[:size])
-            return TopPair(value, _unit(vector), residual, error, bool(converged), used)
+            vector = _unit(y.to(device=device, dtype=basis_dtype) @ V[:size])
+            return TopPair(value, vector.to(dtype), residual, error, bool(converged), used)
         if exhausted:
             # an invariant subspace: its top Ritz value is exact for it, but the top of the
             # spectrum may lie outside; continue from a fresh direction, uncoupled
@@ -120,7 +131,7 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
             _orthogonalise(w, V[:size])
             beta = float(w.norm())
         if size == m:  # restart from the top Ritz vector
-            x = y.to(device=device, dtype=dtype) @ V[:size]
+            x = y.to(device=device, dtype=basis_dtype) @ V[:size]
             V.zero_()
             T.zero_()
             V[0] = _unit(x)
