@@ -406,6 +406,29 @@ def test_a_slow_loop_s_records_are_written_every_few_seconds(tmp_path, monkeypat
     assert len(records(tmp_path / "steps.jsonl")) == 101
 
 
+def test_readings_are_written_with_the_step_records(tmp_path, monkeypatch):
+    """Readings are queued and written with the step records (one open of the file for several),
+    never later than them: at a flush every reading of the updates written is in the file."""
+    watch_module = __import__("sys").modules["trainlab.train.watch"]
+    monkeypatch.setattr(watch_module, "FLUSH_SECONDS", 0.0)
+    x, y = torch.randn(40, 2, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 2
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = tl.watch(model, opt, F.cross_entropy, (x, y), out=tmp_path, monitor=Monitor(instruments=["grad_norm"], every=50))
+    for _ in range(99):
+        opt.step()
+        w.log(loss=1.0)
+    assert not (tmp_path / "instruments.jsonl").exists()  # update 1's reading waits for the records' flush
+    for _ in range(2):
+        opt.step()
+        w.log(loss=1.0)
+    assert [r["step"] for r in records(tmp_path / "instruments.jsonl")] == [1, 50, 100]
+    assert len(records(tmp_path / "steps.jsonl")) == 100
+    w.close()
+    assert [r["step"] for r in records(tmp_path / "instruments.jsonl")] == [1, 50, 100]
+    assert len(records(tmp_path / "steps.jsonl")) == 101
+
+
 def test_a_step_a_grad_scaler_skips_is_no_update(tmp_path):
     """AMP's GradScaler skips optimizer.step() on inf gradients: the watch counts optimizer steps taken."""
     model = torch.nn.Linear(3, 2)

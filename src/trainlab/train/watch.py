@@ -36,8 +36,8 @@ the next step or at :meth:`Watch.close` — on the parameters the update left: t
 baseline, then each on its period) on its bounded sample of ``data``, and the
 :class:`~trainlab.train.StallDoctor` gets the update's loss (it needs one: an update logged without
 a loss is skipped by the doctor, with one warning). Between readings the watch adds no work beyond
-counting and keeping your logged values; step records are written 1,000 at a time, or every 10 s
-(checked every 100 updates), whichever comes first. An error in a reading or a diagnosis never
+counting and keeping your logged values; step records and readings are written 1,000 updates at a
+time, or every 10 s (checked every 100 updates), whichever comes first, and events at once. An error in a reading or a diagnosis never
 stops your loop: it becomes a ``callback_error`` event, once per message.
 
 **The run directory** ``out`` (none: nothing written; readings stay in ``w.monitor.history`` and
@@ -161,6 +161,7 @@ class Watch:
         self._lr: float | None = None  # the η of the update the record holds
         self._processed = True  # whether the Monitor and the doctor have seen the record's update
         self._pending: list[tuple[int, float | None, list[Any], dict[str, Any]]] = []  # step records to write
+        self._readings: list[Any] = []  # and the Monitor's readings
         self._last_loss: float | None = None
         self._flush_by = time.monotonic() + FLUSH_SECONDS  # a slow loop's records are written this often
         self._started = time.perf_counter()
@@ -298,8 +299,7 @@ class Watch:
                 readings = monitor.after_step(self.model, loss, self.loss_fn, self.data, self.optimizer,
                                               batch_size=self.batch_size,
                                               step=None if monitor.step == self.step - 1 else self.step)
-                if readings:
-                    self._write_lines("instruments.jsonl", [r.to_dict() for r in readings])
+                self._readings += readings  # written with the step records
             except Exception as e:  # noqa: BLE001 - a reading must never end the user's training
                 self._failed("the Monitor", e)
         if self.doctor is not None:
@@ -351,7 +351,8 @@ class Watch:
 
     def _flush(self) -> None:
         """Write the queued step records, each a JSON line formatted here (a few numbers under known
-        keys: a tenth of ``json.dumps``' cost, which would be measurable between fast updates)."""
+        keys: a tenth of ``json.dumps``' cost, which would be measurable between fast updates), and
+        the queued readings (a file opened once for several readings, not once for each)."""
         lines = []
         loss = None
         for step, lr, losses, values in self._pending:
@@ -375,6 +376,8 @@ class Watch:
         self._flush_by = time.monotonic() + FLUSH_SECONDS
         if lines and self.out is not None and self.writer:
             rundir.append_lines(self.out / "steps.jsonl", lines)
+        readings, self._readings = self._readings, []
+        self._write_lines("instruments.jsonl", [r.to_dict() for r in readings])
 
     def _write_lines(self, name: str, records: list[dict[str, Any]]) -> None:
         if self.out is not None and self.writer and records:
