@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import trainlab as tl
 from trainlab.instruments import Monitor, Sharpness, Stability, UpdateRatio
-from trainlab.instruments.spike import SPAN, jumped
+from trainlab.instruments.spike import SPAN, jumped, within
 
 CALM = [1.0, 1.1, 0.9, 1.05, 0.95] * 2  # 10 losses: high 1.1, low 0.9, median 1.0
 
@@ -53,6 +53,30 @@ values = st.one_of(st.floats(-10, 10), st.sampled_from([math.nan, math.inf, -mat
 def test_the_shortcut_agrees_with_the_rule(recent, loss):
     """``max`` over losses with NaN or infinities in any place never lets a spike through."""
     assert jumped(recent, loss) is _rule(recent, loss)
+
+
+@given(st.lists(values, max_size=SPAN), values)
+@settings(max_examples=400, deadline=None)
+def test_what_the_shortcut_tells_is_never_a_spike(recent, loss):
+    """Each of within's three steps (the last loss, the top, the top plus twice the range) only
+    ever clears a loss the rule clears."""
+    if within(recent, loss):
+        assert not _rule(recent, loss)
+
+
+@pytest.mark.parametrize("recent, loss, told", [
+    (CALM, 0.95, True),                # at most the last loss (0.95)
+    (CALM, 1.08, True),                # above the last, at most the top (1.1)
+    (CALM, 1.1 + 2 * 0.2, True),       # above the top, within twice the range above it
+    (CALM, 1.1 + 2 * 0.2 + 1e-9, False),  # beyond: the rule's median decides (no spike here: 1.6 is the threshold)
+    (CALM + [math.nan], 0.5, True),    # a NaN last: no last loss to compare with, but max passes over it
+    ([math.nan] + CALM, 1.05, False),  # a NaN first stops max: not told (the rule decides)
+    ([math.nan] + CALM, 0.9, True),    # ... unless the last loss (0.95) tells
+    ([-math.inf] + CALM, 1.3, False),  # an infinite low: no range to add
+    (CALM, -math.inf, False),          # a non-finite loss is never told
+])
+def test_the_shortcut_s_steps(recent, loss, told):
+    assert within(recent, loss) is told
 
 
 def test_the_monitor_reads_curvature_at_a_spike():
