@@ -431,7 +431,10 @@ class HessianOperator:
             raise ConfigError(f"vectors must have shape (m, {self.n}) (one per row); got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
         self.n_hvp += len(vectors)
-        with _second_derivatives(), self._noting_attention():  # without a kept graph, products run the model
+        # without a kept graph, products run the model (attention noted); through one they do not (building it
+        # is noted by gradient()), and a torch-function mode would cost each product a tenth of its time
+        noting = contextlib.nullcontext() if self.keep_graph else self._noting_attention()
+        with _second_derivatives(), noting:
             out = self._local_products(vectors)
         return dist.all_reduce_sum(out, self.group) if self.distributed else out
 
