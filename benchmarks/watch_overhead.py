@@ -8,7 +8,7 @@ for its own log; the watched loops hand it to ``w.log``). Its batches come one o
 * ``indexed`` — the leanest loop: the data as two tensors, each batch ``x[idx], y[idx]`` (about
   0.3 ms an update), so the watch's own cost is the largest share it can be;
 * ``loader`` — the common loop, as in the README: a shuffling ``DataLoader`` over the dataset
-  (about 0.45 ms an update; the collation of 32 samples is part of every loop).
+  (0.45–0.55 ms an update; the collation of 32 samples is part of every loop).
 
 Three loops run — bare,
 ``watch(monitor=None)`` (counting and the run directory: ``steps.jsonl`` and the rest, written into
