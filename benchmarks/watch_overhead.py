@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(loop: str, runs: list[dict[str, float]]) -> None:
     """The Markdown table of one kind of loop, and what the economy loop's readings took."""
-    print(f"\n### {loop}: {'batches x[idx], y[idx] of two tensors' if loop == 'indexed' else 'a shuffling DataLoader'}\n")
+    source = "batches x[idx], y[idx] of two tensors" if loop == "indexed" else "a shuffling DataLoader"
+    print(f"\n### {loop}: {source}\n")
     print("| loop | seconds (median) | ÷ bare (median of repeats) | range | target | met |")
     print("|---|---|---|---|---|---|")
     for config, target in TARGETS.items():

@@ -414,7 +414,8 @@ def test_readings_are_written_with_the_step_records(tmp_path, monkeypatch):
     x, y = torch.randn(40, 2, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 2
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    w = tl.watch(model, opt, F.cross_entropy, (x, y), out=tmp_path, monitor=Monitor(instruments=["grad_norm"], every=50))
+    monitor = Monitor(instruments=["grad_norm"], every=50)
+    w = tl.watch(model, opt, F.cross_entropy, (x, y), out=tmp_path, monitor=monitor)
     for _ in range(99):
         opt.step()
         w.log(loss=1.0)

@@ -25,8 +25,9 @@ running through it, which on a CNN takes about 1.5× the graph alone. Both are m
 guessed, on a slice of ``m ≤ 32`` samples of the first batch: with ``bytes(n) = a + b n`` per
 batch (``a, b ≥ 0``), its ``w`` bytes bound a batch of ``n ≥ m`` by ``w n / m``, which decides
 when it fits; else a second slice of ``m/2`` samples fits ``a`` and ``b``. The graph is
-measured as the tensors autograd saves while building ``∇L`` (``torch.autograd.graph.saved_tensors_hooks``, each storage once), the peak as the
-tensors the operations create, alive at once at the worst moment (a ``TorchDispatchMode``);
+measured as the tensors autograd saves while building ``∇L``
+(``torch.autograd.graph.saved_tensors_hooks``, each storage once), the peak as the tensors the
+operations create, alive at once at the worst moment (a ``TorchDispatchMode``);
 parameters, buffers and data are left out of both. Above the budget each product streams the
 batches (two backward passes per batch, one graph alive at a time), and a batch whose own
 peak exceeds the budget is split into chunks — exact in ``eval`` mode, where samples do not
@@ -259,7 +260,7 @@ class HessianOperator:
         if n > SCALE_CHECK_SAMPLES:  # a slice tells a sum from a mean as well, in bounded memory
             batch, n = take(batch, 0, SCALE_CHECK_SAMPLES), SCALE_CHECK_SAMPLES
         whole = float(self.batch_loss_of(batch))  # also the guarded first forward pass (module docstring)
-        least = 2 if self.model.training and _has_batch_norm(self.model) else 1  # a BatchNorm needs 2 per batch
+        least = self._least_samples()
         if n < 2 * least:
             return
         half = n // 2
@@ -300,12 +301,15 @@ class HessianOperator:
             whole = known.probed if known is not None else \
                 self._graph_bytes(take(batch, 0, large) if large < n else batch)
             size = _GraphSize.bound(large, whole)
-            least = 2 if self.model.training and _has_batch_norm(self.model) else 1
-            if size.total(self.sizes) > self.max_graph_bytes and small >= least:
+            if size.total(self.sizes) > self.max_graph_bytes and small >= self._least_samples():
                 half = self._graph_bytes(take(batch, 0, small))
                 size = _GraphSize(*(_Affine.through(small, h, large, w) for h, w in zip(half, whole)), whole, True)
         _GRAPH_SIZES.setdefault(self.model, {})[key] = size
         return size
+
+    def _least_samples(self) -> int:
+        """The fewest samples a batch can be run with: 2 for a BatchNorm in training mode (batch statistics), else 1."""
+        return 2 if self.model.training and _has_batch_norm(self.model) else 1
 
     def _graph_key(self, batch: Any, large: int) -> tuple:
         """What a graph measurement depends on besides the model: the operator, the analysed

@@ -37,8 +37,9 @@ baseline, then each on its period) on its bounded sample of ``data``, and the
 :class:`~trainlab.train.StallDoctor` gets the update's loss (it needs one: an update logged without
 a loss is skipped by the doctor, with one warning). Between readings the watch adds no work beyond
 counting and keeping your logged values; step records and readings are written 1,000 updates at a
-time, or every 10 s (checked every 100 updates), whichever comes first, and events at once. An error in a reading or a diagnosis never
-stops your loop: it becomes a ``callback_error`` event, once per message.
+time, or every 10 s (checked every 100 updates), whichever comes first, and events at once. An
+error in a reading or a diagnosis never stops your loop: it becomes a ``callback_error`` event,
+once per message.
 
 **The run directory** ``out`` (none: nothing written; readings stay in ``w.monitor.history`` and
 events in ``w.events``), the files of a ``trainlab train`` run, so ``trainlab report`` draws it:
