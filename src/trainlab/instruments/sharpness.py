@@ -100,7 +100,7 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
     def random() -> torch.Tensor:
         return torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=basis_dtype)
 
-    V = torch.zeros(m + 1, n, device=device, dtype=basis_dtype)
+    V = torch.empty(m + 1, n, device=device, dtype=basis_dtype)  # each row is written before it is read
     T = torch.zeros(m, m, dtype=torch.float64)
     x = start.reshape(-1).to(device=device, dtype=basis_dtype) if start is not None else random()
     if not bool(torch.isfinite(x).all()) or float(x.norm()) == 0.0:
@@ -132,7 +132,6 @@ def top_eigenpair(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, start:
             beta = float(w.norm())
         if size == m:  # restart from the top Ritz vector
             x = y.to(device=device, dtype=basis_dtype) @ V[:size]
-            V.zero_()
             T.zero_()
             V[0] = _unit(x)
             j = 0
