@@ -364,3 +364,27 @@ def test_instruments_by_name_are_read_every_every_updates():
 def test_bad_instrument_names_are_refused(instruments, match):
     with pytest.raises(ConfigError, match=match):
         Monitor(instruments=instruments, progress=False)
+
+
+@pytest.mark.parametrize("periods", [(1,), (3, 3), (4, 10), (6, 9, 15), (100, 500, 1000)])
+def test_looks_at_tells_every_update_the_monitor_reads_or_keeps_the_parameters_of(periods):
+    """``looks_at(count)`` False ⇒ the update is only counted: nothing read, no parameters kept
+    (what trainlab.watch relies on to count a loss-less update after the next step)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    instruments = [UpdateRatio(every=periods[0]), GradNorm(every=periods[-1]), *([Units(every=periods[1])]
+                                                                                  if len(periods) > 2 else [])]
+    monitor = Monitor(every=7, instruments=instruments, progress=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = (torch.ones(4, 3), torch.tensor([0, 1, 0, 1]))
+    monitor.start(model, 0)
+    quiet = 0
+    for count in range(1, 2 * max(periods) + 3):
+        looks = monitor.looks_at(count)
+        assert monitor.looks_at(count + 1)  # not the next count: said True, to be safe
+        kept_before = monitor._previous is not None
+        opt.step()
+        read = monitor.after_step(model, 1.0, F.cross_entropy, data, opt)
+        if not looks:
+            quiet += 1
+            assert not read and not kept_before and monitor._previous is None, count
+    assert quiet >= (0 if periods == (1,) else max(periods) // 2)  # most updates are only counted

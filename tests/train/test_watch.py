@@ -237,6 +237,41 @@ def test_an_update_without_a_loss_is_skipped_by_the_doctor_with_one_warning(data
     assert len([c for c in caught if "without a loss" in str(c.message)]) == 1 and w.step == 3
 
 
+def test_a_loop_that_logs_no_loss_is_read_on_each_update_s_own_parameters(data, tmp_path):
+    """No loss logged: an update the Monitor reads (or keeps the parameters of) is read just before
+    the next step — the pre-hook is there for that one step only — and one it only counts is counted
+    after it; the readings equal a Monitor's called after each step."""
+    x, y = data.tensors
+
+    def run(watched):
+        model = net()
+        mon = Monitor(every=3, instruments=["grad_norm", "update_ratio"], progress=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        w = tl.watch(model, opt, F.cross_entropy, data, out=tmp_path, monitor=mon) if watched else None
+        if not watched:
+            mon.start(model, 0)  # as the watch does: update_ratio reads update 1 too
+        hooked = []
+        for k in range(9):
+            opt.zero_grad()
+            F.cross_entropy(model(x[16 * k:16 * k + 16]), y[16 * k:16 * k + 16]).backward()
+            hooked.append(len(opt._optimizer_step_pre_hooks))
+            opt.step()
+            if not watched:
+                mon.after_step(model, None, F.cross_entropy, data, opt)
+        if watched:
+            w.close()
+            assert len(opt._optimizer_step_pre_hooks) == len(opt._optimizer_step_post_hooks) == 0
+        return [(r.step, r.instrument, r.value) for r in mon.history], hooked
+
+    (watched, hooked), (reference, _) = run(True), run(False)
+    # before step k + 1: hooked after update k unless the Monitor only counts it — k = 4, 7 with
+    # periods 3 (k = 1 baseline; 3, 6, 9 due; 2, 5, 8 keep the parameters for update_ratio)
+    assert hooked == [0, 1, 1, 1, 0, 1, 1, 0, 1]
+    assert [r[:2] for r in watched] == [r[:2] for r in reference] and len(watched) == 8
+    assert [r[2] for r in watched] == pytest.approx([r[2] for r in reference], rel=REL, abs=1e-300)
+    assert [r["step"] for r in records(tmp_path / "steps.jsonl")] == list(range(1, 10))
+
+
 def test_a_failing_loss_becomes_an_event_and_the_loop_goes_on(data, tmp_path):
     model = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -485,6 +485,15 @@ class Monitor:
             self._forget()
         self._model, self._shapes = weakref.ref(model), _shapes(model)
 
+    def looks_at(self, count: int) -> bool:
+        """Whether update ``count`` — the next one, one above :attr:`step` — may need the parameters it
+        leaves: an instrument due, the parameters to keep for the update after, or the count or the
+        model not the expected ones. ``False`` means the update is only counted (a loss spike aside,
+        which needs its loss). For :func:`trainlab.watch`, which reads a loss-less update before the
+        next step only when this is ``True``. Cost: a few operations."""
+        return (count != self.step + 1 or count % self._base == 0 or count == 1 or self._previous is not None
+                or bool(self._base_previous and (count + 1) % self._base_previous == 0) or self._model is None)
+
     def _quiet(self, model: nn.Module, loss: Any, step: Any) -> bool:
         """The common update, told in a few operations (between fast updates each one is
         measurable): the next count of the model followed, no reading due, no parameters to keep

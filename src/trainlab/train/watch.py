@@ -12,9 +12,9 @@
                 w.log(loss=loss, epoch=epoch)        # and any number of your own: w.log(acc=...)
     # then: trainlab report runs/mine
 
-**Updates.** The watch hooks the optimizer (``register_step_post_hook``; and
-``register_step_pre_hook`` when something reads): each ``optimizer.step()`` is one update, its
-count :attr:`Watch.step`.
+**Updates.** The watch hooks the optimizer (``register_step_post_hook``; and, for the next step
+only, ``register_step_pre_hook`` after an update the Monitor reads): each ``optimizer.step()`` is
+one update, its count :attr:`Watch.step`.
 So gradient accumulation counts optimizer steps, not micro-batches, and a step a ``GradScaler``
 skips (inf gradients) is no update.
 
@@ -31,7 +31,8 @@ several times keeps its last.
 
 **When the Monitor and the doctor run.** At update ``n``, once its loss is known — at the step in
 the first case, at the ``log(loss=...)`` after it in the second, else (no loss logged) just before
-the next step or at :meth:`Watch.close` — on the parameters the update left: the
+the next step or at :meth:`Watch.close` — on the parameters the update left (an update of which
+nothing is read, only counted, is counted just after the next step instead): the
 :class:`~trainlab.instruments.Monitor` reads the instruments due (every one at update 1, a
 baseline, then each on its period) on its bounded sample of ``data``, and the
 :class:`~trainlab.train.StallDoctor` gets the update's loss (it needs one: an update logged without
@@ -173,8 +174,7 @@ class Watch:
         if self.monitor is not None:
             self.monitor.start(self.model, 0)
         self._hooks = [optimizer.register_step_post_hook(self._after_step)]
-        if self._reads:  # (a hook costs a call per update)
-            self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+        self._pre_hook: Any = None  # registered for one step at a time (_after_step), not for every one
         atexit.register(self._at_exit)
 
     # ---------------------------------------------------------------- the user's calls
@@ -215,6 +215,8 @@ class Watch:
         atexit.unregister(self._at_exit)
         for handle in self._hooks:
             handle.remove()
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
         try:
             if self.status is None and self._mode == "after" and not self._processed:
                 self._process()
@@ -264,13 +266,18 @@ class Watch:
 
     # ---------------------------------------------------------------- the optimizer's hooks
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Just before an update (hooked only when something reads): the update before it is
-        read now if no loss came for it, on the parameters it left."""
+        """Just before update ``n + 1``, hooked after an update ``n`` that the Monitor reads (or
+        keeps the parameters of): ``n`` is read now if no loss came for it, on the parameters it left."""
         if not self._processed:
             self._process()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """After update ``n``: count it; its record is queued once complete (module docstring)."""
+        if not self._processed:  # update n − 1 came without a loss, and nothing of it is read: counted now
+            self._process()
+        if self._pre_hook is not None:  # it ran before this step; removed here, outside the optimizer's loop over
+            self._pre_hook.remove()  # its pre-hooks (which a removal inside one of them would break)
+            self._pre_hook = None
         self.step += 1
         lr = optimizer.param_groups[0]["lr"]  # the η update n used (a scheduler steps after the optimizer)
         if self._mode != "before":  # update n − 1's values are all in: queue them, open update n's
@@ -278,6 +285,9 @@ class Watch:
             self._close_record()  # (before the first step: step 0, when something was logged)
             self._record_step, self._lr = self.step, lr
             self._processed = not self._reads
+            if not self._processed and self.monitor is not None and self.monitor.looks_at(self.step):
+                # read on the parameters update n left, even if no loss comes before the next step
+                self._pre_hook = optimizer.register_step_pre_hook(self._before_step)
             return
         self._lr = lr  # "before": the update's loss is in
         self._process()
