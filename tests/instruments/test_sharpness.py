@@ -3,6 +3,7 @@
 scaling ``D`` rebuilt here from its state), the trace of that Hessian, and a state digest
 showing that a reading leaves the model untouched."""
 
+import math
 import types
 
 import pytest
@@ -73,7 +74,11 @@ def test_sharpness_is_the_largest_eigenvalue_of_the_dense_hessian():
     assert again["value"] == pytest.approx(expected, rel=1e-6) and again["warm"] and again["n_hvp"] <= 3
 
 
-def test_top_eigenpair_of_a_matrix_with_negative_extremes_and_restarts():
+@pytest.mark.parametrize("garbage", [False, True])
+def test_top_eigenpair_of_a_matrix_with_negative_extremes_and_restarts(monkeypatch, garbage):
+    if garbage:  # the basis starts uninitialised: NaN there must never be read, also across restarts
+        empty = torch.empty
+        monkeypatch.setattr(torch, "empty", lambda *args, **kw: empty(*args, **kw).fill_(math.nan))
     gen = torch.Generator().manual_seed(1)
     Q, _ = torch.linalg.qr(torch.randn(80, 80, generator=gen, dtype=torch.float64))
     values = torch.linspace(-30, 5, 80, dtype=torch.float64)  # |λ_min| ≫ λ_max: the algebraic top is wanted
