@@ -49,7 +49,8 @@ def loop_gradients(model, x, y):
     for i in range(len(y)):
         model.zero_grad()
         F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        rows.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
+                               for p in model.parameters()]))
     model.zero_grad(set_to_none=True)
     return torch.stack(rows)
 
@@ -218,7 +219,8 @@ def test_per_sample_gradients_fall_back_to_a_loop_where_vmap_fails_with_the_same
     for i in range(13):  # the reference: a plain loop of backward passes
         model.zero_grad()
         masked_loss(model, {k: v[i:i + 1] for k, v in batch.items()}).backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        rows.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
+                               for p in model.parameters()]))
     model.zero_grad(set_to_none=True)
     before = model_digest(model)
     got = torch.cat(list(per_sample_gradients(model, None, batch, chunk=5, batch_loss=masked_loss)))
@@ -258,3 +260,36 @@ def test_gsnr_leaves_out_coordinates_whose_spread_is_rounding():
     assert r["coordinates"] == 4
     assert r["value"] == pytest.approx(expected, rel=1e-6)
     assert r["value"] < 10
+
+
+class WithUnused(nn.Module):
+    """A parameter the loss never reaches: vmap gives its per-sample gradients as one expanded zero
+    row (stride 0), which the moments must not write in place."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.unused, self.last = nn.Linear(5, 6), nn.Parameter(torch.ones(4)), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.last(torch.tanh(self.first(x)))
+
+
+@pytest.mark.parametrize("make", [lambda: mlp_bn().eval(), lambda: WithUnused().double()])
+def test_moments_taken_piece_by_piece_in_place_equal_the_brute_force_ones(make):
+    """gradient_moments takes each chunk's per-parameter pieces and overwrites them with their
+    deviations (no concatenated copy): the same moments as from a loop of single-sample
+    gradients (means and squared deviations by brute force), chunks of 8 + 8 + 5."""
+    model = make()
+    x, y = data()
+    rows = loop_gradients(model, x, y)
+    with torch.no_grad():
+        got = gradient_moments(context(model, x, y), chunk=8)
+    eps = torch.finfo(torch.float64).eps
+    scale = float(rows.abs().max())
+    assert got.count == len(y)
+    assert torch.allclose(got.mean, rows.mean(0), rtol=0, atol=10 * len(y) * eps * scale)
+    assert torch.allclose(got.m2, (rows - rows.mean(0)).square().sum(0), rtol=0, atol=10 * len(y) * eps * scale ** 2)
+    assert got.m2.abs().sum() > 0
+    if isinstance(model, WithUnused):  # a module's own parameters come first: its 4 coordinates
+        assert got.mean[:4].abs().max() == 0 and got.m2[:4].abs().max() == 0

@@ -85,6 +85,15 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     Cost: about one forward and backward pass per sample, vectorised; where ``vmap`` fails on the
     model's code (module docstring), one pass per sample in a loop.
     """
+    for pieces in _per_sample_pieces(model, loss_fn, batch, chunk, batch_loss=batch_loss):
+        yield pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+
+def _per_sample_pieces(model: nn.Module, loss_fn: Any, batch: Any, chunk: int = CHUNK, *,
+                       batch_loss: BatchLoss | None = None) -> Iterator[list[torch.Tensor]]:
+    """:func:`per_sample_gradients`, each chunk as its columns' pieces: a list of ``(m, kᵢ)``
+    tensors, one per parameter (``vmap``'s own results; one piece where samples were looped),
+    which concatenate to the chunk. So the moments need no concatenated copy (:meth:`Moments.of`)."""
     _check_chunk(chunk)
     if loss_fn is None and batch_loss is None:
         raise ConfigError("loss_fn=None needs batch_loss=(model, batch) -> mean loss; give one of them")
@@ -131,14 +140,14 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
                     # so torch's per-call warning is not repeated here
                     warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
                     grads = per_sample(params, piece)
-                yield torch.cat([grads[name].reshape(grads[name].shape[0], -1) for name in params], dim=1)
+                yield [grads[name].reshape(grads[name].shape[0], -1) for name in params]
                 continue
             except (RuntimeError, NotImplementedError) as e:
                 if "randomness" in str(e):
                     raise ConfigError("the model draws random numbers (dropout?) in this mode, so per-sample"
                                       " gradients are random; read them in mode='eval' (the default)") from None
                 looped = True  # e.g. data-dependent control flow (an attention mask's .all()) under vmap
-        yield _looped_gradients(model, loss_fn, batch_loss, piece, [p for _, p in named])
+        yield [_looped_gradients(model, loss_fn, batch_loss, piece, [p for _, p in named])]
 
 
 @torch.enable_grad()
@@ -167,14 +176,22 @@ class Moments:
     dtype: torch.dtype = torch.float64  # of the gradients
 
     @classmethod
-    def of(cls, chunks: Iterator[torch.Tensor]) -> "Moments":
+    def of(cls, chunks: Iterator[torch.Tensor | list[torch.Tensor]], overwrite: bool = False) -> "Moments":
         """Merge chunks of per-sample gradients, rows = samples (Chan et al.: exact, no
-        cancellation from a raw sum of squares)."""
+        cancellation from a raw sum of squares). A chunk may come as a list of column pieces
+        (:func:`_per_sample_pieces`), taken piece by piece; with ``overwrite`` the chunks' own
+        memory holds the deviations (no copy of a chunk: the peak stays one chunk)."""
         total: Moments | None = None
-        for rows in chunks:
-            # within a chunk (≤ 128 rows) the model's precision is enough; the merge is float64
-            mean = rows.mean(0)
-            part = cls(len(rows), wide(mean), wide((rows - mean).square_().sum(0)), rows.dtype)
+        for chunk in chunks:
+            pieces = chunk if isinstance(chunk, list) else [chunk]
+            means, m2s = [], []
+            for rows in pieces:
+                # within a chunk (≤ 128 rows) the model's precision is enough; the merge is float64
+                mean = rows.mean(0)
+                deviations = rows.sub_(mean) if overwrite and rows.is_contiguous() else rows - mean
+                means.append(wide(mean))
+                m2s.append(wide(deviations.square_().sum(0)))
+            part = cls(len(pieces[0]), _joined(means), _joined(m2s), pieces[0].dtype)
             total = part if total is None else total.merged(part)
         if total is None:
             raise DataError("the sample holds no samples")
@@ -215,6 +232,10 @@ class Moments:
         return self.m2 / (self.count - 1)
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def gradient_moments(ctx: Any, chunk: int = CHUNK, max_samples: int | None = None) -> Moments:
     """:class:`Moments` of the per-sample gradients on ``ctx.batch`` (its first ``max_samples``
     samples; ``None``: all), in ``ctx.mode``, computed once per context: instruments read at the
@@ -227,8 +248,8 @@ def gradient_moments(ctx: Any, chunk: int = CHUNK, max_samples: int | None = Non
     if max_samples is not None and batch_size_of(batch) > max_samples:
         batch = take(batch, 0, max_samples)
     with analysis_mode(ctx.model, getattr(ctx, "mode", "eval")):
-        moments = Moments.of(per_sample_gradients(ctx.model, ctx.loss_fn, batch, chunk,
-                                                  batch_loss=getattr(ctx, "batch_loss", None))).over_ranks()
+        pieces = _per_sample_pieces(ctx.model, ctx.loss_fn, batch, chunk, batch_loss=getattr(ctx, "batch_loss", None))
+        moments = Moments.of(pieces, overwrite=True).over_ranks()  # (the gradients are not needed after)
     if moments.count < 2:
         raise DataError(f"the sample holds {moments.count} sample: a gradient variance needs at least 2")
     try:
