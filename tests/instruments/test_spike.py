@@ -112,13 +112,13 @@ def test_the_monitor_reads_curvature_at_a_spike():
                 max_size=60))
 @settings(max_examples=40, deadline=None)
 def test_the_monitor_s_quick_path_takes_updates_as_its_general_way_does(losses):
-    """Every update through Monitor._quiet, or never: the same readings, counts and recent losses."""
+    """Every update through Monitor.counted, or never: the same readings, counts and recent losses."""
     def readings(quick):
         model = torch.nn.Linear(3, 2)
         torch.nn.init.constant_(model.weight, 0.1)
         monitor = Monitor(every=4, progress=False, instruments=[UpdateRatio(every=5), Stability(every=1000)])
         if not quick:
-            monitor._quiet = lambda *args: False
+            monitor.counted = lambda *args: False
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         data = (torch.ones(4, 3), torch.tensor([0, 1, 0, 1]))
         out = []

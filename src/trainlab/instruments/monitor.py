@@ -392,7 +392,7 @@ class Monitor:
         if loss_fn is None and self.batch_loss is None:
             raise ConfigError("Monitor.after_step: loss_fn is None; pass the loss function (outputs, targets) -> mean"
                               " loss, or build the Monitor with batch_loss=(model, batch) -> mean loss")
-        if self._quiet(model, loss, step):
+        if self.counted(model, loss, step):
             return []  # nothing due now, nothing to keep for the next update: the common case
         other = self._model is not None and self._model() is not model
         last = 0 if other else self.step
@@ -494,13 +494,15 @@ class Monitor:
         return (count != self.step + 1 or count % self._base == 0 or count == 1 or self._previous is not None
                 or bool(self._base_previous and (count + 1) % self._base_previous == 0) or self._model is None)
 
-    def _quiet(self, model: nn.Module, loss: Any, step: Any) -> bool:
-        """The common update, told in a few operations (between fast updates each one is
-        measurable): the next count of the model followed, no reading due, no parameters to keep
-        for the next one, no TensorBoard file to open, and a loss (a float) within the range of the
-        recent ones, so no spike (:mod:`trainlab.instruments.spike`). Then the count and the loss
-        are taken and ``True`` returned; otherwise nothing is touched, and :meth:`after_step`
-        takes the update its general way."""
+    def counted(self, model: nn.Module, loss: Any, step: Any = None) -> bool:
+        """Take the update as one that is only counted, if it is — told in a few operations (between
+        fast updates each one is measurable): the next count of the model followed (``step`` ``None``
+        or that count), no reading due, no parameters to keep for the next one, no TensorBoard file
+        to open, and a loss (a float) within the range of the recent ones, so no spike
+        (:mod:`trainlab.instruments.spike`). Then the count and the loss are taken and ``True``
+        returned; otherwise nothing is touched, and :meth:`after_step` takes the update its general
+        way. :meth:`after_step` asks this first; :func:`trainlab.watch` asks it directly, to spare
+        the call to :meth:`after_step` at every update."""
         count = self.step + 1
         if count % self._base == 0 or count == 1 or self._previous is not None or (
                 self._base_previous and (count + 1) % self._base_previous == 0):

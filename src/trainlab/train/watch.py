@@ -301,16 +301,20 @@ class Watch:
         if not self._reads:
             return
         losses = self._losses
-        loss = losses[0] if len(losses) == 1 and type(losses[0]) is float else _mean(losses)
-        if loss is not None:
-            self._losses = [loss]  # read once
+        if len(losses) == 1 and type(losses[0]) is float:
+            loss = losses[0]
+        else:
+            loss = _mean(losses)
+            if loss is not None:
+                self._losses = [loss]  # read once
         monitor = self.monitor
         if monitor is not None:
             try:
-                readings = monitor.after_step(self.model, loss, self.loss_fn, self.data, self.optimizer,
-                                              batch_size=self.batch_size,
-                                              step=None if monitor.step == self.step - 1 else self.step)
-                self._readings += readings  # written with the step records
+                follows = monitor.step == self.step - 1
+                if not (follows and monitor.counted(self.model, loss)):  # (the common update: only counted)
+                    readings = monitor.after_step(self.model, loss, self.loss_fn, self.data, self.optimizer,
+                                                  batch_size=self.batch_size, step=None if follows else self.step)
+                    self._readings += readings  # written with the step records
             except Exception as e:  # noqa: BLE001 - a reading must never end the user's training
                 self._failed("the Monitor", e)
         if self.doctor is not None:
