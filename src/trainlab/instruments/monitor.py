@@ -487,8 +487,8 @@ class Monitor:
 
     def looks_at(self, count: int) -> bool:
         """Whether update ``count`` — the next one, one above :attr:`step` — may need the parameters it
-        leaves: an instrument due, the parameters to keep for the update after, or the count or the
-        model not the expected ones. ``False`` means the update is only counted (a loss spike aside,
+        leaves: an instrument due, the parameters to keep for the update after, the count not the
+        expected one, or no model followed yet. ``False`` means the update is only counted (a loss spike aside,
         which needs its loss). For :func:`trainlab.watch`, which reads a loss-less update before the
         next step only when this is ``True``. Cost: a few operations."""
         return (count != self.step + 1 or count % self._base == 0 or count == 1 or self._previous is not None
