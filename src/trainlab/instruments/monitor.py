@@ -403,8 +403,7 @@ class Monitor:
             self._follow(model)
         self.step = count
         jump = self._spiky and self._jumped(loss)
-        if self.step % self._base and self.step != 1 and self._previous is None and not jump and \
-                not (self._base_previous and (self.step + 1) % self._base_previous == 0):
+        if not jump and not self._scheduled(self.step):
             return []  # nothing due now, nothing to keep for the next update: the common case
         due = [inst for inst in self.instruments if (self._due(inst, self.step) or (jump and getattr(
                inst, "on_spike", False))) and not (getattr(inst, "needs_previous", False) and self._previous is None)]
@@ -491,8 +490,13 @@ class Monitor:
         expected one, or no model followed yet. ``False`` means the update is only counted (a loss spike aside,
         which needs its loss). For :func:`trainlab.watch`, which reads a loss-less update before the
         next step only when this is ``True``. Cost: a few operations."""
-        return (count != self.step + 1 or count % self._base == 0 or count == 1 or self._previous is not None
-                or bool(self._base_previous and (count + 1) % self._base_previous == 0) or self._model is None)
+        return count != self.step + 1 or self._model is None or self._scheduled(count)
+
+    def _scheduled(self, count: int) -> bool:
+        """Whether the schedule looks at update ``count``: the baseline (1), a multiple of the periods'
+        common divisor, parameters kept from the update before, or parameters to keep for the next."""
+        return (count % self._base == 0 or count == 1 or self._previous is not None
+                or bool(self._base_previous and (count + 1) % self._base_previous == 0))
 
     def counted(self, model: nn.Module, loss: Any, step: Any = None) -> bool:
         """Take the update as one that is only counted, if it is — told in a few operations (between
@@ -504,8 +508,7 @@ class Monitor:
         way. :meth:`after_step` asks this first; :func:`trainlab.watch` asks it directly, to spare
         the call to :meth:`after_step` at every update."""
         count = self.step + 1
-        if count % self._base == 0 or count == 1 or self._previous is not None or (
-                self._base_previous and (count + 1) % self._base_previous == 0):
+        if self._scheduled(count):
             return False
         if (step is not None and (type(step) is not int or step != count)) or (
                 self.tensorboard is not None and self._board is None):
